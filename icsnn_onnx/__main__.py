@@ -1,0 +1,5 @@
+import sys
+
+from icsnn_onnx.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""Activation statistics on calibration data, computed by ONNX Runtime in bounded memory.
+
+The ANN streams batch by batch through ONNX Runtime with the requested tensors exposed as extra
+outputs. Memory depends on the number of channels, never on the number of samples:
+
+- ``max``: a running maximum (per channel or per layer).
+- percentile ``q``: a second pass fills a fixed histogram of ``BINS`` bins over ``[0, max]``
+  per channel; the percentile is read off the cumulative counts with linear interpolation
+  inside the bin (resolution ``max / BINS``).
+
+Statistics are of the ReLU'd pre-activation ``max(z, 0)`` — the ANN's activation values.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+
+from icsnn_onnx.data import Dataset
+from icsnn_onnx.progress import ProgressFactory, silent
+from icsnn_onnx.runtime.session import Session
+
+logger = logging.getLogger(__name__)
+
+BINS = 2048
+
+
+def _expose(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are exactly ``tensors``."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    known = {v.name: v for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
+    del exposed.graph.output[:]
+    for name in tensors:
+        value = known.get(name)
+        elem = value.type.tensor_type.elem_type if value is not None else onnx.TensorProto.FLOAT
+        exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+    return exposed
+
+
+def _per_channel(a: np.ndarray, channel_wise: bool) -> np.ndarray:
+    """``a`` as ``[channels, values]`` (one row when layer-wise)."""
+    if channel_wise and a.ndim >= 2:
+        return np.moveaxis(a, 1, 0).reshape(a.shape[1], -1)
+    return a.reshape(1, -1)
+
+
+def activation_thresholds(
+    model: onnx.ModelProto,
+    tensors: Sequence[str],
+    data: Dataset,
+    *,
+    percentile: float | None,
+    channel_wise: bool,
+    batch_size: int = 64,
+    progress: ProgressFactory = silent,
+) -> dict[str, np.ndarray]:
+    """Per tensor, the max or ``percentile`` of ``max(z, 0)``: shape ``[C]`` or ``[1]``."""
+    session = Session(_expose(model, tensors), provider="cpu")
+    names = list(tensors)
+    maxima: dict[str, np.ndarray] = {}
+    for out in session.iter_run(data, batch_size, names, progress, "calibrating (max)"):
+        for name in names:
+            m = _per_channel(np.maximum(out[name], 0), channel_wise).max(axis=1).astype(np.float64)
+            maxima[name] = m if name not in maxima else np.maximum(maxima[name], m)
+    if percentile is None or percentile >= 100.0:
+        return maxima
+
+    hist = {name: np.zeros((len(m), BINS), np.int64) for name, m in maxima.items()}
+    for out in session.iter_run(data, batch_size, names, progress, f"calibrating (p{percentile:g})"):
+        for name in names:
+            values = _per_channel(np.maximum(out[name], 0), channel_wise).astype(np.float64)
+            top = np.where(maxima[name] > 0, maxima[name], 1.0)[:, None]
+            bins = np.minimum((values / top * BINS).astype(np.int64), BINS - 1)
+            rows = np.arange(len(values))[:, None] * BINS
+            hist[name] += np.bincount((rows + bins).ravel(), minlength=hist[name].size).reshape(hist[name].shape)
+    return {name: _percentile_from_histogram(hist[name], maxima[name], percentile) for name in names}
+
+
+def _percentile_from_histogram(hist: np.ndarray, top: np.ndarray, q: float) -> np.ndarray:
+    cumulative = np.cumsum(hist, axis=1)
+    total = cumulative[:, -1:]
+    target = q / 100.0 * total
+    index = np.minimum((cumulative < target).sum(axis=1), hist.shape[1] - 1)
+    rows = np.arange(len(hist))
+    below = np.where(index > 0, cumulative[rows, index - 1], 0)
+    inside = np.maximum(hist[rows, index], 1)
+    fraction = np.clip((target[:, 0] - below) / inside, 0.0, 1.0)
+    return (index + fraction) / hist.shape[1] * top

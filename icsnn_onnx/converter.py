@@ -1,0 +1,165 @@
+"""The public compile API: :func:`convert` (ANN → SNN) and :func:`inspect_model` (a report)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from icsnn_onnx import neuron
+from icsnn_onnx._version import __version__
+from icsnn_onnx.data import DataSource, InputSpec, input_specs, load_dataset
+from icsnn_onnx.errors import CalibrationError, UnsupportedNode
+from icsnn_onnx.model_io import load_model
+from icsnn_onnx.options import ConversionOptions
+from icsnn_onnx.passes import PassManager
+from icsnn_onnx.passes.activations import RecognizeActivations
+from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
+from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
+from icsnn_onnx.passes.initial_potential import InitialPotential
+from icsnn_onnx.passes.insert_neurons import InsertNeurons
+from icsnn_onnx.passes.temporal import CheckSupport, analyze, site_node_names
+from icsnn_onnx.passes.thresholds import NormalizeThresholds
+from icsnn_onnx.passes.unroll import Unroll
+from icsnn_onnx.program import ActivationKind, ActivationSite, Program
+from icsnn_onnx.progress import ProgressFactory, silent
+
+logger = logging.getLogger(__name__)
+
+ModelSource = str | Path | bytes | onnx.ModelProto
+
+
+def convert(
+    model: ModelSource,
+    calib: DataSource | None = None,
+    *,
+    T: int = 32,
+    threshold: str = "p99.99",
+    channel_wise: bool = False,
+    init: str = "half",
+    per_step: bool = False,
+    calib_samples: int | None = None,
+    batch_size: int = 64,
+    progress: ProgressFactory = silent,
+) -> onnx.ModelProto:
+    """Convert an ANN (path, bytes or ModelProto) into an unrolled T-step SNN ModelProto.
+
+    ``calib``: calibration inputs (file, array, dict or Dataset), needed when some activation
+    is an unclipped ReLU. The input model is never modified.
+    """
+    options = ConversionOptions(
+        T=T, threshold=threshold, channel_wise=channel_wise, init=init, per_step=per_step,
+        calib_samples=calib_samples, batch_size=batch_size,
+    )
+    source = load_model(model)
+    dataset = None
+    if calib is not None:
+        dataset = load_dataset(calib, input_specs(source), what="calibration data", error=CalibrationError)
+    program = import_model(source, options)
+    PassManager(
+        [
+            Canonicalize(),
+            RecognizeActivations(),
+            FoldBatchNorm(),
+            CheckSupport(),
+            NormalizeThresholds(dataset, progress),
+            InitialPotential(options.init),
+            InsertNeurons(),
+            Unroll(options.T, options.per_step),
+        ]
+    )(program)
+    result = finalize(program, source)
+    logger.info("converted %d activation site(s) into IF neurons over T=%d", len(program.sites), T)
+    return result
+
+
+def finalize(program: Program, source: onnx.ModelProto) -> onnx.ModelProto:
+    """Export the SNN graph as a self-describing model the installed ONNX Runtime accepts."""
+    model = gs.export_onnx(program.graph, do_type_check=False)
+    del model.opset_import[:]
+    model.opset_import.extend(
+        [onnx.helper.make_opsetid("", program.opset), onnx.helper.make_opsetid(neuron.DOMAIN, neuron.DOMAIN_VERSION)]
+        + [onnx.helper.make_opsetid(d, v) for d, v in program.extra_opsets.items()]
+    )
+    model.functions.append(neuron.if_function_proto(program.opset))
+    # The lowest IR version that carries this opset: onnx writes its newest IR by default,
+    # which an older ONNX Runtime refuses.
+    model.ir_version = max(8, onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True))
+    model.producer_name = "icsnn-onnx"
+    model.producer_version = __version__
+    model.graph.name = f"{source.graph.name or 'model'}_snn"
+    model.doc_string = (
+        f"Spiking (IF neurons, T={program.options.T}) conversion of "
+        f"'{source.graph.name or 'model'}' by icsnn-onnx {__version__}"
+    )
+    metadata = {
+        **{p.key: p.value for p in source.metadata_props},
+        "icsnn.converter_version": __version__,
+        **program.options.as_metadata(),
+        "icsnn.layout": "step-major",
+        "icsnn.sites": str(len(program.sites)),
+        **program.metadata,
+    }
+    onnx.helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What :func:`inspect_model` found: sites, op coverage, blockers."""
+
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[str, ...]
+    source_opset: int
+    producer: str
+    sites: tuple[ActivationSite, ...]
+    op_behaviour: tuple[tuple[str, str, int], ...]  # (op type, behaviour over time, count)
+    blockers: tuple[UnsupportedNode, ...]
+
+    @property
+    def convertible(self) -> bool:
+        return bool(self.sites) and not self.blockers
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(s.transfer.kind is ActivationKind.RELU for s in self.sites)
+
+
+def inspect_model(model: ModelSource) -> Inspection:
+    """Analyse a model without converting it (no calibration needed)."""
+    source = load_model(model)
+    program = import_model(source, ConversionOptions())
+    PassManager([Canonicalize(), RecognizeActivations(), FoldBatchNorm()])(program)
+    in_sites = site_node_names(program)
+    plan, blocked = analyze(program.graph, lambda n: n.name in in_sites, program.rejected)
+    blocked_names = {b.name for b in blocked}
+    counts: Counter[tuple[str, str]] = Counter()
+    for node in program.graph.nodes:
+        if node.name in in_sites:
+            behaviour = "activation → IF neuron"
+        elif node.name in blocked_names:
+            behaviour = "BLOCKS conversion"
+        elif node.name in plan.head:
+            behaviour = "once, on the read-out"
+        elif node.name in plan.body:
+            behaviour = "per step (affine)"
+        elif node.name in plan.structural:
+            behaviour = "once (shape only)"
+        else:
+            behaviour = "once (time-invariant)"
+        counts[(node.op, behaviour)] += 1
+    opset = next((o.version for o in source.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return Inspection(
+        inputs=tuple(input_specs(source)),
+        outputs=tuple(o.name for o in source.graph.output),
+        source_opset=opset,
+        producer=f"{source.producer_name} {source.producer_version}".strip(),
+        sites=tuple(program.sites.values()),
+        op_behaviour=tuple((op, b, n) for (op, b), n in sorted(counts.items())),
+        blockers=tuple(blocked),
+    )

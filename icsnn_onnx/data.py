@@ -1,0 +1,175 @@
+"""Calibration and evaluation data: ``.npz``/``.npy`` loading and validation against a model.
+
+Accepted forms: an ``.npz`` with ``x`` (single-input models) or keys named after the model's
+inputs, and optional integer labels ``y``; an ``.npy`` of inputs; or the same in memory (an
+array, a dict of arrays, a :class:`Dataset`).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from icsnn_onnx.errors import DataError, IcsnnError
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Name, dtype and shape (``int`` static, ``str``/``None`` dynamic) of a model input."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[Dim, ...]
+
+    def describe(self) -> str:
+        dims = ", ".join("?" if not isinstance(d, int) else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+    @property
+    def static_batch(self) -> int | None:
+        first = self.shape[0] if self.shape else None
+        return first if isinstance(first, int) and first > 0 else None
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The inputs a caller feeds (initializers listed as inputs excluded)."""
+    weights = {init.name for init in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in weights:
+            continue
+        tensor = value.type.tensor_type
+        dims: list[Dim] = []
+        for d in tensor.shape.dim:
+            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        specs.append(InputSpec(value.name, dtype, tuple(dims)))
+    return specs
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Model inputs (same number of samples each) and optional integer labels."""
+
+    inputs: Mapping[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise DataError("dataset has no inputs")
+        sizes = {name: len(a) for name, a in self.inputs.items()}
+        if len(set(sizes.values())) != 1:
+            raise DataError(f"inputs have different numbers of samples: {sizes}")
+        if len(self) == 0:
+            raise DataError("dataset is empty")
+        if self.labels is not None and (self.labels.ndim != 1 or len(self.labels) != len(self)):
+            raise DataError(
+                f"labels must be a 1-D array of {len(self)} entries, got shape {self.labels.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def head(self, n: int | None) -> Dataset:
+        if n is None or n >= len(self):
+            return self
+        labels = None if self.labels is None else self.labels[:n]
+        return Dataset({k: v[:n] for k, v in self.inputs.items()}, labels)
+
+    def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self), size):
+            yield {k: v[start : start + size] for k, v in self.inputs.items()}
+
+
+DataSource = str | Path | np.ndarray | Mapping[str, np.ndarray] | Dataset
+
+
+def load_dataset(
+    source: DataSource,
+    specs: list[InputSpec],
+    *,
+    what: str = "data",
+    error: type[IcsnnError] = DataError,
+) -> Dataset:
+    """Read and validate ``source`` for a model with inputs ``specs``; raises ``error``."""
+    try:
+        raw, labels = _read(source, specs)
+        inputs = {spec.name: _validate(raw, spec) for spec in specs}
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.dtype.kind not in "iub":
+                raise DataError(f"labels 'y' must be integers, got {labels.dtype}")
+            labels = labels.astype(np.int64)
+        return Dataset(inputs, labels)
+    except DataError as err:
+        raise error(f"{what}: {err}") from None
+
+
+def _read(source: DataSource, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    if isinstance(source, Dataset):
+        return dict(source.inputs), source.labels
+    if isinstance(source, np.ndarray):
+        return _single(source, specs), None
+    if isinstance(source, Mapping):
+        arrays = {k: np.asarray(v) for k, v in source.items()}
+        return _from_keys(arrays, specs, "the mapping")
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"no such file: {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"cannot read {path}: {err}") from None
+    if isinstance(loaded, np.ndarray):
+        return _single(loaded, specs), None
+    with loaded:
+        try:
+            arrays = {k: loaded[k] for k in loaded.files}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+            raise DataError(f"cannot read {path}: {err}") from None
+    return _from_keys(arrays, specs, str(path))
+
+
+def _single(array: np.ndarray, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    if len(specs) != 1:
+        names = [s.name for s in specs]
+        raise DataError(f"the model has {len(specs)} inputs {names}; give an .npz keyed by name")
+    return {specs[0].name: array}
+
+
+def _from_keys(arrays: dict[str, np.ndarray], specs: list[InputSpec], where: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    labels = arrays.get("y")
+    names = [s.name for s in specs]
+    if all(n in arrays for n in names):
+        return {n: arrays[n] for n in names}, labels
+    if len(specs) == 1 and "x" in arrays:
+        return {names[0]: arrays["x"]}, labels
+    raise DataError(f"{where} has keys {sorted(arrays)}; expected 'x' or the model's inputs {names}")
+
+
+def _validate(raw: dict[str, np.ndarray], spec: InputSpec) -> np.ndarray:
+    array = np.asarray(raw[spec.name])
+    want, got = spec.dtype, array.dtype
+    if want.kind == "f" and got.kind != "f":
+        raise DataError(f"input '{spec.name}' expects {want}, got {got} (convert and scale it first)")
+    if want.kind in "iub" and got.kind not in "iub":
+        raise DataError(f"input '{spec.name}' expects {want}, got {got}")
+    if array.ndim != len(spec.shape):
+        raise DataError(f"input '{spec.name}' expects shape {spec.describe()}, got {array.shape}")
+    for axis, (dim, size) in enumerate(zip(spec.shape, array.shape, strict=True)):
+        if axis > 0 and isinstance(dim, int) and dim > 0 and dim != size:
+            raise DataError(
+                f"input '{spec.name}' expects shape {spec.describe()}, got {array.shape} (axis {axis})"
+            )
+    array = array.astype(want, copy=False)
+    if want.kind == "f" and not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise DataError(f"input '{spec.name}' contains {bad} NaN/Inf value(s)")
+    return array

@@ -1,0 +1,60 @@
+"""Conversion options: one frozen, validated record passed through the pipeline and saved in
+the output's metadata."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+InitPolicy = Literal["zero", "half"]
+INIT_POLICIES: tuple[str, ...] = ("zero", "half")
+ENCODINGS: tuple[str, ...] = ("direct",)
+
+_PERCENTILE = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
+
+
+def parse_threshold_method(spec: str) -> float | None:
+    """``"max"`` → ``None`` (the maximum); ``"p99.99"`` → ``99.99`` (a percentile)."""
+    if spec == "max":
+        return None
+    match = _PERCENTILE.match(spec)
+    if not match or not 0.0 < float(match.group(1)) <= 100.0:
+        raise ValueError(
+            f"threshold method must be 'max' or a percentile like 'p99.99' in (0, 100], got {spec!r}"
+        )
+    return float(match.group(1))
+
+
+@dataclass(frozen=True)
+class ConversionOptions:
+    """What to build. Validated on construction; raises ``ValueError`` on a bad value."""
+
+    T: int = 32
+    threshold: str = "p99.99"
+    channel_wise: bool = False
+    init: str = "half"
+    encoding: str = "direct"
+    per_step: bool = False
+    calib_samples: int | None = None
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.T, bool) or not isinstance(self.T, int) or self.T < 1:
+            raise ValueError(f"T must be a positive integer, got {self.T!r}")
+        parse_threshold_method(self.threshold)
+        if self.init not in INIT_POLICIES:
+            raise ValueError(f"init must be one of {INIT_POLICIES}, got {self.init!r}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        if self.calib_samples is not None and self.calib_samples < 1:
+            raise ValueError(f"calib_samples must be >= 1, got {self.calib_samples}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def percentile(self) -> float | None:
+        return parse_threshold_method(self.threshold)
+
+    def as_metadata(self) -> dict[str, str]:
+        return {f"icsnn.{k}": str(v) for k, v in asdict(self).items() if k != "batch_size"}

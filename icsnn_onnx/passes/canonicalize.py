@@ -1,0 +1,166 @@
+"""Bring any exporter's ONNX to one dialect, so later passes see one canonical form.
+
+- :func:`import_model`: ONNX checker, initializers-as-inputs (opset <= 9 style) become
+  constants, conversion to :data:`CANONICAL_OPSET`, shape inference, graphsurgeon import.
+- :class:`Canonicalize`: fold constant subgraphs (``Constant`` nodes, ``ConstantOfShape``-filled
+  weights, shape arithmetic), remove Identity and inference Dropout, ``Sum`` → chain of ``Add``,
+  give every node a unique name (error messages name nodes).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import version_converter
+from onnx_graphsurgeon.logger import G_LOGGER
+
+from icsnn_onnx.errors import ModelLoadError
+from icsnn_onnx.options import ConversionOptions
+from icsnn_onnx.passes import Pass, PassResult, require
+from icsnn_onnx.passes.graph_utils import bypass, detach
+from icsnn_onnx.program import Program
+
+logger = logging.getLogger(__name__)
+
+#: The one opset every pass works in (and the converted model is written in).
+CANONICAL_OPSET = 21
+
+G_LOGGER.module_severity = G_LOGGER.ERROR  # graphsurgeon logs folding failures loudly
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return op.version
+    raise ModelLoadError("the model imports no version of the default ONNX opset")
+
+
+def import_model(model: onnx.ModelProto, options: ConversionOptions) -> Program:
+    """Validate ``model`` and import it as a :class:`Program` in the canonical opset.
+
+    Never modifies ``model``.
+    """
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ModelLoadError(f"not a valid ONNX model: {first}") from err
+    model = _copy(model)
+    _initializers_are_not_inputs(model)
+    source = default_opset(model)
+    if source != CANONICAL_OPSET:
+        try:
+            model = version_converter.convert_version(model, CANONICAL_OPSET)
+        except Exception as err:  # the converter raises bare RuntimeErrors
+            raise ModelLoadError(
+                f"cannot convert opset {source} to {CANONICAL_OPSET}: {str(err).splitlines()[0]}"
+            ) from err
+        logger.info("converted opset %d -> %d", source, CANONICAL_OPSET)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as err:
+        raise ModelLoadError(f"shape inference failed: {str(err).splitlines()[0]}") from err
+    extra = {
+        op.domain: op.version
+        for op in model.opset_import
+        if op.domain not in ("", "ai.onnx")
+    }
+    graph = gs.import_onnx(model)
+    return Program(graph=graph, options=options, opset=CANONICAL_OPSET, extra_opsets=extra)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _initializers_are_not_inputs(model: onnx.ModelProto) -> None:
+    """Opset <= 9 exporters list weights as graph inputs; they are constants here."""
+    weights = {init.name for init in model.graph.initializer}
+    kept = [i for i in model.graph.input if i.name not in weights]
+    if len(kept) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+
+
+class Canonicalize(Pass):
+    """Constant folding and removal of no-op nodes (see module docstring)."""
+
+    NO_OPS = ("Identity", "Dropout")
+
+    def call(self, program: Program) -> PassResult:
+        graph = program.graph
+        before = len(graph.nodes)
+        self._name_nodes(graph)
+        graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False)
+        changed = self._sum_to_add(graph) | self._remove_no_ops(graph)
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        self._name_nodes(graph)
+        return PassResult(program, changed or len(graph.nodes) != before)
+
+    def ensures(self, program: Program) -> None:
+        for node in program.graph.nodes:
+            require(node.op != "Sum", self.name, f"Sum node {node.name} left")
+            require(node.op != "Dropout", self.name, f"Dropout node {node.name} left")
+            require(bool(node.name), self.name, "unnamed node left")
+
+    @staticmethod
+    def _name_nodes(graph: gs.Graph) -> None:
+        taken: set[str] = set()
+        for i, node in enumerate(graph.nodes):
+            if not node.name or node.name in taken:
+                base = node.name or f"{node.op}_{i}"
+                node.name = base if base not in taken else f"{base}_{i}"
+            taken.add(node.name)
+
+    def _remove_no_ops(self, graph: gs.Graph) -> bool:
+        changed = False
+        for node in list(graph.nodes):
+            if node.op not in self.NO_OPS or not node.inputs:
+                continue
+            if node.op == "Dropout" and not self._dropout_is_identity(node):
+                continue
+            for extra in node.outputs[1:]:
+                if extra.outputs:
+                    break
+            else:
+                del node.outputs[1:]
+                del node.inputs[1:]
+                bypass(graph, node)
+                changed = True
+        return changed
+
+    @staticmethod
+    def _dropout_is_identity(node: gs.Node) -> bool:
+        # Opset >= 12 Dropout reads training_mode as an input; absent or constant False is inference.
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            mode = node.inputs[2]
+            return isinstance(mode, gs.Constant) and not bool(np.asarray(mode.values))
+        return True
+
+    @staticmethod
+    def _sum_to_add(graph: gs.Graph) -> bool:
+        changed = False
+        for node in list(graph.nodes):
+            if node.op != "Sum":
+                continue
+            operands, out = list(node.inputs), node.outputs[0]
+            detach(node)
+            if len(operands) == 1:
+                graph.nodes.append(gs.Node("Identity", f"{node.name}", inputs=operands, outputs=[out]))
+                changed = True
+                continue
+            acc = operands[0]
+            for k, operand in enumerate(operands[1:], start=1):
+                last = k == len(operands) - 1
+                target = out if last else gs.Variable(f"{out.name}__sum{k}", out.dtype, out.shape)
+                graph.nodes.append(
+                    gs.Node("Add", f"{node.name}__add{k}", inputs=[acc, operand], outputs=[target])
+                )
+                acc = target
+            changed = True
+        return changed

@@ -1,0 +1,98 @@
+"""Small helpers over onnx-graphsurgeon graphs shared by the passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of a constant tensor, or ``None`` for a variable."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    return None
+
+
+def is_empty(tensor: gs.Tensor) -> bool:
+    """An omitted optional input."""
+    return isinstance(tensor, gs.Variable) and tensor.name == ""
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.outputs)
+
+
+def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.inputs)
+
+
+def sole_consumer(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
+    """The only node reading ``tensor``, if it is read once and is not a graph output."""
+    if is_graph_output(graph, tensor) or len(tensor.outputs) != 1:
+        return None
+    return tensor.outputs[0]
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def detach(node: gs.Node) -> None:
+    """Disconnect a node from the graph; ``graph.cleanup()`` then drops it."""
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every consumer of ``old`` read ``new`` instead (graph outputs excluded)."""
+    for consumer in list(old.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new
+
+
+def bypass(graph: gs.Graph, node: gs.Node) -> None:
+    """Remove a node whose first output equals its first input (Identity, inference Dropout).
+
+    Graph output names are part of the model's contract: when the node writes a graph output,
+    its producer is made to write that output instead; if that is impossible (the input is a
+    graph input, a constant, or read elsewhere) the node becomes a plain Identity.
+    """
+    x, y = node.inputs[0], node.outputs[0]
+    if not is_graph_output(graph, y):
+        replace_uses(graph, y, x)
+        detach(node)
+        return
+    src = producer(x)
+    if (
+        src is not None
+        and isinstance(x, gs.Variable)
+        and len(x.outputs) == 1
+        and not is_graph_output(graph, x)
+    ):
+        detach(node)
+        index = next(i for i, t in enumerate(src.outputs) if t is x)
+        src.outputs[index] = y
+        return
+    node.op, node.attrs = "Identity", {}
+    node.inputs[:] = [x]
+    node.outputs[:] = [y]
+
+
+def channel_shape(rank: int, channels: int) -> list[int]:
+    """Shape that broadcasts a per-channel vector along axis 1 of a rank-``rank`` tensor."""
+    return [channels] + [1] * max(rank - 2, 0)
+
+
+def tensor_rank(tensor: gs.Tensor) -> int | None:
+    shape = tensor.shape
+    return None if shape is None else len(shape)
+
+
+def unique_name(graph: gs.Graph, base: str, taken: set[str]) -> str:
+    name, i = base, 1
+    while name in taken:
+        name = f"{base}_{i}"
+        i += 1
+    taken.add(name)
+    return name

@@ -1,0 +1,125 @@
+"""Classify every node by how it behaves over time, and check the network can be spiking.
+
+- *neuron*: an activation site (a chain before neuron insertion, an ``IFNeuron`` after);
+  its output is a stream (varies over time steps).
+- *body*: reads a stream and is affine in it (:mod:`.rules`); run once per step.
+- *invariant*: reads no stream; computed once (under direct coding this hoists the input
+  layer's work out of the time loop).
+- *structural*: ``Shape``/``Size`` of a stream; computed once from step 1.
+- *head*: a non-affine op with no neuron downstream, and everything after it; applied once
+  to the read-out, the mean over T steps of the stream tensors it reads (the *cuts*).
+
+A non-affine op with a neuron downstream cannot be made spiking; :class:`CheckSupport`
+reports every such node at once, before any calibration or output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from icsnn_onnx.errors import ConversionError, UnsupportedNode, UnsupportedOperatorError
+from icsnn_onnx.passes import Pass, PassResult
+from icsnn_onnx.passes.rules import STRUCTURAL_OPS, check
+from icsnn_onnx.program import Program
+
+
+@dataclass(frozen=True)
+class TemporalPlan:
+    neurons: frozenset[str]
+    body: tuple[str, ...]  # per-step nodes (neurons included), topological order
+    head: tuple[str, ...]
+    structural: tuple[str, ...]
+    streams: frozenset[str]  # tensor names that vary over time
+    cuts: tuple[str, ...]  # stream tensors averaged for the read-out
+
+
+def analyze(
+    graph: gs.Graph,
+    is_neuron: Callable[[gs.Node], bool],
+    rejected: Mapping[str, str] | None = None,
+) -> tuple[TemporalPlan, list[UnsupportedNode]]:
+    """Classify the nodes of ``graph`` (sorted in place) and list those that block conversion."""
+    rejected = rejected or {}
+    graph.toposort()
+    nodes = list(graph.nodes)
+    streams: set[str] = set()
+    neurons: set[str] = set()
+    structural: list[str] = []
+    nonlinear: dict[str, str] = {}  # stream node → why it is not affine
+    stream_nodes: list[gs.Node] = []
+
+    for node in nodes:
+        if is_neuron(node):
+            neurons.add(node.name)
+            stream_nodes.append(node)
+            streams.update(t.name for t in node.outputs)
+            continue
+        flags = [isinstance(t, gs.Variable) and t.name in streams for t in node.inputs]
+        if not any(flags):
+            continue
+        if node.op in STRUCTURAL_OPS:
+            structural.append(node.name)
+            continue
+        reason = check(node, flags)
+        if reason is not None:
+            nonlinear[node.name] = rejected.get(node.name, reason)
+        stream_nodes.append(node)
+        streams.update(t.name for t in node.outputs)
+
+    feeds_neuron: set[str] = set()
+    for node in reversed(nodes):
+        for out in node.outputs:
+            if any(c.name in neurons or c.name in feeds_neuron for c in out.outputs):
+                feeds_neuron.add(node.name)
+                break
+
+    blocked = [
+        UnsupportedNode(name, next(n.op for n in nodes if n.name == name), reason)
+        for name, reason in nonlinear.items()
+        if name in feeds_neuron
+    ]
+
+    head: set[str] = set()
+    head_tensors: set[str] = set()
+    for node in nodes:
+        starts_head = node.name in nonlinear and node.name not in feeds_neuron
+        if starts_head or any(t.name in head_tensors for t in node.inputs):
+            head.add(node.name)
+            head_tensors.update(t.name for t in node.outputs)
+
+    cuts: list[str] = []
+    for node in nodes:
+        if node.name in head:
+            cuts += [t.name for t in node.inputs if t.name in streams and t.name not in head_tensors]
+    cuts += [t.name for t in graph.outputs if t.name in streams and t.name not in head_tensors]
+    plan = TemporalPlan(
+        neurons=frozenset(neurons),
+        body=tuple(n.name for n in stream_nodes if n.name not in head),
+        head=tuple(n.name for n in nodes if n.name in head),
+        structural=tuple(structural),
+        streams=frozenset(streams - head_tensors),
+        cuts=tuple(dict.fromkeys(cuts)),
+    )
+    return plan, blocked
+
+
+def site_node_names(program: Program) -> frozenset[str]:
+    return frozenset(name for site in program.sites.values() for name in site.nodes)
+
+
+class CheckSupport(Pass):
+    """Fail early, listing every node that cannot be made spiking."""
+
+    def call(self, program: Program) -> PassResult:
+        if not program.sites:
+            raise ConversionError(
+                "no ReLU-like activation found: there is nothing to make spiking"
+            )
+        in_sites = site_node_names(program)
+        _, blocked = analyze(program.graph, lambda n: n.name in in_sites, program.rejected)
+        if blocked:
+            raise UnsupportedOperatorError(blocked)
+        return PassResult(program, False)

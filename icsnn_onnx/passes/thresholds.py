@@ -1,0 +1,82 @@
+"""Normalize thresholds: one θ per activation site (per channel with ``channel_wise``).
+
+- Clipped or quantized activation with bound λ: θ = λ. The SNN's rate code then spans
+  exactly the ANN's output range; no calibration data is needed.
+- Unclipped ReLU: θ = a statistic (max or a percentile) of the site's activations on
+  calibration data (:mod:`icsnn_onnx.calibration`). Activations above θ saturate.
+
+The neuron emits θ·s(t), so weights are left untouched (θ lives in the neuron).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from icsnn_onnx.calibration import activation_thresholds
+from icsnn_onnx.data import Dataset
+from icsnn_onnx.errors import CalibrationError
+from icsnn_onnx.passes import Pass, PassResult, require
+from icsnn_onnx.passes.graph_utils import channel_shape
+from icsnn_onnx.progress import ProgressFactory, silent
+from icsnn_onnx.program import ActivationKind, Program
+
+logger = logging.getLogger(__name__)
+
+
+class NormalizeThresholds(Pass):
+    def __init__(self, calib: Dataset | None, progress: ProgressFactory = silent) -> None:
+        self.calib = calib
+        self.progress = progress
+
+    def requires(self, program: Program) -> None:
+        left = [n.name for n in program.graph.nodes if n.op == "BatchNormalization"]
+        require(not left, self.name, f"BatchNormalization must be folded first: {left}")
+        require(bool(program.sites), self.name, "no activation sites recognized")
+
+    def ensures(self, program: Program) -> None:
+        missing = set(program.sites) - set(program.thresholds)
+        require(not missing, self.name, f"sites without threshold: {sorted(missing)}")
+
+    def call(self, program: Program) -> PassResult:
+        options = program.options
+        unclipped = [s for s in program.sites.values() if s.transfer.kind is ActivationKind.RELU]
+        for site in program.sites.values():
+            if site.transfer.upper_bound is not None:
+                program.thresholds[site.name] = np.asarray(site.transfer.upper_bound, np.float32)
+        if unclipped:
+            if self.calib is None:
+                names = ", ".join(s.name for s in unclipped[:5]) + (" …" if len(unclipped) > 5 else "")
+                raise CalibrationError(
+                    f"{len(unclipped)} unclipped ReLU site(s) ({names}) need calibration data "
+                    "for their thresholds (--calib)"
+                )
+            calib = self.calib.head(options.calib_samples)
+            stats = activation_thresholds(
+                program.to_onnx(),
+                [s.input for s in unclipped],
+                calib,
+                percentile=options.percentile,
+                channel_wise=options.channel_wise,
+                batch_size=options.batch_size,
+                progress=self.progress,
+            )
+            for site in unclipped:
+                program.thresholds[site.name] = self._shape(program, site.name, site.input, stats[site.input])
+            logger.info("calibrated %d threshold(s) on %d samples", len(unclipped), len(calib))
+        program.metadata["icsnn.threshold_source"] = "calibration" if unclipped else "clip bounds"
+        return PassResult(program, True)
+
+    @staticmethod
+    def _shape(program: Program, site: str, tensor: str, theta: np.ndarray) -> np.ndarray:
+        theta = theta.astype(np.float64)
+        layer = float(theta.max())
+        if layer <= 0:
+            logger.warning("site %s never activates on calibration data; using θ = 1", site)
+            layer = 1.0
+        theta = np.where(theta > 0, theta, layer)  # dead channels take the layer's value
+        if theta.size == 1:
+            return np.asarray(theta.reshape(()), np.float32)
+        rank = len(program.graph.tensors()[tensor].shape)
+        return theta.reshape(channel_shape(rank, theta.size)).astype(np.float32)

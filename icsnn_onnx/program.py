@@ -1,0 +1,116 @@
+"""The compilation state the passes share: a graphsurgeon graph plus what passes learned.
+
+The records are frozen and validated on construction (real exceptions, not asserts), so a
+pass cannot leave a half-formed activation site or neuron behind.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from icsnn_onnx.options import ConversionOptions
+
+
+class ActivationKind(str, Enum):
+    RELU = "relu"  # max(x, 0)
+    CLIPPED = "clipped"  # min(max(x, 0), λ)
+    QUANTIZED = "quantized"  # (λ/L)·clip(floor(x·L/λ + φ), 0, L)
+
+
+@dataclass(frozen=True)
+class TransferFunction:
+    """The scalar function an activation site computes, as recognized from the graph."""
+
+    kind: ActivationKind
+    upper_bound: float | None = None  # λ
+    levels: int | None = None  # L
+    offset: float | None = None  # φ, the rounding offset of a quantized activation
+
+    def __post_init__(self) -> None:
+        if self.kind is ActivationKind.RELU:
+            if self.upper_bound is not None or self.levels is not None or self.offset is not None:
+                raise ValueError("an unclipped ReLU has no bound, levels or offset")
+            return
+        if self.upper_bound is None or not math.isfinite(self.upper_bound) or self.upper_bound <= 0:
+            raise ValueError(f"{self.kind.value} activation needs a finite bound λ > 0")
+        if self.kind is ActivationKind.CLIPPED:
+            if self.levels is not None or self.offset is not None:
+                raise ValueError("a continuous clipped ReLU has no levels or offset")
+            return
+        if self.levels is None or self.levels < 1:
+            raise ValueError("a quantized activation needs levels L >= 1")
+        if self.offset is None or not 0.0 <= self.offset < 1.0:
+            raise ValueError("a quantized activation needs an offset φ in [0, 1)")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Evaluate the recognized function (used by tests and reports)."""
+        if self.kind is ActivationKind.RELU:
+            return np.maximum(x, 0)
+        lam = self.upper_bound
+        if self.kind is ActivationKind.CLIPPED:
+            return np.clip(x, 0, lam)
+        L = self.levels
+        return lam / L * np.clip(np.floor(x * L / lam + self.offset), 0, L)
+
+    def describe(self) -> str:
+        if self.kind is ActivationKind.RELU:
+            return "relu"
+        if self.kind is ActivationKind.CLIPPED:
+            return f"clip(0, {self.upper_bound:g})"
+        return f"quantized(λ={self.upper_bound:g}, L={self.levels}, φ={self.offset:g})"
+
+
+@dataclass(frozen=True)
+class ActivationSite:
+    """A maximal elementwise chain ``input → … → output`` computing a (clipped) ReLU."""
+
+    name: str
+    input: str  # pre-activation tensor name
+    output: str  # activation tensor name
+    nodes: tuple[str, ...]  # names of the chain's nodes, input to output
+    transfer: TransferFunction
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            raise ValueError(f"activation site {self.name!r} has no nodes")
+        if self.input == self.output:
+            raise ValueError(f"activation site {self.name!r} maps a tensor onto itself")
+
+
+@dataclass
+class Program:
+    """Mutable state threaded through the pass pipeline."""
+
+    graph: gs.Graph
+    options: ConversionOptions
+    opset: int
+    extra_opsets: dict[str, int] = field(default_factory=dict)  # e.g. ai.onnx.ml
+    sites: dict[str, ActivationSite] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)  # node name → why not an activation
+    thresholds: dict[str, np.ndarray] = field(default_factory=dict)  # site name → θ
+    v_init: dict[str, np.ndarray] = field(default_factory=dict)  # site name → v(0)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_onnx(self) -> onnx.ModelProto:
+        """Export the current graph as a standard model (valid while no neuron is inserted)."""
+        model = gs.export_onnx(self.graph.copy(), do_type_check=False)
+        del model.opset_import[:]
+        model.opset_import.append(onnx.helper.make_opsetid("", self.opset))
+        for domain, version in self.extra_opsets.items():
+            model.opset_import.append(onnx.helper.make_opsetid(domain, version))
+        model.ir_version = onnx.helper.find_min_ir_version_for(
+            list(model.opset_import), ignore_unknown=True
+        )
+        return model
+
+    def node(self, name: str) -> gs.Node:
+        for node in self.graph.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)

@@ -1,0 +1,67 @@
+"""Classification accuracy of a model on labelled data, per time step when available."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from icsnn_onnx.contract import PER_STEP_SUFFIX
+from icsnn_onnx.data import Dataset
+from icsnn_onnx.errors import DataError
+from icsnn_onnx.progress import ProgressFactory, silent
+from icsnn_onnx.runtime.session import Session
+
+
+
+def predicted_labels(values: np.ndarray) -> np.ndarray:
+    """Class labels from an output: integer labels as they are, scores by argmax."""
+    if values.dtype.kind in "iu" and values.ndim == 1:
+        return values.astype(np.int64)
+    if values.ndim < 2:
+        raise DataError(f"cannot read class predictions from an output of shape {values.shape}")
+    return values.reshape(len(values), -1).argmax(axis=1)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    output: str
+    samples: int
+    predictions: np.ndarray
+    accuracy: float | None  # None without labels
+    per_step_accuracy: tuple[float, ...] | None = None  # entry t-1: after t steps
+
+    def agreement(self, other: Evaluation) -> float:
+        """Fraction of samples where both models predict the same class."""
+        return float(np.mean(self.predictions == other.predictions))
+
+
+def default_output(session: Session) -> str:
+    return next(n for n in session.output_names if not n.endswith(PER_STEP_SUFFIX))
+
+
+def evaluate(
+    session: Session,
+    data: Dataset,
+    output: str | None = None,
+    batch_size: int = 64,
+    progress: ProgressFactory = silent,
+) -> Evaluation:
+    output = output or default_output(session)
+    if output not in session.output_names:
+        raise DataError(f"model has no output {output!r}; outputs are {session.output_names}")
+    per_step = output + PER_STEP_SUFFIX
+    names = [output] + ([per_step] if per_step in session.output_names else [])
+    predictions, step_predictions = [], []
+    for result in session.iter_run(data, batch_size, names, progress, "evaluating"):
+        predictions.append(predicted_labels(result[output]))
+        if per_step in result:
+            step_predictions.append(np.stack([predicted_labels(v) for v in result[per_step]]))
+    pred = np.concatenate(predictions)
+    accuracy = steps = None
+    if data.labels is not None:
+        accuracy = float(np.mean(pred == data.labels))
+        if step_predictions:
+            per_t = np.concatenate(step_predictions, axis=1) == data.labels[None, :]
+            steps = tuple(float(a) for a in per_t.mean(axis=1))
+    return Evaluation(output, len(data), pred, accuracy, steps)

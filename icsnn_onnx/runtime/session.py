@@ -1,0 +1,178 @@
+"""ONNX Runtime session wrapper: quiet provider choice, numpy in/out, batched runs.
+
+Knows nothing of how a model was compiled; it runs any ONNX file as a user's own deployment
+would. The CUDA provider is chosen only when it actually works (probed once, quietly: with
+onnxruntime-gpu but no CUDA libraries, asking for CUDA logs an error we do not want to show).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from icsnn_onnx.contract import PER_STEP_OUTPUTS_KEY
+from icsnn_onnx.data import Dataset, InputSpec
+from icsnn_onnx.errors import ProviderUnavailableError
+from icsnn_onnx.progress import ProgressFactory, silent
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+PROVIDERS = {"cpu": CPU, "cuda": CUDA}
+_DEFAULT_LOG_SEVERITY = 2  # ORT's default: warnings and above
+
+
+@contextlib.contextmanager
+def _quiet_ort() -> Iterator[None]:
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(_DEFAULT_LOG_SEVERITY)
+
+
+def _probe_model() -> bytes:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    return model.SerializeToString()
+
+
+@functools.cache
+def cuda_available() -> bool:
+    """Whether the CUDA provider really runs here (probed once, without logging errors)."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    with _quiet_ort():
+        if importlib.util.find_spec("nvidia") is not None and hasattr(ort, "preload_dlls"):
+            with contextlib.suppress(Exception):
+                ort.preload_dlls()  # CUDA/cuDNN from NVIDIA's pip wheels ([cuda] extra)
+        try:
+            options = ort.SessionOptions()
+            options.log_severity_level = 4
+            session = ort.InferenceSession(_probe_model(), options, providers=[CUDA])
+            return session.get_providers()[0] == CUDA
+        except Exception:
+            return False
+
+
+def resolve_providers(provider: str = "auto") -> list[str]:
+    """``auto`` → CUDA if it works, else CPU; ``cpu``/``cuda`` → that one (CUDA must work)."""
+    if provider == "auto":
+        return [CUDA, CPU] if cuda_available() else [CPU]
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be auto, cpu or cuda, got {provider!r}")
+    if provider == "cuda" and not cuda_available():
+        raise ProviderUnavailableError(
+            "the CUDA provider is not usable here (no GPU, or CUDA libraries missing: "
+            "install icsnn-onnx[cuda])"
+        )
+    return [PROVIDERS[provider], CPU] if provider == "cuda" else [CPU]
+
+
+@functools.cache
+def _log_provider_once(provider: str) -> None:
+    logger.info("ONNX Runtime runs on %s", provider)
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+class Session:
+    """A ready-to-run model. ``run`` takes and returns numpy arrays."""
+
+    def __init__(
+        self,
+        model: str | Path | bytes | onnx.ModelProto,
+        provider: str = "auto",
+        threads: int | None = None,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        if isinstance(model, onnx.ModelProto):
+            model = model.SerializeToString()
+        elif isinstance(model, Path):
+            model = str(model)
+        self._session = ort.InferenceSession(model, options, providers=resolve_providers(provider))
+        self.provider = self._session.get_providers()[0]
+        _log_provider_once(self.provider)
+        self.inputs = [
+            InputSpec(i.name, np.dtype(_ORT_TYPES.get(i.type, np.float32)), tuple(i.shape))
+            for i in self._session.get_inputs()
+        ]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        per_step = self.metadata.get(PER_STEP_OUTPUTS_KEY, "")
+        # Per-step outputs are [T, N, ...]: their batch axis is 1.
+        self._batch_axis = {name: 1 for name in filter(None, per_step.split(","))}
+
+    def batch_axis(self, output: str) -> int:
+        return self._batch_axis.get(output, 0)
+
+    def run(self, feeds: Mapping[str, np.ndarray] | np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        if isinstance(feeds, np.ndarray):
+            feeds = {self.inputs[0].name: feeds}
+        names = outputs or self.output_names
+        return dict(zip(names, self._session.run(names, dict(feeds)), strict=True))
+
+    def iter_run(
+        self,
+        data: Dataset,
+        batch_size: int = 64,
+        outputs: list[str] | None = None,
+        progress: ProgressFactory = silent,
+        desc: str = "running",
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Run ``data`` in batches, yielding each batch's outputs (memory stays bounded).
+
+        A model with a static batch size gets batches of exactly that size; the last one is
+        padded and the padding removed from the outputs.
+        """
+        static = self.inputs[0].static_batch if self.inputs else None
+        size = static or batch_size
+        bar = progress(-(-len(data) // size), desc)
+        try:
+            for batch in data.batches(size):
+                n = len(next(iter(batch.values())))
+                if static and n < static:
+                    batch = {k: np.concatenate([v, np.repeat(v[-1:], static - n, 0)]) for k, v in batch.items()}
+                result = self.run(batch, outputs)
+                if static and n < static:
+                    result = {k: np.take(v, range(n), axis=self.batch_axis(k)) for k, v in result.items()}
+                yield result
+                bar.update(1)
+        finally:
+            bar.close()
+
+    def run_all(self, data: Dataset, batch_size: int = 64, outputs: list[str] | None = None, progress: ProgressFactory = silent) -> dict[str, np.ndarray]:
+        """Run ``data`` in batches and concatenate the outputs."""
+        parts: dict[str, list[np.ndarray]] = {}
+        for result in self.iter_run(data, batch_size, outputs, progress):
+            for k, v in result.items():
+                parts.setdefault(k, []).append(v)
+        return {k: np.concatenate(v, axis=self.batch_axis(k)) for k, v in parts.items()}
