@@ -1,2 +1,193 @@
-def main() -> int:
-    raise SystemExit("cli not ready")
+"""Command line: parse arguments, call the library, print. The only module that prints.
+
+Exit codes: 0 success; 2 user error (bad file, data, option, unsupported model) with one
+line on stderr; 1 internal error. ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from icsnn_onnx._version import __version__
+from icsnn_onnx.errors import DataError, IcsnnError
+from icsnn_onnx.options import INIT_POLICIES, parse_threshold_method
+from icsnn_onnx.progress import Progress, ProgressFactory, silent
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _threshold(text: str) -> str:
+    try:
+        parse_threshold_method(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+    parser = argparse.ArgumentParser(
+        prog="icsnn-onnx",
+        description="Compile an ONNX ANN into a low-latency spiking network (IC-SNN) for ONNX Runtime.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"icsnn-onnx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    conv = sub.add_parser("convert", parents=[common], help="convert an ANN into an unrolled SNN")
+    conv.add_argument("model", type=Path, help="input ANN (.onnx); never modified")
+    conv.add_argument("-o", "--output", type=Path, help="output SNN (default: IN with .snn.onnx)")
+    conv.add_argument("-T", "--timesteps", dest="T", type=_positive_int, default=32, help="time steps (default 32)")
+    conv.add_argument("--calib", type=Path, help="calibration inputs (.npz with x, or .npy)")
+    conv.add_argument("--calib-samples", type=_positive_int, help="use only the first N calibration samples")
+    conv.add_argument(
+        "--threshold", type=_threshold, default="p99.99",
+        help="threshold statistic of unclipped ReLUs: max or pNN.NN (default p99.99)",
+    )
+    conv.add_argument("--channel-wise", action="store_true", help="one threshold per channel")
+    conv.add_argument("--init", choices=INIT_POLICIES, default="half", help="initial potential (default half = θ/2)")
+    conv.add_argument("--per-step", action="store_true", help="add y_per_step outputs [T, ...] for every output y")
+    conv.add_argument("--batch-size", type=_positive_int, default=64, help="calibration batch size")
+    conv.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+
+    ev = sub.add_parser("eval", parents=[common], help="accuracy of a model on labelled data")
+    ev.add_argument("model", type=Path, help="model to evaluate (SNN or any classifier)")
+    ev.add_argument("--data", type=Path, required=True, help=".npz with x and integer labels y")
+    ev.add_argument("--ann", type=Path, help="also evaluate this ANN and compare")
+    ev.add_argument("--output", help="output holding class scores or labels (default: the first)")
+    ev.add_argument("--batch-size", type=_positive_int, default=64)
+    ev.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+
+    ins = sub.add_parser("inspect", parents=[common], help="activation sites, op coverage, blockers")
+    ins.add_argument("model", type=Path)
+    return parser
+
+
+def _progress_factory(quiet: bool) -> ProgressFactory:
+    if quiet:
+        return silent
+    from tqdm import tqdm
+
+    def factory(total: int, desc: str) -> Progress:
+        return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False, disable=None)
+
+    return factory
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from icsnn_onnx.converter import convert
+    from icsnn_onnx.model_io import check_writable, save_model
+
+    output = args.output or args.model.with_name(args.model.name.removesuffix(".onnx") + ".snn.onnx")
+    check_writable(output, args.force)  # fail before any work
+    model = convert(
+        args.model, args.calib, T=args.T, threshold=args.threshold, channel_wise=args.channel_wise,
+        init=args.init, per_step=args.per_step, calib_samples=args.calib_samples,
+        batch_size=args.batch_size, progress=_progress_factory(args.quiet),
+    )
+    save_model(model, output, force=args.force)
+    meta = {p.key: p.value for p in model.metadata_props}
+    print(
+        f"{args.model} -> {output}: {meta['icsnn.sites']} activation site(s) as IF neurons, "
+        f"T={args.T}, init={args.init}, threshold={args.threshold}"
+        f"{' (channel-wise)' if args.channel_wise else ''}, {len(model.graph.node)} nodes"
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from icsnn_onnx.data import load_dataset
+    from icsnn_onnx.runtime import Session, evaluate
+
+    progress = _progress_factory(args.quiet)
+    session = Session(args.model, provider=args.provider)
+    data = load_dataset(args.data, session.inputs, what=str(args.data))
+    result = evaluate(session, data, args.output, args.batch_size, progress)
+    reference = None
+    if args.ann is not None:
+        ann = Session(args.ann, provider=args.provider)
+        reference = evaluate(ann, data, args.output, args.batch_size, progress)
+    if result.accuracy is None and reference is None:
+        raise DataError(f"{args.data} has no labels 'y' to compute accuracy (and no --ann to compare)")
+    print(f"{len(data)} samples, provider {session.provider}")
+    if reference is not None:
+        acc = "n/a" if reference.accuracy is None else f"{100 * reference.accuracy:.2f}%"
+        print(f"ANN  {args.ann}: accuracy {acc}")
+    if result.accuracy is not None:
+        print(f"SNN  {args.model}: accuracy {100 * result.accuracy:.2f}%")
+    if reference is not None:
+        print(f"agreement (same predicted class): {100 * result.agreement(reference):.2f}%")
+    if result.per_step_accuracy:
+        print("accuracy after t steps:")
+        print("  " + "  ".join(f"T={t}: {100 * a:.2f}%" for t, a in enumerate(result.per_step_accuracy, 1)))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from icsnn_onnx.converter import inspect_model
+
+    report = inspect_model(args.model)
+    print(f"{args.model}  (opset {report.source_opset}, producer: {report.producer or 'unknown'})")
+    print("inputs:  " + ", ".join(s.describe() for s in report.inputs))
+    print("outputs: " + ", ".join(report.outputs))
+    print(f"activation sites: {len(report.sites)}")
+    for site in report.sites:
+        print(f"  {site.name:<28} {site.transfer.describe():<32} {site.input} -> {site.output}")
+    print("op coverage:")
+    for op, behaviour, count in report.op_behaviour:
+        print(f"  {op:<22} {count:>4}  {behaviour}")
+    if report.blockers:
+        print(f"blocking conversion: {len(report.blockers)}")
+        for b in report.blockers:
+            print(f"  {b}")
+    elif not report.sites:
+        print("nothing to convert: no ReLU-like activation")
+    else:
+        calib = " (needs --calib for ReLU thresholds)" if report.needs_calibration else ""
+        print(f"convertible{calib}")
+    return 0
+
+
+COMMANDS = {"convert": _convert, "eval": _eval, "inspect": _inspect}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.debug:
+        logging.getLogger("icsnn_onnx").setLevel(max(level, logging.WARNING) if args.quiet else logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except IcsnnError as err:
+        if args.debug:
+            raise
+        message = str(err).replace("\n", " ")
+        print(f"icsnn-onnx {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(
+            f"icsnn-onnx {args.command}: internal error: {type(err).__name__}: {err} (rerun with --debug)",
+            file=sys.stderr,
+        )
+        return 1
