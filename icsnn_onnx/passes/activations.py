@@ -9,9 +9,11 @@ nowhere else. The chain's scalar transfer function ``f`` is evaluated numericall
 - clipped ReLU:    f(x) = min(max(x, 0), λ)                     (ReLU6, Hardtanh(0, λ), Clip)
 - quantized clip:  f(x) = (λ/L)·clip(floor(x·L/λ + φ), 0, L)    (QCFS-style clip-floor)
 
-If the whole chain does not fit, shorter chains that drop affine links at either end are tried
-(``relu(2x)`` is ``Mul`` then a ReLU). A chain with no fit is recorded with the reason, which
-the support analysis reports if that chain sits between spiking layers.
+If the whole chain does not fit, it is segmented: the longest span that fits becomes a site and
+the parts before and after it are segmented in turn (``relu(2x)`` is a ``Mul`` then a ReLU;
+``sigmoid(relu(x))`` is a ReLU site then a Sigmoid). Nonlinear links left outside every site
+are recorded with the reason, which the support analysis reports if they sit between spiking
+layers.
 """
 
 from __future__ import annotations
@@ -152,19 +154,31 @@ def find_chains(graph: gs.Graph) -> list[list[gs.Node]]:
     return chains
 
 
-def _fit_chain(chain: list[gs.Node]) -> tuple[int, int, TransferFunction] | str:
-    """Longest sub-chain that keeps every nonlinear link and fits; else the full chain's reason."""
+def segment_chain(chain: list[gs.Node]) -> tuple[list[tuple[int, int, TransferFunction]], dict[int, str]]:
+    """Split a chain into activation sites: the longest span that fits, then the parts around it.
+
+    Returns the sites as ``(start, end, transfer)`` and, for nonlinear links left outside every
+    site, why they are not an activation (index → reason).
+    """
     nonlinear = [i for i, n in enumerate(chain) if n.op not in AFFINE_ELEMENTWISE]
-    first, last = nonlinear[0], nonlinear[-1]
-    spans = [(s, e) for s in range(first + 1) for e in range(last + 1, len(chain) + 1)]
-    spans.sort(key=lambda span: span[0] - span[1])
+    if not nonlinear:
+        return [], {}
+    spans = [
+        (s, e) for s in range(len(chain)) for e in range(s + 1, len(chain) + 1)
+        if any(s <= i < e for i in nonlinear)
+    ]
+    spans.sort(key=lambda span: (span[0] - span[1], span[0]))
     reason = ""
     for s, e in spans:
         fitted = fit_transfer(transfer_of(chain[s:e]))
-        if isinstance(fitted, TransferFunction):
-            return s, e, fitted
-        reason = reason or fitted
-    return reason
+        if isinstance(fitted, str):
+            reason = reason or fitted
+            continue
+        left_sites, left_rejected = segment_chain(chain[:s])
+        right_sites, right_rejected = segment_chain(chain[e:])
+        sites = [*left_sites, (s, e, fitted), *[(a + e, b + e, t) for a, b, t in right_sites]]
+        return sites, {**left_rejected, **{i + e: r for i, r in right_rejected.items()}}
+    return [], {i: reason for i in nonlinear}
 
 
 class RecognizeActivations(Pass):
@@ -174,23 +188,18 @@ class RecognizeActivations(Pass):
         program.sites.clear()
         program.rejected.clear()
         for chain in find_chains(program.graph):
-            if all(n.op in AFFINE_ELEMENTWISE for n in chain):
-                continue  # purely affine: an ordinary linear op
-            fitted = _fit_chain(chain)
-            if isinstance(fitted, str):
-                for node in chain:
-                    if node.op not in AFFINE_ELEMENTWISE:
-                        program.rejected[node.name] = f"transfer function is not a ReLU: {fitted}"
-                continue
-            s, e, transfer = fitted
-            nodes = chain[s:e]
-            anchor = next(n for n in nodes if n.op not in AFFINE_ELEMENTWISE)
-            program.sites[anchor.name] = ActivationSite(
-                name=anchor.name,
-                input=chain_input(nodes[0]).name,
-                output=nodes[-1].outputs[0].name,
-                nodes=tuple(n.name for n in nodes),
-                transfer=transfer,
-            )
+            sites, rejected = segment_chain(chain)
+            for s, e, transfer in sites:
+                nodes = chain[s:e]
+                anchor = next(n for n in nodes if n.op not in AFFINE_ELEMENTWISE)
+                program.sites[anchor.name] = ActivationSite(
+                    name=anchor.name,
+                    input=chain_input(nodes[0]).name,
+                    output=nodes[-1].outputs[0].name,
+                    nodes=tuple(n.name for n in nodes),
+                    transfer=transfer,
+                )
+            for i, reason in rejected.items():
+                program.rejected[chain[i].name] = f"transfer function is not a ReLU: {reason}"
         return PassResult(program, False)
 

@@ -128,8 +128,10 @@ class Canonicalize(Pass):
                 if extra.outputs:
                     break
             else:
-                del node.outputs[1:]
-                del node.inputs[1:]
+                while len(node.outputs) > 1:  # graphsurgeon's lists don't support slice deletion
+                    node.outputs.pop()
+                while len(node.inputs) > 1:
+                    node.inputs.pop()
                 bypass(graph, node)
                 changed = True
         return changed

@@ -75,8 +75,9 @@ def bypass(graph: gs.Graph, node: gs.Node) -> None:
         src.outputs[index] = y
         return
     node.op, node.attrs = "Identity", {}
-    node.inputs[:] = [x]
-    node.outputs[:] = [y]
+    detach(node)
+    node.inputs.append(x)
+    node.outputs.append(y)
 
 
 def channel_shape(rank: int, channels: int) -> list[int]:

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from sklearn.datasets import load_digits
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as [N, 1, 8, 8] float32 in [0, 1], with labels."""
+    x, y = load_digits(return_X_y=True)
+    return (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8), y.astype(np.int64)
+
+
+def run(model: onnx.ModelProto, x: np.ndarray | dict, outputs: list[str] | None = None) -> list[np.ndarray]:
+    """Run with plain ONNX Runtime, exactly as a user's deployment would."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = x if isinstance(x, dict) else {session.get_inputs()[0].name: x}
+    return session.run(outputs, feeds)
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean() / np.abs(b).mean())

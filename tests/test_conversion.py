@@ -1,0 +1,178 @@
+"""ANN vs SNN agreement in ONNX Runtime, on models made by different tools."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import icsnn_onnx
+from icsnn_onnx import UnsupportedOperatorError
+from tests import models
+from tests.conftest import relative_error, run
+
+
+def _flat(digits):
+    x, y = digits
+    return x.reshape(len(x), -1), y
+
+
+BUILDERS = {
+    "helper-opset9-mlp": lambda d: (models.mlp_opset9(), _flat(d)[0]),
+    "helper-opset21-cnn-bn": lambda d: (models.cnn_bn(21), d[0]),
+    "helper-opset11-cnn-bn": lambda d: (models.cnn_bn(11), d[0]),
+    "helper-residual": lambda d: (models.residual_block(), d[0]),
+    "helper-concat": lambda d: (models.concat_block(), d[0]),
+    "helper-standalone-bn": lambda d: (models.standalone_bn(), d[0]),
+    "torch-legacy": lambda d: (models.torch_export(models.torch_cnn(), d[0][:2], dynamo=False), d[0]),
+    "torch-dynamo": lambda d: (models.torch_export(models.torch_cnn(), d[0][:2], dynamo=True), d[0]),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def case(request, digits):
+    model, x = BUILDERS[request.param](digits)
+    return request.param, model, x
+
+
+def test_snn_converges_to_ann_as_T_grows(case):
+    name, model, x = case
+    calib, test = x[:400], x[400:900]
+    (ann,) = run(model, test)
+    errors, agreement = {}, {}
+    for T in (8, 32, 128, 512):
+        snn = icsnn_onnx.convert(model, calib, T=T, threshold="max")
+        (out,) = run(snn, test)
+        assert out.shape == ann.shape and out.dtype == ann.dtype
+        errors[T] = relative_error(out, ann)
+        agreement[T] = float(np.mean(out.argmax(1) == ann.argmax(1)))
+    # Error shrinks, and like 1/T once θ/T is below the activations' scale (4x more steps
+    # → ~4x less error; allow slack). A ReLU6 site has θ = 6 whatever its activations, so
+    # its 1/T regime starts later than a calibrated ReLU's.
+    assert errors[8] > errors[32], errors
+    assert errors[128] < errors[32] / 2.5, errors
+    assert errors[512] < errors[128] / 2.5, errors
+    assert errors[512] < 0.03, errors
+    # Random-weight nets have small logit margins: the class agrees once the error is tiny.
+    assert agreement[512] >= 0.98, (name, agreement)
+
+
+def test_sklearn_mlp_classifier(digits):
+    x, y = _flat(digits)
+    model = models.sklearn_mlp(x[:1200], y[:1200])
+    test = x[1200:]
+    label_ann, proba_ann = run(model, test)
+    snn = icsnn_onnx.convert(model, x[:400], T=128, threshold="max")
+    assert [o.name for o in snn.graph.output] == ["label", "probabilities"]
+    label_snn, proba_snn = run(snn, test)
+    assert np.allclose(proba_snn.sum(1), 1, atol=1e-5)  # Softmax applied once, to the read-out
+    assert np.mean(label_snn == label_ann) >= 0.97
+    assert np.abs(proba_snn - proba_ann).mean() < 0.02
+
+
+def test_trained_example_reaches_ann_accuracy():
+    """The shipped digits CNN (trained, BN, AvgPool) keeps its accuracy at T=32."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[1] / "examples" / "digits"
+    test = np.load(here / "test.npz")
+    snn = icsnn_onnx.convert(here / "digits_cnn.onnx", here / "calib.npz", T=32)
+    (ann,) = run(onnx.load(here / "digits_cnn.onnx"), test["x"])
+    (out,) = run(snn, test["x"])
+    ann_acc = np.mean(ann.argmax(1) == test["y"])
+    snn_acc = np.mean(out.argmax(1) == test["y"])
+    assert snn_acc >= ann_acc - 0.01, (ann_acc, snn_acc)
+
+
+def _with_nodes_between(extra: list[onnx.NodeProto], extra_inits: dict | None = None) -> onnx.ModelProto:
+    """Conv-ReLU → extra nodes (reading a1, writing e) → Conv-ReLU → Flatten → Gemm."""
+    nodes = [
+        helper.make_node("Conv", ["x", "c1"], ["h1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+        *extra,
+        helper.make_node("Conv", ["e", "c2"], ["h2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["h2"], ["a2"], name="relu2"),
+        helper.make_node("Flatten", ["a2"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1, name="fc"),
+    ]
+    inits = {"c1": models._w(4, 1, 3, 3), "c2": models._w(4, 4, 3, 3), "cm": models._w(4, 4, 1, 1), "fc": models._w(10, 256)}
+    return models.make_model(nodes, {**inits, **(extra_inits or {})}, ["N", 1, 8, 8], ["N", 10])
+
+
+def test_unsupported_ops_are_all_reported_at_once(digits):
+    model = _with_nodes_between(
+        [
+            helper.make_node("Sigmoid", ["a1"], ["s"], name="gate"),
+            helper.make_node("MaxPool", ["s"], ["m"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+            helper.make_node("Mul", ["m", "m"], ["sq"], name="square"),
+            helper.make_node("Pad", ["sq", "pads"], ["e"], mode="edge", name="pad"),
+        ],
+        extra_inits={"pads": np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64)},
+    )
+    with pytest.raises(UnsupportedOperatorError) as info:
+        icsnn_onnx.convert(model, digits[0][:50], T=4)
+    names = {n.name for n in info.value.nodes}
+    assert names == {"gate", "pool", "square"}
+    message = str(info.value)
+    assert "gate (Sigmoid)" in message and "pool (MaxPool)" in message and "square (Mul)" in message
+
+
+def test_leaky_relu_between_neurons_is_reported_with_its_transfer_function(digits):
+    model = _with_nodes_between(
+        [
+            helper.make_node("Conv", ["a1", "cm"], ["hm"], name="conv_mid"),
+            helper.make_node("LeakyRelu", ["hm"], ["e"], alpha=0.1, name="leaky"),
+        ]
+    )
+    with pytest.raises(UnsupportedOperatorError, match=r"leaky \(LeakyRelu\): transfer function is not a ReLU"):
+        icsnn_onnx.convert(model, digits[0][:50], T=4)
+
+
+def test_nonlinear_ops_outside_the_spiking_part_are_allowed(digits):
+    """A Sigmoid on the (time-invariant) input and a Softmax/ArgMax head convert exactly."""
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["xs"], name="input_squash"),
+        helper.make_node("Conv", ["xs", "c1"], ["h1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h1"], ["a1"]),
+        helper.make_node("Flatten", ["a1"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=1),
+    ]
+    model = models.make_model(nodes, {"c1": models._w(4, 1, 3, 3), "fc": models._w(10, 256)}, ["N", 1, 8, 8], ["N", 10])
+    x = digits[0][:300]
+    snn = icsnn_onnx.convert(model, x, T=256, threshold="max")
+    (ann,), (out,) = run(model, x), run(snn, x)
+    assert np.allclose(out.sum(1), 1, atol=1e-5)
+    assert np.mean(out.argmax(1) == ann.argmax(1)) > 0.97
+    softmax_nodes = [n for n in snn.graph.node if n.op_type == "Softmax"]
+    assert len(softmax_nodes) == 1  # applied once, to the read-out
+
+
+def test_model_without_activation_is_rejected(digits):
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"], transB=1)]
+    model = models.make_model(nodes, {"w": models._w(10, 64)}, ["N", 1, 8, 8], ["N", 10])
+    with pytest.raises(icsnn_onnx.ConversionError, match="no ReLU-like activation"):
+        icsnn_onnx.convert(model, digits[0][:10], T=4)
+
+
+def test_missing_calibration_is_reported():
+    with pytest.raises(icsnn_onnx.CalibrationError, match="need calibration data"):
+        icsnn_onnx.convert(models.cnn_bn(), None, T=4)
+
+
+def test_clipped_network_needs_no_calibration(digits):
+    """ReLU6/Clip sites take θ = λ from the graph: no data needed."""
+    nodes = [
+        helper.make_node("Conv", ["x", "c1"], ["h1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["h1", "zero", "six"], ["a1"]),
+        helper.make_node("Flatten", ["a1"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
+    inits = {"c1": models._w(4, 1, 3, 3, scale=3.0), "fc": models._w(10, 256), "zero": np.zeros((), np.float32), "six": np.full((), 6.0, np.float32)}
+    model = models.make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10])
+    snn = icsnn_onnx.convert(model, None, T=64)
+    thresholds = [onnx.numpy_helper.to_array(i) for i in snn.graph.initializer if i.name.endswith(".threshold")]
+    assert len(thresholds) == 1 and float(thresholds[0]) == 6.0
+    (ann,), (out,) = run(model, digits[0][:200]), run(snn, digits[0][:200])
+    assert relative_error(out, ann) < 0.05
