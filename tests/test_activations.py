@@ -1,0 +1,159 @@
+"""Activation sites are recognized by their transfer function, whatever ops spell them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import icsnn_onnx
+from icsnn_onnx.options import ConversionOptions
+from icsnn_onnx.passes import PassManager
+from icsnn_onnx.passes.activations import RecognizeActivations, fit_transfer
+from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
+from icsnn_onnx.program import ActivationKind, TransferFunction
+from tests import models
+from tests.conftest import run
+
+S = lambda v: np.asarray(v, np.float32)  # noqa: E731 - scalar constant
+
+
+def _elementwise(nodes, inits, opset=21):
+    """x[N, 16] → nodes (reading x, writing y)."""
+    return models.make_model(nodes, inits, ["N", 16], ["N", 16], opset=opset)
+
+
+def _sites(model):
+    program = import_model(model, ConversionOptions())
+    PassManager([Canonicalize(), RecognizeActivations()])(program)
+    return program
+
+
+QCFS_NODES = [  # λ/L · clip(floor(x·L/λ + 0.5), 0, L), as a QCFS layer exports
+    helper.make_node("Div", ["x", "lam"], ["u"]),
+    helper.make_node("Mul", ["u", "L"], ["v"]),
+    helper.make_node("Add", ["v", "half"], ["w"]),
+    helper.make_node("Floor", ["w"], ["f"]),
+    helper.make_node("Clip", ["f", "zero", "L"], ["c"]),
+    helper.make_node("Div", ["c", "L"], ["d"]),
+    helper.make_node("Mul", ["d", "lam"], ["y"]),
+]
+QCFS_INITS = {"lam": S(2.5), "L": S(4.0), "half": S(0.5), "zero": S(0.0)}
+
+CASES = {
+    "relu": ([helper.make_node("Relu", ["x"], ["y"])], {}, TransferFunction(ActivationKind.RELU)),
+    "max0": ([helper.make_node("Max", ["x", "zero"], ["y"])], {"zero": S(0)}, TransferFunction(ActivationKind.RELU)),
+    "relu6-clip": (
+        [helper.make_node("Clip", ["x", "zero", "six"], ["y"])], {"zero": S(0), "six": S(6)},
+        TransferFunction(ActivationKind.CLIPPED, upper_bound=6.0),
+    ),
+    "hardtanh-min-max": (
+        [helper.make_node("Max", ["x", "zero"], ["m"]), helper.make_node("Min", ["m", "lam"], ["y"])],
+        {"zero": S(0), "lam": S(1.5)}, TransferFunction(ActivationKind.CLIPPED, upper_bound=1.5),
+    ),
+    "qcfs": (QCFS_NODES, QCFS_INITS, TransferFunction(ActivationKind.QUANTIZED, 2.5, 4, 0.5)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_recognized(case):
+    nodes, inits, expected = CASES[case]
+    program = _sites(_elementwise(nodes, inits))
+    assert len(program.sites) == 1
+    (site,) = program.sites.values()
+    assert site.transfer.kind == expected.kind
+    assert site.transfer.levels == expected.levels
+    for got, want in [(site.transfer.upper_bound, expected.upper_bound), (site.transfer.offset, expected.offset)]:
+        assert got == pytest.approx(want) if want is not None else got is None
+    assert (site.input, site.output) == ("x", "y")
+    assert len(site.nodes) == len(nodes)
+
+
+def test_opset9_clip_attributes():
+    model = _elementwise([helper.make_node("Clip", ["x"], ["y"], min=0.0, max=3.0)], {}, opset=9)
+    (site,) = _sites(model).sites.values()
+    assert site.transfer == TransferFunction(ActivationKind.CLIPPED, upper_bound=3.0)
+
+
+def test_scaled_relu_leaves_the_scale_as_a_linear_op():
+    """relu(2x): the Mul stays a linear op, the Relu alone is the site."""
+    nodes = [helper.make_node("Mul", ["x", "two"], ["u"]), helper.make_node("Relu", ["u"], ["y"])]
+    (site,) = _sites(_elementwise(nodes, {"two": S(2)})).sites.values()
+    assert (site.input, site.output, site.transfer.kind) == ("u", "y", ActivationKind.RELU)
+
+
+def test_relu_then_sigmoid_is_a_relu_site_and_a_rejected_sigmoid():
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Sigmoid", ["r"], ["y"], name="sig")]
+    program = _sites(_elementwise(nodes, {}))
+    assert list(program.sites) == ["relu"]
+    assert "sig" in program.rejected and "f(" in program.rejected["sig"]
+
+
+def test_relu_scale_relu_is_two_sites():
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="r1"),
+        helper.make_node("Mul", ["a", "half"], ["b"], name="scale"),
+        helper.make_node("Relu", ["b"], ["y"], name="r2"),
+    ]
+    program = _sites(_elementwise(nodes, {"half": S(0.5)}))
+    assert sorted(program.sites) == ["r1", "r2"]
+
+
+@pytest.mark.parametrize(
+    "nodes,inits,reason",
+    [
+        ([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)], {}, "0 for negative inputs"),
+        ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], {"lo": S(-1), "hi": S(1)}, "0 for negative inputs"),
+        ([helper.make_node("Sigmoid", ["x"], ["y"])], {}, "0 for negative inputs"),
+        ([helper.make_node("Softplus", ["x"], ["y"])], {}, "0 for negative inputs"),
+        ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], {"lo": S(0.5), "hi": S(1)}, ") = 0.5, but a ReLU is 0"),
+    ],
+)
+def test_not_relu(nodes, inits, reason):
+    program = _sites(_elementwise(nodes, inits))
+    assert not program.sites
+    (why,) = program.rejected.values()
+    assert reason in why
+
+
+def test_fit_transfer_offsets_and_levels():
+    for L, lam, phi in [(2, 1.0, 0.5), (8, 0.3, 0.0), (16, 7.0, 0.25)]:
+        f = TransferFunction(ActivationKind.QUANTIZED, lam, L, phi)
+        fitted = fit_transfer(f)
+        assert isinstance(fitted, TransferFunction)
+        assert fitted.levels == L and fitted.offset == pytest.approx(phi, abs=1e-5)
+        assert fitted.upper_bound == pytest.approx(lam)
+    assert "not the identity" in fit_transfer(lambda x: 2 * np.maximum(x, 0))
+
+
+def test_transfer_function_is_validated():
+    with pytest.raises(ValueError):
+        TransferFunction(ActivationKind.CLIPPED)
+    with pytest.raises(ValueError):
+        TransferFunction(ActivationKind.QUANTIZED, 1.0, 4, 1.0)
+    with pytest.raises(ValueError):
+        TransferFunction(ActivationKind.RELU, upper_bound=1.0)
+
+
+def _qcfs_layer(L: int, lam: float) -> onnx.ModelProto:
+    inits = {**QCFS_INITS, "lam": S(lam), "L": S(float(L))}
+    return _elementwise(QCFS_NODES, inits)
+
+
+@pytest.mark.parametrize("L,lam", [(4, 2.5), (8, 1.0), (2, 3.0)])
+def test_quantized_layer_is_exact_with_T_equal_L_and_half_init(L, lam):
+    """For a QCFS site with T = L and v(0) = θ/2 the SNN reproduces the activation exactly."""
+    model = _qcfs_layer(L, lam)
+    step = lam / L
+    # Inputs over the whole range, kept 1 % of a step away from the rounding edges.
+    k = np.arange(-2 * L, 3 * L)
+    x = np.concatenate([(k + 0.5 + off) * step for off in (-0.49, -0.2, 0.0, 0.3, 0.49)])
+    x = x[np.abs(((x / step) - 0.5) - np.round((x / step) - 0.5)) > 0.01].astype(np.float32)
+    x = np.resize(x, (len(x) // 16 * 16,)).reshape(-1, 16)
+    snn = icsnn_onnx.convert(model, None, T=L, init="half")
+    (ann,), (out,) = run(model, x), run(snn, x)
+    assert np.allclose(out, ann, atol=1e-6 * lam)
+    # A different T is not exact, and zero init floors instead of rounding.
+    (floored,) = run(icsnn_onnx.convert(model, None, T=L, init="zero"), x)
+    assert not np.allclose(floored, ann, atol=1e-6 * lam)
