@@ -1,0 +1,186 @@
+"""The command line, end to end: success paths and every user error (exit 2, one line)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from icsnn_onnx.cli import main
+from tests import models
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits"
+
+
+@pytest.fixture()
+def files(tmp_path, digits):
+    model = tmp_path / "cnn.onnx"
+    onnx.save(models.cnn_bn(), model)
+    x, y = digits
+    np.savez(tmp_path / "calib.npz", x=x[:100])
+    np.savez(tmp_path / "test.npz", x=x[1000:1200], y=y[1000:1200])
+    return tmp_path, model
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "icsnn_onnx", *args], capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(capsys, code: int, *fragments: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_convert_eval_inspect_end_to_end(tmp_path):
+    """As a user runs it: a subprocess on the shipped example."""
+    out = tmp_path / "digits.snn.onnx"
+    done = _cli("convert", str(EXAMPLE / "digits_cnn.onnx"), "--calib", str(EXAMPLE / "calib.npz"),
+                "-T", "16", "--per-step", "-o", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "3 activation site(s)" in done.stdout and out.exists()
+    done = _cli("eval", str(out), "--data", str(EXAMPLE / "test.npz"), "--ann", str(EXAMPLE / "digits_cnn.onnx"), "-q")
+    assert done.returncode == 0, done.stderr
+    assert "ANN" in done.stdout and "SNN" in done.stdout and "T=16:" in done.stdout
+    snn_acc = float(done.stdout.split("SNN")[1].split("accuracy ")[1].split("%")[0])
+    ann_acc = float(done.stdout.split("ANN")[1].split("accuracy ")[1].split("%")[0])
+    assert snn_acc >= ann_acc - 1.0
+    done = _cli("inspect", str(EXAMPLE / "digits_cnn.onnx"))
+    assert done.returncode == 0 and "activation sites: 3" in done.stdout and "convertible" in done.stdout
+
+
+def test_default_output_name_and_options(files, capsys):
+    tmp, model = files
+    code = main(["convert", str(model), "--calib", str(tmp / "calib.npz"), "-T", "4", "--init", "zero",
+                 "--threshold", "max", "--channel-wise", "--calib-samples", "50", "-q"])
+    assert code == 0
+    meta = {p.key: p.value for p in onnx.load(tmp / "cnn.snn.onnx").metadata_props}
+    assert (meta["icsnn.init"], meta["icsnn.threshold"], meta["icsnn.calib_samples"]) == ("zero", "max", "50")
+
+
+def test_eval_without_labels_needs_ann(files, capsys):
+    tmp, model = files
+    np.save(tmp / "nolabels.npy", np.zeros((4, 1, 8, 8), np.float32))
+    _one_line_error(capsys, main(["eval", str(model), "--data", str(tmp / "nolabels.npy")]), "no labels")
+    assert main(["eval", str(model), "--data", str(tmp / "nolabels.npy"), "--ann", str(model), "-q"]) == 0
+    assert "agreement" in capsys.readouterr().out
+
+
+def test_missing_file(files, capsys):
+    tmp, _ = files
+    _one_line_error(capsys, main(["convert", str(tmp / "nope.onnx")]), "no such file")
+
+
+def test_not_onnx(files, capsys):
+    tmp, _ = files
+    (tmp / "text.onnx").write_text("this is not a model\n" * 20)
+    _one_line_error(capsys, main(["convert", str(tmp / "text.onnx"), "-o", str(tmp / "o.onnx")]), "text.onnx")
+    assert not (tmp / "o.onnx").exists()
+
+
+def test_truncated_file(files, capsys):
+    tmp, model = files
+    data = model.read_bytes()
+    (tmp / "cut.onnx").write_bytes(data[: len(data) // 2])
+    _one_line_error(capsys, main(["convert", str(tmp / "cut.onnx"), "--calib", str(tmp / "calib.npz")]), "cut.onnx")
+
+
+def test_unsupported_op_exits_2_names_the_node_and_writes_nothing(files, capsys):
+    tmp, _ = files
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h1"], name="conv1"),
+        helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+        helper.make_node("MaxPool", ["a1"], ["p"], kernel_shape=[2, 2], name="the_maxpool"),
+        helper.make_node("Conv", ["p", "w2"], ["h2"], name="conv2"),
+        helper.make_node("Relu", ["h2"], ["a2"], name="relu2"),
+        helper.make_node("Flatten", ["a2"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
+    inits = {"w1": models._w(4, 1, 3, 3), "w2": models._w(4, 4, 3, 3), "fc": models._w(10, 16)}
+    onnx.save(models.make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10]), tmp / "maxpool.onnx")
+    out = tmp / "maxpool.snn.onnx"
+    code = main(["convert", str(tmp / "maxpool.onnx"), "--calib", str(tmp / "calib.npz"), "-o", str(out)])
+    _one_line_error(capsys, code, "the_maxpool (MaxPool)")
+    assert not out.exists()
+    assert list(tmp.glob("*.tmp")) == []
+
+
+@pytest.mark.parametrize(
+    "array,fragment",
+    [
+        (np.zeros((10, 1, 7, 7), np.float32), "expects shape"),
+        (np.zeros((10, 1, 8, 8), np.int32), "expects float32, got int32"),
+        (np.full((10, 1, 8, 8), np.nan, np.float32), "NaN/Inf"),
+    ],
+    ids=["shape", "dtype", "nan"],
+)
+def test_bad_calibration_data(files, capsys, array, fragment):
+    tmp, model = files
+    np.savez(tmp / "bad.npz", x=array)
+    out = tmp / "o.onnx"
+    code = main(["convert", str(model), "--calib", str(tmp / "bad.npz"), "-o", str(out)])
+    _one_line_error(capsys, code, "calibration data", fragment)
+    assert not out.exists()
+
+
+def test_missing_calibration(files, capsys):
+    _, model = files
+    _one_line_error(capsys, main(["convert", str(model)]), "need calibration data", "--calib")
+
+
+def test_output_exists_without_force(files, capsys):
+    tmp, model = files
+    out = tmp / "exists.onnx"
+    out.write_text("old")
+    code = main(["convert", str(model), "--calib", str(tmp / "calib.npz"), "-o", str(out)])
+    _one_line_error(capsys, code, "exists", "--force")
+    assert out.read_text() == "old"
+    assert main(["convert", str(model), "--calib", str(tmp / "calib.npz"), "-o", str(out), "--force", "-q"]) == 0
+    onnx.checker.check_model(onnx.load(out))
+
+
+def test_input_is_never_modified(files):
+    tmp, model = files
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert main(["convert", str(model), "--calib", str(tmp / "calib.npz"), "-q", "--force"]) == 0
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
+
+
+def test_bad_options_exit_2(files, capsys):
+    _, model = files
+    for args in (["-T", "0"], ["--threshold", "p101"], ["--init", "third"]):
+        with pytest.raises(SystemExit) as info:
+            main(["convert", str(model), *args])
+        assert info.value.code == 2
+    capsys.readouterr()
+
+
+def test_debug_shows_the_traceback(files):
+    tmp, _ = files
+    done = _cli("convert", str(tmp / "nope.onnx"), "--debug")
+    assert done.returncode != 0 and "Traceback" in done.stderr and "ModelLoadError" in done.stderr
+    done = _cli("convert", str(tmp / "nope.onnx"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_inspect_reports_blockers(files, capsys):
+    tmp, _ = files
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="r1"),
+        helper.make_node("Tanh", ["a"], ["t"], name="squash"),
+        helper.make_node("MatMul", ["t", "w"], ["h"], name="mm"),
+        helper.make_node("Relu", ["h"], ["y"], name="r2"),
+    ]
+    onnx.save(models.make_model(nodes, {"w": models._w(16, 16)}, ["N", 16], ["N", 16]), tmp / "tanh.onnx")
+    assert main(["inspect", str(tmp / "tanh.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "blocking conversion: 1" in out and "squash (Tanh)" in out and "BLOCKS" in out

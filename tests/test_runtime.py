@@ -1,0 +1,63 @@
+"""Runtime: provider choice (quiet CUDA probe with CPU fallback), batching, evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import icsnn_onnx
+from icsnn_onnx.data import Dataset
+from icsnn_onnx.runtime import Session, cuda_available, evaluate, resolve_providers
+from icsnn_onnx.runtime.evaluate import predicted_labels
+from tests import models
+
+
+def test_auto_provider_falls_back_to_cpu_quietly(capfd):
+    providers = resolve_providers("auto")
+    assert providers[-1] == "CPUExecutionProvider"
+    assert (providers[0] == "CUDAExecutionProvider") == cuda_available()
+    captured = capfd.readouterr()
+    assert "error" not in (captured.err + captured.out).lower()  # the probe logs nothing
+
+
+def test_explicit_cuda_without_cuda_is_a_user_error():
+    if cuda_available():
+        pytest.skip("CUDA works here")
+    with pytest.raises(icsnn_onnx.ProviderUnavailableError, match="CUDA"):
+        resolve_providers("cuda")
+
+
+def test_unknown_provider():
+    with pytest.raises(ValueError):
+        resolve_providers("tpu")
+
+
+def test_session_runs_batches_and_static_batch_models(digits):
+    model = models.cnn_bn()
+    x = digits[0][:10]
+    reference = Session(model, provider="cpu").run(x)["y"]
+    # The same network with a static batch of 4: batches are padded and trimmed.
+    static = onnx.ModelProto()
+    static.CopyFrom(model)
+    for value in (*static.graph.input, *static.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 4
+    session = Session(static, provider="cpu")
+    assert session.inputs[0].static_batch == 4
+    out = session.run_all(Dataset({"x": x}), batch_size=3)["y"]
+    assert out.shape == (10, 10) and np.allclose(out, reference, atol=1e-5)
+
+
+def test_evaluate_per_step_accuracy(digits):
+    x, y = digits
+    snn = icsnn_onnx.convert(models.cnn_bn(), x[:100], T=6, per_step=True)
+    result = evaluate(Session(snn), Dataset({"x": x[:50]}, y[:50]), batch_size=16)
+    assert result.samples == 50 and len(result.per_step_accuracy) == 6
+    assert result.per_step_accuracy[-1] == result.accuracy
+
+
+def test_predicted_labels():
+    assert predicted_labels(np.array([3, 1], np.int64)).tolist() == [3, 1]
+    assert predicted_labels(np.array([[0.1, 0.9], [2.0, 1.0]])).tolist() == [1, 0]
+    with pytest.raises(icsnn_onnx.DataError):
+        predicted_labels(np.array([0.5, 0.2]))
