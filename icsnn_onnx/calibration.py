@@ -32,7 +32,9 @@ def _expose(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
     """A copy of ``model`` whose outputs are exactly ``tensors``."""
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
-    known = {v.name: v for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
+    known = {
+        v.name: v for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)
+    }
     del exposed.graph.output[:]
     for name in tensors:
         value = known.get(name)
@@ -76,7 +78,9 @@ def activation_thresholds(
             top = np.where(maxima[name] > 0, maxima[name], 1.0)[:, None]
             bins = np.minimum((values / top * BINS).astype(np.int64), BINS - 1)
             rows = np.arange(len(values))[:, None] * BINS
-            hist[name] += np.bincount((rows + bins).ravel(), minlength=hist[name].size).reshape(hist[name].shape)
+            hist[name] += np.bincount((rows + bins).ravel(), minlength=hist[name].size).reshape(
+                hist[name].shape
+            )
     return {name: _percentile_from_histogram(hist[name], maxima[name], percentile) for name in names}
 
 

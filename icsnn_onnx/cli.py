@@ -52,16 +52,24 @@ def _parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert", parents=[common], help="convert an ANN into an unrolled SNN")
     conv.add_argument("model", type=Path, help="input ANN (.onnx); never modified")
     conv.add_argument("-o", "--output", type=Path, help="output SNN (default: IN with .snn.onnx)")
-    conv.add_argument("-T", "--timesteps", dest="T", type=_positive_int, default=32, help="time steps (default 32)")
+    conv.add_argument(
+        "-T", "--timesteps", dest="T", type=_positive_int, default=32, help="time steps (default 32)"
+    )
     conv.add_argument("--calib", type=Path, help="calibration inputs (.npz with x, or .npy)")
     conv.add_argument("--calib-samples", type=_positive_int, help="use only the first N calibration samples")
     conv.add_argument(
-        "--threshold", type=_threshold, default="p99.99",
+        "--threshold",
+        type=_threshold,
+        default="p99.99",
         help="threshold statistic of unclipped ReLUs: max or pNN.NN (default p99.99)",
     )
     conv.add_argument("--channel-wise", action="store_true", help="one threshold per channel")
-    conv.add_argument("--init", choices=INIT_POLICIES, default="half", help="initial potential (default half = θ/2)")
-    conv.add_argument("--per-step", action="store_true", help="add y_per_step outputs [T, ...] for every output y")
+    conv.add_argument(
+        "--init", choices=INIT_POLICIES, default="half", help="initial potential (default half = θ/2)"
+    )
+    conv.add_argument(
+        "--per-step", action="store_true", help="add y_per_step outputs [T, ...] for every output y"
+    )
     conv.add_argument("--batch-size", type=_positive_int, default=64, help="calibration batch size")
     conv.add_argument("--force", action="store_true", help="overwrite the output if it exists")
 
@@ -96,9 +104,16 @@ def _convert(args: argparse.Namespace) -> int:
     output = args.output or args.model.with_name(args.model.name.removesuffix(".onnx") + ".snn.onnx")
     check_writable(output, args.force)  # fail before any work
     model = convert(
-        args.model, args.calib, T=args.T, threshold=args.threshold, channel_wise=args.channel_wise,
-        init=args.init, per_step=args.per_step, calib_samples=args.calib_samples,
-        batch_size=args.batch_size, progress=_progress_factory(args.quiet),
+        args.model,
+        args.calib,
+        T=args.T,
+        threshold=args.threshold,
+        channel_wise=args.channel_wise,
+        init=args.init,
+        per_step=args.per_step,
+        calib_samples=args.calib_samples,
+        batch_size=args.batch_size,
+        progress=_progress_factory(args.quiet),
     )
     save_model(model, output, force=args.force)
     meta = {p.key: p.value for p in model.metadata_props}
@@ -171,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not args.debug:
-        logging.getLogger("icsnn_onnx").setLevel(max(level, logging.WARNING) if args.quiet else logging.WARNING)
+        logging.getLogger("icsnn_onnx").setLevel(
+            max(level, logging.WARNING) if args.quiet else logging.WARNING
+        )
     try:
         return COMMANDS[args.command](args)
     except IcsnnError as err:

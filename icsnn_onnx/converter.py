@@ -52,8 +52,13 @@ def convert(
     is an unclipped ReLU. The input model is never modified.
     """
     options = ConversionOptions(
-        T=T, threshold=threshold, channel_wise=channel_wise, init=init, per_step=per_step,
-        calib_samples=calib_samples, batch_size=batch_size,
+        T=T,
+        threshold=threshold,
+        channel_wise=channel_wise,
+        init=init,
+        per_step=per_step,
+        calib_samples=calib_samples,
+        batch_size=batch_size,
     )
     source = load_model(model)
     dataset = None
@@ -82,13 +87,18 @@ def finalize(program: Program, source: onnx.ModelProto) -> onnx.ModelProto:
     model = gs.export_onnx(program.graph, do_type_check=False)
     del model.opset_import[:]
     model.opset_import.extend(
-        [onnx.helper.make_opsetid("", program.opset), onnx.helper.make_opsetid(neuron.DOMAIN, neuron.DOMAIN_VERSION)]
+        [
+            onnx.helper.make_opsetid("", program.opset),
+            onnx.helper.make_opsetid(neuron.DOMAIN, neuron.DOMAIN_VERSION),
+        ]
         + [onnx.helper.make_opsetid(d, v) for d, v in program.extra_opsets.items()]
     )
     model.functions.append(neuron.if_function_proto(program.opset))
     # The lowest IR version that carries this opset: onnx writes its newest IR by default,
     # which an older ONNX Runtime refuses.
-    model.ir_version = max(8, onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True))
+    model.ir_version = max(
+        8, onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    )
     model.producer_name = "icsnn-onnx"
     model.producer_version = __version__
     model.graph.name = f"{source.graph.name or 'model'}_snn"

@@ -144,7 +144,9 @@ def _single(array: np.ndarray, specs: list[InputSpec]) -> dict[str, np.ndarray]:
     return {specs[0].name: array}
 
 
-def _from_keys(arrays: dict[str, np.ndarray], specs: list[InputSpec], where: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def _from_keys(
+    arrays: dict[str, np.ndarray], specs: list[InputSpec], where: str
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     labels = arrays.get("y")
     names = [s.name for s in specs]
     if all(n in arrays for n in names):

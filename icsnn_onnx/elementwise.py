@@ -72,8 +72,10 @@ NUMPY_OPS: dict[str, OpImpl] = {
     "LeakyRelu": lambda i, a: np.where(i[0] >= 0, i[0], a.get("alpha", 0.01) * i[0]),
     "PRelu": lambda i, a: np.where(i[0] >= 0, i[0], i[1] * i[0]),
     "Elu": lambda i, a: np.where(i[0] >= 0, i[0], a.get("alpha", 1.0) * np.expm1(i[0])),
-    "Selu": lambda i, a: a.get("gamma", 1.0507009873554805)
-    * np.where(i[0] > 0, i[0], a.get("alpha", 1.6732632423543772) * np.expm1(i[0])),
+    "Selu": lambda i, a: (
+        a.get("gamma", 1.0507009873554805)
+        * np.where(i[0] > 0, i[0], a.get("alpha", 1.6732632423543772) * np.expm1(i[0]))
+    ),
     "ThresholdedRelu": lambda i, a: np.where(i[0] > a.get("alpha", 1.0), i[0], 0),
     "HardSigmoid": lambda i, a: np.clip(a.get("alpha", 0.2) * i[0] + a.get("beta", 0.5), 0, 1),
     "HardSwish": _unary(lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),

@@ -40,7 +40,9 @@ def _parse(read: object, where: str) -> onnx.ModelProto:
     try:
         model = read()  # type: ignore[operator]
     except (DecodeError, ValueError, OSError, RuntimeError, UnicodeDecodeError) as err:
-        raise ModelLoadError(f"{where}: not an ONNX model or a truncated file ({type(err).__name__})") from err
+        raise ModelLoadError(
+            f"{where}: not an ONNX model or a truncated file ({type(err).__name__})"
+        ) from err
     if not model.graph.node or not model.opset_import:
         raise ModelLoadError(f"{where}: not an ONNX model (no graph or no opset)")
     return model

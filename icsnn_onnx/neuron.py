@@ -80,16 +80,13 @@ class IFParams:
             np.broadcast_shapes(threshold.shape, v_init.shape)
         except ValueError:
             raise ValueError(
-                f"threshold shape {threshold.shape} and v_init shape {v_init.shape} "
-                "do not broadcast"
+                f"threshold shape {threshold.shape} and v_init shape {v_init.shape} do not broadcast"
             ) from None
         object.__setattr__(self, "threshold", threshold)
         object.__setattr__(self, "v_init", v_init)
 
 
-def if_step(
-    v: np.ndarray, z: np.ndarray, theta: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def if_step(v: np.ndarray, z: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One IF step: returns ``(out(t), v(t))`` from ``v(t-1)``, ``z(t)`` and ``θ``."""
     env: dict[str, np.ndarray] = {"v": np.asarray(v), "z": np.asarray(z), "theta": np.asarray(theta)}
     for eq in IF_EQUATIONS:
@@ -132,10 +129,7 @@ def if_function_proto(opset: int) -> onnx.FunctionProto:
     A model-local function: ONNX Runtime inlines it on any execution provider, so converted
     models need no custom-op library.
     """
-    nodes = [
-        helper.make_node(eq.op_type, list(eq.args), [eq.result], name=eq.result)
-        for eq in IF_EQUATIONS
-    ]
+    nodes = [helper.make_node(eq.op_type, list(eq.args), [eq.result], name=eq.result) for eq in IF_EQUATIONS]
     return helper.make_function(
         DOMAIN,
         OP_TYPE,

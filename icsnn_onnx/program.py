@@ -104,9 +104,7 @@ class Program:
         model.opset_import.append(onnx.helper.make_opsetid("", self.opset))
         for domain, version in self.extra_opsets.items():
             model.opset_import.append(onnx.helper.make_opsetid(domain, version))
-        model.ir_version = onnx.helper.find_min_ir_version_for(
-            list(model.opset_import), ignore_unknown=True
-        )
+        model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
         return model
 
     def node(self, name: str) -> gs.Node:

@@ -36,10 +36,15 @@ def make_model(
     initializers = [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()]
     inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, input_shape)]
     if inits_as_inputs:  # opset <= 9 exporters list weights among the graph inputs
-        inputs += [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape)) for k, v in inits.items()]
+        inputs += [
+            helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape)) for k, v in inits.items()
+        ]
     graph = helper.make_graph(
-        nodes, "test", inputs,
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, output_shape)], initializers,
+        nodes,
+        "test",
+        inputs,
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, output_shape)],
+        initializers,
     )
     ir = 4 if opset <= 9 else helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
@@ -57,8 +62,12 @@ def mlp_opset9() -> onnx.ModelProto:
         helper.make_node("Gemm", ["a2", "w3", "b3"], ["y"], transB=1),
     ]
     inits = {
-        "w1": _w(48, 64), "b1": _w(48, scale=0.1), "w2": _w(32, 48), "b2": _w(32, scale=0.1),
-        "w3": _w(10, 32), "b3": _w(10, scale=0.1),
+        "w1": _w(48, 64),
+        "b1": _w(48, scale=0.1),
+        "w2": _w(32, 48),
+        "b2": _w(32, scale=0.1),
+        "w3": _w(10, 32),
+        "b3": _w(10, scale=0.1),
     }
     return make_model(nodes, inits, ["N", 64], ["N", 10], opset=9, inits_as_inputs=True)
 
@@ -73,7 +82,9 @@ def _bn(prefix: str, c: int) -> dict[str, np.ndarray]:
 
 
 def _bn_node(x: str, y: str, prefix: str) -> onnx.NodeProto:
-    return helper.make_node("BatchNormalization", [x, f"{prefix}_g", f"{prefix}_b", f"{prefix}_m", f"{prefix}_v"], [y])
+    return helper.make_node(
+        "BatchNormalization", [x, f"{prefix}_g", f"{prefix}_b", f"{prefix}_m", f"{prefix}_v"], [y]
+    )
 
 
 def cnn_bn(opset: int = 21) -> onnx.ModelProto:
@@ -90,8 +101,13 @@ def cnn_bn(opset: int = 21) -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], transB=1),
     ]
     inits = {
-        "c1": _w(8, 1, 3, 3), "c1b": _w(8, scale=0.1), "c2": _w(16, 8, 3, 3),
-        "fc": _w(10, 16 * 4 * 4), "fcb": _w(10, scale=0.1), **_bn("bn1", 8), **_bn("bn2", 16),
+        "c1": _w(8, 1, 3, 3),
+        "c1b": _w(8, scale=0.1),
+        "c2": _w(16, 8, 3, 3),
+        "fc": _w(10, 16 * 4 * 4),
+        "fcb": _w(10, scale=0.1),
+        **_bn("bn1", 8),
+        **_bn("bn2", 16),
     }
     return make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10], opset=opset)
 
@@ -111,7 +127,13 @@ def residual_block() -> onnx.ModelProto:
         helper.make_node("MatMul", ["f", "fc"], ["m"]),
         helper.make_node("Add", ["m", "fcb"], ["y"]),
     ]
-    inits = {"c0": _w(8, 1, 3, 3), "c1": _w(8, 8, 3, 3), "c2": _w(8, 8, 3, 3, scale=0.2), "fc": _w(8, 10), "fcb": _w(10, scale=0.1)}
+    inits = {
+        "c0": _w(8, 1, 3, 3),
+        "c1": _w(8, 8, 3, 3),
+        "c2": _w(8, 8, 3, 3, scale=0.2),
+        "fc": _w(8, 10),
+        "fcb": _w(10, scale=0.1),
+    }
     return make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10])
 
 
@@ -130,8 +152,12 @@ def concat_block() -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
     ]
     inits = {
-        "c0": _w(6, 1, 3, 3), "c1": _w(6, 6, 3, 3), "c2": _w(4, 6, 1, 1), "fc": _w(10, 16 * 2 * 2),
-        "zero": np.zeros((), np.float32), "six": np.full((), 6.0, np.float32),
+        "c0": _w(6, 1, 3, 3),
+        "c1": _w(6, 6, 3, 3),
+        "c2": _w(4, 6, 1, 1),
+        "fc": _w(10, 16 * 2 * 2),
+        "zero": np.zeros((), np.float32),
+        "six": np.full((), 6.0, np.float32),
     }
     return make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10])
 
@@ -158,9 +184,15 @@ def torch_cnn():
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.AvgPool2d(2),
-        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU6(),
-        torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 10),
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AvgPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU6(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16 * 4 * 4, 10),
     )
     with torch.no_grad():
         for m in net:
@@ -178,11 +210,27 @@ def torch_export(net, example: np.ndarray, dynamo: bool) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
-            program = torch.onnx.export(net, (x,), dynamo=True, input_names=["x"], output_names=["y"],
-                                        dynamic_shapes=({0: torch.export.Dim("N", min=1)},), verbose=False)
+            program = torch.onnx.export(
+                net,
+                (x,),
+                dynamo=True,
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_shapes=({0: torch.export.Dim("N", min=1)},),
+                verbose=False,
+            )
             return program.model_proto
-        torch.onnx.export(net, (x,), buffer, dynamo=False, opset_version=13, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "N"}}, do_constant_folding=False)
+        torch.onnx.export(
+            net,
+            (x,),
+            buffer,
+            dynamo=False,
+            opset_version=13,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "N"}},
+            do_constant_folding=False,
+        )
     return onnx.load_from_string(buffer.getvalue())
 
 

@@ -43,14 +43,20 @@ QCFS_INITS = {"lam": S(2.5), "L": S(4.0), "half": S(0.5), "zero": S(0.0)}
 
 CASES = {
     "relu": ([helper.make_node("Relu", ["x"], ["y"])], {}, TransferFunction(ActivationKind.RELU)),
-    "max0": ([helper.make_node("Max", ["x", "zero"], ["y"])], {"zero": S(0)}, TransferFunction(ActivationKind.RELU)),
+    "max0": (
+        [helper.make_node("Max", ["x", "zero"], ["y"])],
+        {"zero": S(0)},
+        TransferFunction(ActivationKind.RELU),
+    ),
     "relu6-clip": (
-        [helper.make_node("Clip", ["x", "zero", "six"], ["y"])], {"zero": S(0), "six": S(6)},
+        [helper.make_node("Clip", ["x", "zero", "six"], ["y"])],
+        {"zero": S(0), "six": S(6)},
         TransferFunction(ActivationKind.CLIPPED, upper_bound=6.0),
     ),
     "hardtanh-min-max": (
         [helper.make_node("Max", ["x", "zero"], ["m"]), helper.make_node("Min", ["m", "lam"], ["y"])],
-        {"zero": S(0), "lam": S(1.5)}, TransferFunction(ActivationKind.CLIPPED, upper_bound=1.5),
+        {"zero": S(0), "lam": S(1.5)},
+        TransferFunction(ActivationKind.CLIPPED, upper_bound=1.5),
     ),
     "qcfs": (QCFS_NODES, QCFS_INITS, TransferFunction(ActivationKind.QUANTIZED, 2.5, 4, 0.5)),
 }
@@ -64,7 +70,10 @@ def test_recognized(case):
     (site,) = program.sites.values()
     assert site.transfer.kind == expected.kind
     assert site.transfer.levels == expected.levels
-    for got, want in [(site.transfer.upper_bound, expected.upper_bound), (site.transfer.offset, expected.offset)]:
+    for got, want in [
+        (site.transfer.upper_bound, expected.upper_bound),
+        (site.transfer.offset, expected.offset),
+    ]:
         assert got == pytest.approx(want) if want is not None else got is None
     assert (site.input, site.output) == ("x", "y")
     assert len(site.nodes) == len(nodes)
@@ -84,7 +93,10 @@ def test_scaled_relu_leaves_the_scale_as_a_linear_op():
 
 
 def test_relu_then_sigmoid_is_a_relu_site_and_a_rejected_sigmoid():
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Sigmoid", ["r"], ["y"], name="sig")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Sigmoid", ["r"], ["y"], name="sig"),
+    ]
     program = _sites(_elementwise(nodes, {}))
     assert list(program.sites) == ["relu"]
     assert "sig" in program.rejected and "f(" in program.rejected["sig"]
@@ -104,10 +116,18 @@ def test_relu_scale_relu_is_two_sites():
     "nodes,inits,reason",
     [
         ([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)], {}, "0 for negative inputs"),
-        ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], {"lo": S(-1), "hi": S(1)}, "0 for negative inputs"),
+        (
+            [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])],
+            {"lo": S(-1), "hi": S(1)},
+            "0 for negative inputs",
+        ),
         ([helper.make_node("Sigmoid", ["x"], ["y"])], {}, "0 for negative inputs"),
         ([helper.make_node("Softplus", ["x"], ["y"])], {}, "0 for negative inputs"),
-        ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], {"lo": S(0.5), "hi": S(1)}, ") = 0.5, but a ReLU is 0"),
+        (
+            [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])],
+            {"lo": S(0.5), "hi": S(1)},
+            ") = 0.5, but a ReLU is 0",
+        ),
     ],
 )
 def test_not_relu(nodes, inits, reason):

@@ -29,7 +29,9 @@ def files(tmp_path, digits):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "icsnn_onnx", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "icsnn_onnx", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def _one_line_error(capsys, code: int, *fragments: str) -> None:
@@ -44,11 +46,23 @@ def _one_line_error(capsys, code: int, *fragments: str) -> None:
 def test_convert_eval_inspect_end_to_end(tmp_path):
     """As a user runs it: a subprocess on the shipped example."""
     out = tmp_path / "digits.snn.onnx"
-    done = _cli("convert", str(EXAMPLE / "digits_cnn.onnx"), "--calib", str(EXAMPLE / "calib.npz"),
-                "-T", "16", "--per-step", "-o", str(out), "--quiet")
+    done = _cli(
+        "convert",
+        str(EXAMPLE / "digits_cnn.onnx"),
+        "--calib",
+        str(EXAMPLE / "calib.npz"),
+        "-T",
+        "16",
+        "--per-step",
+        "-o",
+        str(out),
+        "--quiet",
+    )
     assert done.returncode == 0, done.stderr
     assert "3 activation site(s)" in done.stdout and out.exists()
-    done = _cli("eval", str(out), "--data", str(EXAMPLE / "test.npz"), "--ann", str(EXAMPLE / "digits_cnn.onnx"), "-q")
+    done = _cli(
+        "eval", str(out), "--data", str(EXAMPLE / "test.npz"), "--ann", str(EXAMPLE / "digits_cnn.onnx"), "-q"
+    )
     assert done.returncode == 0, done.stderr
     assert "ANN" in done.stdout and "SNN" in done.stdout and "T=16:" in done.stdout
     snn_acc = float(done.stdout.split("SNN")[1].split("accuracy ")[1].split("%")[0])
@@ -60,8 +74,24 @@ def test_convert_eval_inspect_end_to_end(tmp_path):
 
 def test_default_output_name_and_options(files, capsys):
     tmp, model = files
-    code = main(["convert", str(model), "--calib", str(tmp / "calib.npz"), "-T", "4", "--init", "zero",
-                 "--threshold", "max", "--channel-wise", "--calib-samples", "50", "-q"])
+    code = main(
+        [
+            "convert",
+            str(model),
+            "--calib",
+            str(tmp / "calib.npz"),
+            "-T",
+            "4",
+            "--init",
+            "zero",
+            "--threshold",
+            "max",
+            "--channel-wise",
+            "--calib-samples",
+            "50",
+            "-q",
+        ]
+    )
     assert code == 0
     meta = {p.key: p.value for p in onnx.load(tmp / "cnn.snn.onnx").metadata_props}
     assert (meta["icsnn.init"], meta["icsnn.threshold"], meta["icsnn.calib_samples"]) == ("zero", "max", "50")
@@ -91,7 +121,9 @@ def test_truncated_file(files, capsys):
     tmp, model = files
     data = model.read_bytes()
     (tmp / "cut.onnx").write_bytes(data[: len(data) // 2])
-    _one_line_error(capsys, main(["convert", str(tmp / "cut.onnx"), "--calib", str(tmp / "calib.npz")]), "cut.onnx")
+    _one_line_error(
+        capsys, main(["convert", str(tmp / "cut.onnx"), "--calib", str(tmp / "calib.npz")]), "cut.onnx"
+    )
 
 
 def test_unsupported_op_exits_2_names_the_node_and_writes_nothing(files, capsys):
@@ -144,7 +176,9 @@ def test_output_exists_without_force(files, capsys):
     code = main(["convert", str(model), "--calib", str(tmp / "calib.npz"), "-o", str(out)])
     _one_line_error(capsys, code, "exists", "--force")
     assert out.read_text() == "old"
-    assert main(["convert", str(model), "--calib", str(tmp / "calib.npz"), "-o", str(out), "--force", "-q"]) == 0
+    assert (
+        main(["convert", str(model), "--calib", str(tmp / "calib.npz"), "-o", str(out), "--force", "-q"]) == 0
+    )
     onnx.checker.check_model(onnx.load(out))
 
 

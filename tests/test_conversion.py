@@ -96,7 +96,12 @@ def _with_nodes_between(extra: list[onnx.NodeProto], extra_inits: dict | None = 
         helper.make_node("Flatten", ["a2"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1, name="fc"),
     ]
-    inits = {"c1": models._w(4, 1, 3, 3), "c2": models._w(4, 4, 3, 3), "cm": models._w(4, 4, 1, 1), "fc": models._w(10, 256)}
+    inits = {
+        "c1": models._w(4, 1, 3, 3),
+        "c2": models._w(4, 4, 3, 3),
+        "cm": models._w(4, 4, 1, 1),
+        "fc": models._w(10, 256),
+    }
     return models.make_model(nodes, {**inits, **(extra_inits or {})}, ["N", 1, 8, 8], ["N", 10])
 
 
@@ -125,7 +130,9 @@ def test_leaky_relu_between_neurons_is_reported_with_its_transfer_function(digit
             helper.make_node("LeakyRelu", ["hm"], ["e"], alpha=0.1, name="leaky"),
         ]
     )
-    with pytest.raises(UnsupportedOperatorError, match=r"leaky \(LeakyRelu\): transfer function is not a ReLU"):
+    with pytest.raises(
+        UnsupportedOperatorError, match=r"leaky \(LeakyRelu\): transfer function is not a ReLU"
+    ):
         icsnn_onnx.convert(model, digits[0][:50], T=4)
 
 
@@ -139,7 +146,9 @@ def test_nonlinear_ops_outside_the_spiking_part_are_allowed(digits):
         helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1),
         helper.make_node("Softmax", ["logits"], ["y"], axis=1),
     ]
-    model = models.make_model(nodes, {"c1": models._w(4, 1, 3, 3), "fc": models._w(10, 256)}, ["N", 1, 8, 8], ["N", 10])
+    model = models.make_model(
+        nodes, {"c1": models._w(4, 1, 3, 3), "fc": models._w(10, 256)}, ["N", 1, 8, 8], ["N", 10]
+    )
     x = digits[0][:300]
     snn = icsnn_onnx.convert(model, x, T=256, threshold="max")
     (ann,), (out,) = run(model, x), run(snn, x)
@@ -169,10 +178,17 @@ def test_clipped_network_needs_no_calibration(digits):
         helper.make_node("Flatten", ["a1"], ["f"]),
         helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
     ]
-    inits = {"c1": models._w(4, 1, 3, 3, scale=3.0), "fc": models._w(10, 256), "zero": np.zeros((), np.float32), "six": np.full((), 6.0, np.float32)}
+    inits = {
+        "c1": models._w(4, 1, 3, 3, scale=3.0),
+        "fc": models._w(10, 256),
+        "zero": np.zeros((), np.float32),
+        "six": np.full((), 6.0, np.float32),
+    }
     model = models.make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10])
     snn = icsnn_onnx.convert(model, None, T=64)
-    thresholds = [onnx.numpy_helper.to_array(i) for i in snn.graph.initializer if i.name.endswith(".threshold")]
+    thresholds = [
+        onnx.numpy_helper.to_array(i) for i in snn.graph.initializer if i.name.endswith(".threshold")
+    ]
     assert len(thresholds) == 1 and float(thresholds[0]) == 6.0
     (ann,), (out,) = run(model, digits[0][:200]), run(snn, digits[0][:200])
     assert relative_error(out, ann) < 0.05

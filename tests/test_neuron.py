@@ -33,17 +33,29 @@ def _unrolled_if_model(T: int, theta: float, v0: float) -> onnx.ModelProto:
     """IFNeuron applied T times with the state threaded, inputs z_1..z_T, outputs out_t and v_t."""
     nodes, v = [], "v0"
     for t in range(1, T + 1):
-        nodes.append(helper.make_node("IFNeuron", [v, f"z{t}", "theta"], [f"out{t}", f"v{t}"], domain=neuron.DOMAIN))
+        nodes.append(
+            helper.make_node("IFNeuron", [v, f"z{t}", "theta"], [f"out{t}", f"v{t}"], domain=neuron.DOMAIN)
+        )
         v = f"v{t}"
     graph = helper.make_graph(
-        nodes, "if",
+        nodes,
+        "if",
         [helper.make_tensor_value_info(f"z{t}", TensorProto.FLOAT, [1]) for t in range(1, T + 1)],
-        [helper.make_tensor_value_info(f"{k}{t}", TensorProto.FLOAT, [1]) for t in range(1, T + 1) for k in ("out", "v")],
-        [helper.make_tensor("v0", TensorProto.FLOAT, [], [v0]), helper.make_tensor("theta", TensorProto.FLOAT, [], [theta])],
+        [
+            helper.make_tensor_value_info(f"{k}{t}", TensorProto.FLOAT, [1])
+            for t in range(1, T + 1)
+            for k in ("out", "v")
+        ],
+        [
+            helper.make_tensor("v0", TensorProto.FLOAT, [], [v0]),
+            helper.make_tensor("theta", TensorProto.FLOAT, [], [theta]),
+        ],
     )
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(neuron.DOMAIN, 1)],
-        functions=[if_function_proto(21)], ir_version=10,
+        graph,
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(neuron.DOMAIN, 1)],
+        functions=[if_function_proto(21)],
+        ir_version=10,
     )
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -77,7 +77,12 @@ def test_constant_subgraphs_are_folded_and_no_ops_removed(digits):
     fill = helper.make_tensor("fill", onnx.TensorProto.FLOAT, [1], [0.01])
     nodes = [
         helper.make_node("ConstantOfShape", ["shape"], ["w"], value=fill),
-        helper.make_node("Constant", [], ["b"], value=helper.make_tensor("bv", onnx.TensorProto.FLOAT, [10], list(range(10)))),
+        helper.make_node(
+            "Constant",
+            [],
+            ["b"],
+            value=helper.make_tensor("bv", onnx.TensorProto.FLOAT, [10], list(range(10))),
+        ),
         helper.make_node("Flatten", ["x"], ["f"]),
         helper.make_node("Dropout", ["f"], ["d"]),
         helper.make_node("Relu", ["d"], ["r"]),
@@ -119,31 +124,59 @@ def _bn_after(layer_nodes, inits, in_shape, out_shape, channels, extra=()):
 FOLD_CASES = {
     "conv-bias": (
         [helper.make_node("Conv", ["x", "w", "b"], ["h"], pads=[1, 1, 1, 1])],
-        {"w": models._w(4, 1, 3, 3), "b": models._w(4, scale=0.1)}, ["N", 1, 8, 8], ["N", 4, 8, 8], 4,
+        {"w": models._w(4, 1, 3, 3), "b": models._w(4, scale=0.1)},
+        ["N", 1, 8, 8],
+        ["N", 4, 8, 8],
+        4,
     ),
     "conv-no-bias": (
-        [helper.make_node("Conv", ["x", "w"], ["h"])], {"w": models._w(4, 1, 3, 3)}, ["N", 1, 8, 8], ["N", 4, 6, 6], 4,
+        [helper.make_node("Conv", ["x", "w"], ["h"])],
+        {"w": models._w(4, 1, 3, 3)},
+        ["N", 1, 8, 8],
+        ["N", 4, 6, 6],
+        4,
     ),
     "conv-transpose-grouped": (
         [helper.make_node("ConvTranspose", ["x", "w", "b"], ["h"], group=2)],
-        {"w": models._w(2, 3, 2, 2), "b": models._w(6, scale=0.1)}, ["N", 2, 4, 4], ["N", 6, 5, 5], 6,
+        {"w": models._w(2, 3, 2, 2), "b": models._w(6, scale=0.1)},
+        ["N", 2, 4, 4],
+        ["N", 6, 5, 5],
+        6,
     ),
     "gemm-transB": (
         [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1, beta=0.5)],
-        {"w": models._w(5, 16), "b": models._w(5, scale=0.1)}, ["N", 16], ["N", 5], 5,
+        {"w": models._w(5, 16), "b": models._w(5, scale=0.1)},
+        ["N", 16],
+        ["N", 5],
+        5,
     ),
     "gemm-no-bias": (
-        [helper.make_node("Gemm", ["x", "w"], ["h"])], {"w": models._w(16, 5)}, ["N", 16], ["N", 5], 5,
+        [helper.make_node("Gemm", ["x", "w"], ["h"])],
+        {"w": models._w(16, 5)},
+        ["N", 16],
+        ["N", 5],
+        5,
     ),
     "matmul-add": (
         [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["h"])],
-        {"w": models._w(16, 5), "b": models._w(5, scale=0.1)}, ["N", 16], ["N", 5], 5,
+        {"w": models._w(16, 5), "b": models._w(5, scale=0.1)},
+        ["N", 16],
+        ["N", 5],
+        5,
     ),
-    "matmul": ([helper.make_node("MatMul", ["x", "w"], ["h"])], {"w": models._w(16, 5)}, ["N", 16], ["N", 5], 5),
+    "matmul": (
+        [helper.make_node("MatMul", ["x", "w"], ["h"])],
+        {"w": models._w(16, 5)},
+        ["N", 16],
+        ["N", 5],
+        5,
+    ),
     "conv-add": (
         [helper.make_node("Conv", ["x", "w", "cb"], ["c"]), helper.make_node("Add", ["c", "b"], ["h"])],
         {"w": models._w(4, 1, 3, 3), "cb": models._w(4, scale=0.1), "b": models._w(4, 1, 1, scale=0.1)},
-        ["N", 1, 8, 8], ["N", 4, 6, 6], 4,
+        ["N", 1, 8, 8],
+        ["N", 4, 6, 6],
+        4,
     ),
 }
 
@@ -182,7 +215,9 @@ def test_shared_producer_is_not_folded():
         helper.make_node("Relu", ["n"], ["r"]),
         helper.make_node("Add", ["r", "h"], ["y"]),
     ]
-    model = models.make_model(nodes, {"w": models._w(4, 1, 3, 3), **models._bn("bn", 4)}, ["N", 1, 8, 8], ["N", 4, 6, 6])
+    model = models.make_model(
+        nodes, {"w": models._w(4, 1, 3, 3), **models._bn("bn", 4)}, ["N", 1, 8, 8], ["N", 4, 6, 6]
+    )
     x = np.random.default_rng(0).uniform(size=[3, 1, 8, 8]).astype(np.float32)
     (before,) = run(model, x)
     program = _program(model)
@@ -228,8 +263,14 @@ def test_insertion_leaves_no_relu(digits):
     from icsnn_onnx.data import Dataset
 
     PassManager(
-        [Canonicalize(), RecognizeActivations(), FoldBatchNorm(), NormalizeThresholds(Dataset(calib)),
-         InitialPotential("half"), InsertNeurons()]
+        [
+            Canonicalize(),
+            RecognizeActivations(),
+            FoldBatchNorm(),
+            NormalizeThresholds(Dataset(calib)),
+            InitialPotential("half"),
+            InsertNeurons(),
+        ]
     )(program)
     assert "Relu" not in _ops(program)
     assert _ops(program).count("IFNeuron") == 2

@@ -22,10 +22,19 @@ SEED = 0
 
 def build() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 2 * 2, 10),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 2 * 2, 10),
     )
 
 
@@ -49,8 +58,14 @@ def main() -> None:
         acc = (model(torch.from_numpy(x[test])).argmax(1).numpy() == y[test]).mean()
     print(f"test accuracy {100 * acc:.2f}%")
     torch.onnx.export(
-        model, (xt[:1],), HERE / "digits_cnn.onnx", dynamo=False, opset_version=17,
-        input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}},
+        model,
+        (xt[:1],),
+        HERE / "digits_cnn.onnx",
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}},
     )
     np.savez_compressed(HERE / "calib.npz", x=x[train][:256])
     np.savez_compressed(HERE / "test.npz", x=x[test], y=y[test].astype(np.int64))

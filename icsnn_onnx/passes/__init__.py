@@ -33,10 +33,10 @@ class Pass(ABC):
     def name(self) -> str:
         return type(self).__name__
 
-    def requires(self, program: Program) -> None:
+    def requires(self, program: Program) -> None:  # noqa: B027 - optional hook
         """Raise :class:`PreconditionError` if the program is not ready for this pass."""
 
-    def ensures(self, program: Program) -> None:
+    def ensures(self, program: Program) -> None:  # noqa: B027 - optional hook
         """Raise :class:`PreconditionError` if the pass left the program inconsistent."""
 
     @abstractmethod

@@ -164,7 +164,9 @@ def segment_chain(chain: list[gs.Node]) -> tuple[list[tuple[int, int, TransferFu
     if not nonlinear:
         return [], {}
     spans = [
-        (s, e) for s in range(len(chain)) for e in range(s + 1, len(chain) + 1)
+        (s, e)
+        for s in range(len(chain))
+        for e in range(s + 1, len(chain) + 1)
         if any(s <= i < e for i in nonlinear)
     ]
     spans.sort(key=lambda span: (span[0] - span[1], span[0]))
@@ -202,4 +204,3 @@ class RecognizeActivations(Pass):
             for i, reason in rejected.items():
                 program.rejected[chain[i].name] = f"transfer function is not a ReLU: {reason}"
         return PassResult(program, False)
-

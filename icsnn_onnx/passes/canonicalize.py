@@ -63,11 +63,7 @@ def import_model(model: onnx.ModelProto, options: ConversionOptions) -> Program:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as err:
         raise ModelLoadError(f"shape inference failed: {str(err).splitlines()[0]}") from err
-    extra = {
-        op.domain: op.version
-        for op in model.opset_import
-        if op.domain not in ("", "ai.onnx")
-    }
+    extra = {op.domain: op.version for op in model.opset_import if op.domain not in ("", "ai.onnx")}
     graph = gs.import_onnx(model)
     return Program(graph=graph, options=options, opset=CANONICAL_OPSET, extra_opsets=extra)
 

@@ -157,8 +157,22 @@ class FoldBatchNorm(Pass):
         shape = channel_shape(rank, a.size)
         mid = gs.Variable(f"{y.name}__bn_scaled", x.dtype, x.shape)
         detach(bn)
-        graph.nodes.append(gs.Node("Mul", f"{bn.name}__scale", inputs=[x, gs.Constant(f"{bn.name}__a", _cast(a.reshape(shape), dtype))], outputs=[mid]))
-        graph.nodes.append(gs.Node("Add", f"{bn.name}__shift", inputs=[mid, gs.Constant(f"{bn.name}__b", _cast(b.reshape(shape), dtype))], outputs=[y]))
+        graph.nodes.append(
+            gs.Node(
+                "Mul",
+                f"{bn.name}__scale",
+                inputs=[x, gs.Constant(f"{bn.name}__a", _cast(a.reshape(shape), dtype))],
+                outputs=[mid],
+            )
+        )
+        graph.nodes.append(
+            gs.Node(
+                "Add",
+                f"{bn.name}__shift",
+                inputs=[mid, gs.Constant(f"{bn.name}__b", _cast(b.reshape(shape), dtype))],
+                outputs=[y],
+            )
+        )
 
 
 def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -167,4 +181,3 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _per_channel(v: np.ndarray, rank: int | None) -> np.ndarray:
     return v.reshape(channel_shape(rank, v.size)) if rank else v
-

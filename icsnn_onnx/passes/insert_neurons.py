@@ -15,7 +15,6 @@ from icsnn_onnx.passes.graph_utils import detach
 from icsnn_onnx.program import Program
 
 
-
 def is_neuron(node: gs.Node) -> bool:
     return node.op == neuron.OP_TYPE and node.domain == neuron.DOMAIN
 

@@ -54,10 +54,29 @@ def _always_linear(node: gs.Node, streams: Sequence[bool]) -> str | None:
 
 
 @rule(
-    "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice", "Gather",
-    "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "AveragePool", "GlobalAveragePool",
-    "ReduceMean", "ReduceSum", "Pad", "Resize", "Upsample", "Dropout", "BatchNormalization",
-    "Conv", "ConvTranspose",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Split",
+    "Slice",
+    "Gather",
+    "Expand",
+    "Tile",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "AveragePool",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "ReduceSum",
+    "Pad",
+    "Resize",
+    "Upsample",
+    "Dropout",
+    "BatchNormalization",
+    "Conv",
+    "ConvTranspose",
 )
 def _linear_in_first_input(node: gs.Node, streams: Sequence[bool]) -> str | None:
     if any(streams[1:]):
@@ -79,7 +98,12 @@ def _stream_numerator(node: gs.Node, streams: Sequence[bool]) -> str | None:
     return "divides by a time-varying tensor" if len(streams) > 1 and streams[1] else None
 
 
-_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+_FLOATS = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+}
 
 
 @rule("Cast")
@@ -98,9 +122,33 @@ def _order_statistics(node: gs.Node, streams: Sequence[bool]) -> str | None:
 
 
 @rule(
-    "Relu", "Clip", "Max", "Min", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh",
-    "HardSigmoid", "HardSwish", "Softplus", "Gelu", "Mish", "Floor", "Ceil", "Round", "Abs",
-    "Sign", "ThresholdedRelu", "Exp", "Log", "Sqrt", "Pow", "Reciprocal", "Erf",
+    "Relu",
+    "Clip",
+    "Max",
+    "Min",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Sigmoid",
+    "Tanh",
+    "HardSigmoid",
+    "HardSwish",
+    "Softplus",
+    "Gelu",
+    "Mish",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Abs",
+    "Sign",
+    "ThresholdedRelu",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Pow",
+    "Reciprocal",
+    "Erf",
 )
 def _elementwise_nonlinear(node: gs.Node, streams: Sequence[bool]) -> str | None:
     return f"{node.op} is nonlinear and its transfer function is not a (clipped) ReLU"

@@ -115,9 +115,7 @@ class CheckSupport(Pass):
 
     def call(self, program: Program) -> PassResult:
         if not program.sites:
-            raise ConversionError(
-                "no ReLU-like activation found: there is nothing to make spiking"
-            )
+            raise ConversionError("no ReLU-like activation found: there is nothing to make spiking")
         in_sites = site_node_names(program)
         _, blocked = analyze(program.graph, lambda n: n.name in in_sites, program.rejected)
         if blocked:

@@ -19,8 +19,8 @@ from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.passes import Pass, PassResult, require
 from icsnn_onnx.passes.graph_utils import channel_shape
-from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.program import ActivationKind, Program
+from icsnn_onnx.progress import ProgressFactory, silent
 
 logger = logging.getLogger(__name__)
 

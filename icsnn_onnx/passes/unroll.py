@@ -24,6 +24,7 @@ from icsnn_onnx.passes.insert_neurons import is_neuron
 from icsnn_onnx.passes.temporal import TemporalPlan, analyze
 from icsnn_onnx.program import Program
 
+
 class Unroll(Pass):
     def __init__(self, T: int, per_step: bool = False) -> None:
         if T < 1:
@@ -37,7 +38,9 @@ class Unroll(Pass):
     def ensures(self, program: Program) -> None:
         for node in program.graph.nodes:
             if is_neuron(node):
-                require(len(node.inputs) == 3 and len(node.outputs) == 2, self.name, f"{node.name} not unrolled")
+                require(
+                    len(node.inputs) == 3 and len(node.outputs) == 2, self.name, f"{node.name} not unrolled"
+                )
 
     def call(self, program: Program) -> PassResult:
         graph = program.graph
@@ -66,7 +69,9 @@ class _Unroller:
             return self.copies[(tensor.name, t)]
         return tensor
 
-    def _add(self, op: str, name: str, inputs: list[gs.Tensor], outputs: list[gs.Tensor], **kw: object) -> None:
+    def _add(
+        self, op: str, name: str, inputs: list[gs.Tensor], outputs: list[gs.Tensor], **kw: object
+    ) -> None:
         self.graph.nodes.append(gs.Node(op, name, inputs=inputs, outputs=outputs, **kw))
 
     def run(self) -> None:
@@ -83,8 +88,10 @@ class _Unroller:
                     out = gs.Variable(f"{y.name}@{t}", y.dtype, y.shape)
                     v_t = gs.Variable(f"{node.name}.v@{t}", y.dtype, y.shape)
                     self._add(
-                        neuron.OP_TYPE, f"{node.name}@{t}",
-                        [potential.get(node.name, v0), self.at(z, t), theta], [out, v_t],
+                        neuron.OP_TYPE,
+                        f"{node.name}@{t}",
+                        [potential.get(node.name, v0), self.at(z, t), theta],
+                        [out, v_t],
                         domain=neuron.DOMAIN,
                     )
                     potential[node.name] = v_t
@@ -92,8 +99,12 @@ class _Unroller:
                     continue
                 clones = [gs.Variable(f"{o.name}@{t}", o.dtype, o.shape) for o in outputs]
                 self._add(
-                    node.op, f"{node.name}@{t}", [self.at(i, t) for i in inputs], clones,
-                    attrs=dict(node.attrs), domain=node.domain,
+                    node.op,
+                    f"{node.name}@{t}",
+                    [self.at(i, t) for i in inputs],
+                    clones,
+                    attrs=dict(node.attrs),
+                    domain=node.domain,
                 )
                 for o, clone in zip(outputs, clones, strict=True):
                     self.copies[(o.name, t)] = clone
@@ -130,7 +141,14 @@ class _Unroller:
                 for node in head:
                     inputs = [values.get(i.name, i) for i in node.inputs]
                     outputs = [gs.Variable(f"{o.name}.after@{t}", o.dtype, o.shape) for o in node.outputs]
-                    self._add(node.op, f"{node.name}.after@{t}", inputs, outputs, attrs=dict(node.attrs), domain=node.domain)
+                    self._add(
+                        node.op,
+                        f"{node.name}.after@{t}",
+                        inputs,
+                        outputs,
+                        attrs=dict(node.attrs),
+                        domain=node.domain,
+                    )
                     values.update({o.name: c for o, c in zip(node.outputs, outputs, strict=True)})
             per_t.append(values)
         names = []

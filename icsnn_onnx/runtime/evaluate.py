@@ -13,7 +13,6 @@ from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime.session import Session
 
 
-
 def predicted_labels(values: np.ndarray) -> np.ndarray:
     """Class labels from an output: integer labels as they are, scores by argmax."""
     if values.dtype.kind in "iu" and values.ndim == 1:

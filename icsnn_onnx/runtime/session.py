@@ -134,7 +134,9 @@ class Session:
     def batch_axis(self, output: str) -> int:
         return self._batch_axis.get(output, 0)
 
-    def run(self, feeds: Mapping[str, np.ndarray] | np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, feeds: Mapping[str, np.ndarray] | np.ndarray, outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         if isinstance(feeds, np.ndarray):
             feeds = {self.inputs[0].name: feeds}
         names = outputs or self.output_names
@@ -160,7 +162,9 @@ class Session:
             for batch in data.batches(size):
                 n = len(next(iter(batch.values())))
                 if static and n < static:
-                    batch = {k: np.concatenate([v, np.repeat(v[-1:], static - n, 0)]) for k, v in batch.items()}
+                    batch = {
+                        k: np.concatenate([v, np.repeat(v[-1:], static - n, 0)]) for k, v in batch.items()
+                    }
                 result = self.run(batch, outputs)
                 if static and n < static:
                     result = {k: np.take(v, range(n), axis=self.batch_axis(k)) for k, v in result.items()}
@@ -169,7 +173,13 @@ class Session:
         finally:
             bar.close()
 
-    def run_all(self, data: Dataset, batch_size: int = 64, outputs: list[str] | None = None, progress: ProgressFactory = silent) -> dict[str, np.ndarray]:
+    def run_all(
+        self,
+        data: Dataset,
+        batch_size: int = 64,
+        outputs: list[str] | None = None,
+        progress: ProgressFactory = silent,
+    ) -> dict[str, np.ndarray]:
         """Run ``data`` in batches and concatenate the outputs."""
         parts: dict[str, list[np.ndarray]] = {}
         for result in self.iter_run(data, batch_size, outputs, progress):
