@@ -1,0 +1,163 @@
+"""MNIST: a torch-trained ReLU CNN, converted by the CLI, run by plain ONNX Runtime.
+
+Trains a small ReLU CNN (BatchNorm, AvgPool) on the 60k MNIST training images with torch on
+the CPU (seeded), exports it with torch's ONNX exporter, converts it with the installed
+``icsnn-onnx`` CLI (``--init half`` and ``--init zero``, ``-T 64 --per-step``), and measures
+test accuracy on the 10k test images with a bare ``onnxruntime.InferenceSession`` — the
+deployment path, not this project's runtime — at every T ≤ 64.
+
+    python benchmarks/mnist_convert.py            # ~3-5 min on 2 CPU cores
+
+Writes benchmarks/results/mnist_convert.{json,png} and the trained ANN mnist_cnn.onnx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mnist_data import DEFAULT_DIR, load_mnist  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SEED = 0
+T_MAX = 64
+CALIB_SAMPLES = 2000
+
+
+def build() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 3 * 3, 10),
+    )
+
+
+def train(x: np.ndarray, y: np.ndarray, epochs: int) -> nn.Module:
+    torch.manual_seed(SEED)
+    model = build()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=epochs * (len(x) // 128 + 1))
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    g = torch.Generator().manual_seed(SEED)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(xt), generator=g).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def accuracy(path: Path, x: np.ndarray, y: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+    """Accuracy of each output with a bare ONNX Runtime session, in one pass over the data;
+    per step for an output of shape [T, N, C]."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    correct: list = [0] * len(outputs)
+    for start in range(0, len(x), 500):
+        results = session.run(outputs, {"image": x[start : start + 500]})
+        for i, out in enumerate(results):
+            correct[i] = correct[i] + (out.argmax(-1) == y[start : start + 500]).sum(-1)
+    return [np.atleast_1d(c / len(x)) for c in correct]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    RESULTS.mkdir(exist_ok=True)
+    train_x, train_y, test_x, test_y = load_mnist(args.data_dir)
+
+    t0 = time.perf_counter()
+    model = train(train_x, train_y, args.epochs)
+    train_s = time.perf_counter() - t0
+    ann_path = RESULTS / "mnist_cnn.onnx"
+    torch.onnx.export(
+        model, (torch.from_numpy(train_x[:1]),), ann_path, dynamo=False, opset_version=17,
+        input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}},
+    )
+    calib = RESULTS.parent / ".cache" / "mnist_calib.npz"
+    calib.parent.mkdir(exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    np.savez(calib, x=train_x[rng.choice(len(train_x), CALIB_SAMPLES, replace=False)])
+
+    ann_acc = float(accuracy(ann_path, test_x, test_y, ["logits"])[0][0])
+    cli = shutil.which("icsnn-onnx") or sys.exit("icsnn-onnx not on PATH: pip install -e . first")
+    runs = {}
+    for init in ("half", "zero"):
+        snn_path = RESULTS.parent / ".cache" / f"mnist_cnn.{init}.snn.onnx"
+        t0 = time.perf_counter()
+        subprocess.run(
+            [cli, "convert", str(ann_path), "--calib", str(calib), "--init", init, "-T", str(T_MAX),
+             "--per-step", "-o", str(snn_path), "--force", "--quiet"],
+            check=True,
+        )
+        convert_s = time.perf_counter() - t0
+        final_acc, per_t = accuracy(snn_path, test_x, test_y, ["logits", "logits_per_step"])
+        final = float(final_acc[0])
+        runs[init] = {
+            "convert_seconds": round(convert_s, 2),
+            "accuracy_T64": final,
+            "accuracy_per_T": {str(t): float(a) for t, a in enumerate(per_t, 1)},
+        }
+        print(f"init={init}: SNN T=64 {100 * final:.2f}% (ANN {100 * ann_acc:.2f}%), "
+              f"T=8 {100 * per_t[7]:.2f}%, T=16 {100 * per_t[15]:.2f}%, T=32 {100 * per_t[31]:.2f}%")
+
+    report = {
+        "benchmark": "mnist_convert",
+        "model": "3x(conv3x3-32, BN, ReLU, AvgPool2) + Linear, torch-trained, exported by torch.onnx (opset 17)",
+        "train": {"epochs": args.epochs, "seed": SEED, "seconds": round(train_s, 1), "images": len(train_x)},
+        "convert": {"T": T_MAX, "threshold": "p99.99", "calib_samples": CALIB_SAMPLES, "encoding": "direct"},
+        "test_images": len(test_x),
+        "ann_accuracy": ann_acc,
+        "snn": runs,
+        "target": "SNN (init half, T=64) >= ANN - 1 point",
+        "target_met": runs["half"]["accuracy_T64"] >= ann_acc - 0.01,
+        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider (plain InferenceSession)",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, python {platform.python_version()}",
+    }
+    (RESULTS / "mnist_convert.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, RESULTS / "mnist_convert.png")
+    print(json.dumps({k: report[k] for k in ("ann_accuracy", "target_met")}))
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for init, style in (("half", "-o"), ("zero", "--s")):
+        per_t = report["snn"][init]["accuracy_per_T"]
+        ts = [int(t) for t in per_t]
+        ax.plot(ts, [100 * per_t[str(t)] for t in ts], style, ms=3, label=f"SNN, v(0) = {'θ/2' if init == 'half' else '0'}")
+    ax.axhline(100 * report["ann_accuracy"], color="k", lw=1, label="ANN")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("time steps T")
+    ax.set_ylabel("MNIST test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("icsnn-onnx: MNIST CNN converted, run by ONNX Runtime")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()
