@@ -5,8 +5,9 @@ outputs. Memory depends on the number of channels, never on the number of sample
 
 - ``max``: a running maximum (per channel or per layer).
 - percentile ``q``: a second pass fills a fixed histogram of ``BINS`` bins over ``[0, max]``
-  per channel; the percentile is read off the cumulative counts with linear interpolation
-  inside the bin (resolution ``max / BINS``).
+  per channel; the percentile (numpy's definition: linear between the order statistics around
+  rank ``q/100·(n-1)``) is read off the cumulative counts, each order statistic located within
+  its bin (error at most ``max / BINS``).
 
 Statistics are of the ReLU'd pre-activation ``max(z, 0)`` — the ANN's activation values.
 """
@@ -84,13 +85,22 @@ def activation_thresholds(
     return {name: _percentile_from_histogram(hist[name], maxima[name], percentile) for name in names}
 
 
-def _percentile_from_histogram(hist: np.ndarray, top: np.ndarray, q: float) -> np.ndarray:
+def _order_statistic(hist: np.ndarray, top: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Estimate of the k-th smallest value (0-based) per row: its bin, and its rank inside it."""
     cumulative = np.cumsum(hist, axis=1)
-    total = cumulative[:, -1:]
-    target = q / 100.0 * total
-    index = np.minimum((cumulative < target).sum(axis=1), hist.shape[1] - 1)
+    index = np.minimum((cumulative <= k[:, None]).sum(axis=1), hist.shape[1] - 1)
     rows = np.arange(len(hist))
-    below = np.where(index > 0, cumulative[rows, index - 1], 0)
-    inside = np.maximum(hist[rows, index], 1)
-    fraction = np.clip((target[:, 0] - below) / inside, 0.0, 1.0)
-    return (index + fraction) / hist.shape[1] * top
+    below = np.where(index > 0, cumulative[rows, np.maximum(index - 1, 0)], 0)
+    inside = (k - below + 0.5) / np.maximum(hist[rows, index], 1)
+    return (index + np.clip(inside, 0.0, 1.0)) / hist.shape[1] * top
+
+
+def _percentile_from_histogram(hist: np.ndarray, top: np.ndarray, q: float) -> np.ndarray:
+    """``np.percentile``'s definition (linear between order statistics), from the histogram;
+    each order statistic is located within one bin, so the error is at most ``top / BINS``."""
+    n = hist.sum(axis=1)
+    rank = q / 100.0 * (n - 1)
+    low = np.floor(rank)
+    frac = rank - low
+    high = np.minimum(low + 1, n - 1)
+    return (1 - frac) * _order_statistic(hist, top, low) + frac * _order_statistic(hist, top, high)

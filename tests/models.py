@@ -242,3 +242,59 @@ def sklearn_mlp(x: np.ndarray, y: np.ndarray) -> onnx.ModelProto:
         warnings.simplefilter("ignore")
         clf = MLPClassifier((32, 16), max_iter=200, random_state=0).fit(x, y)
     return to_onnx(clf, x[:1], options={"zipmap": False}, target_opset=17)
+
+
+def linear_zoo() -> onnx.ModelProto:
+    """Every kind of linear op between two spiking layers: Split, Slice, Transpose, Reshape,
+    Pad, ReduceMean/ReduceSum, Squeeze/Unsqueeze, Sub/Div by constants, Concat, residual Sub."""
+    nodes = [
+        helper.make_node("Conv", ["x", "c0"], ["h0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h0"], ["a0"]),  # [N, 8, 8, 8]
+        helper.make_node("Split", ["a0", "split"], ["s1", "s2"], axis=1),  # 2 × [N, 4, 8, 8]
+        helper.make_node("Slice", ["s1", "starts", "ends", "axes"], ["sl"]),  # [N, 4, 6, 8]
+        helper.make_node("Pad", ["sl", "pads"], ["pd"], mode="constant"),  # [N, 4, 8, 8]
+        helper.make_node("Transpose", ["s2"], ["tr"], perm=[0, 1, 3, 2]),
+        helper.make_node("Sub", ["pd", "tr"], ["df"]),  # difference of two spiking streams
+        helper.make_node("Div", ["df", "two"], ["dv"]),
+        helper.make_node("ReduceMean", ["dv", "rm_axes"], ["rm"], keepdims=1),  # [N, 4, 8, 1]
+        helper.make_node("Squeeze", ["rm", "sq_axes"], ["sq"]),  # [N, 4, 8]
+        helper.make_node("Unsqueeze", ["sq", "sq_axes"], ["us"]),  # [N, 4, 8, 1]
+        helper.make_node("ReduceSum", ["s2", "rs_axes"], ["rs"], keepdims=1),  # [N, 4, 8, 1]
+        helper.make_node("Concat", ["us", "rs"], ["cat"], axis=1),  # [N, 8, 8, 1]
+        helper.make_node("Reshape", ["cat", "shape"], ["flat"]),  # [N, 64]
+        helper.make_node("Gemm", ["flat", "w1", "b1"], ["h1"], transB=1),
+        helper.make_node("Relu", ["h1"], ["a1"]),
+        helper.make_node("Gemm", ["a1", "w2"], ["y"], transB=1),
+    ]
+    inits = {
+        "c0": _w(8, 1, 3, 3), "split": np.array([4, 4], np.int64),
+        "starts": np.array([1], np.int64), "ends": np.array([7], np.int64), "axes": np.array([2], np.int64),
+        "pads": np.array([0, 0, 1, 0, 0, 0, 1, 0], np.int64), "two": np.array(2.0, np.float32),
+        "rm_axes": np.array([3], np.int64), "sq_axes": np.array([3], np.int64), "rs_axes": np.array([3], np.int64),
+        "shape": np.array([0, -1], np.int64), "w1": _w(32, 64), "b1": _w(32, scale=0.1), "w2": _w(10, 32),
+    }
+    return make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10])
+
+
+def two_inputs() -> onnx.ModelProto:
+    """Two inputs: an image through Conv-ReLU and a feature vector, concatenated, then an MLP."""
+    nodes = [
+        helper.make_node("Conv", ["image", "c0"], ["h0"], strides=[2, 2]),
+        helper.make_node("Relu", ["h0"], ["a0"]),
+        helper.make_node("Flatten", ["a0"], ["f0"]),
+        helper.make_node("Gemm", ["features", "wf"], ["hf"], transB=1),
+        helper.make_node("Relu", ["hf"], ["af"]),
+        helper.make_node("Concat", ["f0", "af"], ["cat"], axis=1),
+        helper.make_node("Gemm", ["cat", "w"], ["y"], transB=1),
+    ]
+    inits = {"c0": _w(4, 1, 3, 3), "wf": _w(8, 5), "w": _w(10, 4 * 9 + 8)}
+    graph = helper.make_graph(
+        nodes, "two_inputs",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8]),
+         helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    onnx.checker.check_model(model)
+    return model

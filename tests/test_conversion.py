@@ -25,6 +25,7 @@ BUILDERS = {
     "helper-residual": lambda d: (models.residual_block(), d[0]),
     "helper-concat": lambda d: (models.concat_block(), d[0]),
     "helper-standalone-bn": lambda d: (models.standalone_bn(), d[0]),
+    "helper-linear-zoo": lambda d: (models.linear_zoo(), d[0]),
     "torch-legacy": lambda d: (models.torch_export(models.torch_cnn(), d[0][:2], dynamo=False), d[0]),
     "torch-dynamo": lambda d: (models.torch_export(models.torch_cnn(), d[0][:2], dynamo=True), d[0]),
 }
@@ -191,4 +192,27 @@ def test_clipped_network_needs_no_calibration(digits):
     ]
     assert len(thresholds) == 1 and float(thresholds[0]) == 6.0
     (ann,), (out,) = run(model, digits[0][:200]), run(snn, digits[0][:200])
+    assert relative_error(out, ann) < 0.05
+
+
+def test_multi_input_model(digits, tmp_path):
+    x = digits[0][:600]
+    features = np.random.default_rng(0).normal(size=(600, 5)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", image=x[:300], features=features[:300])
+    model = models.two_inputs()
+    snn = icsnn_onnx.convert(model, tmp_path / "calib.npz", T=256, threshold="max")
+    assert [i.name for i in snn.graph.input] == ["image", "features"]
+    feeds = {"image": x[300:], "features": features[300:]}
+    (ann,), (out,) = run(model, feeds), run(snn, feeds)
+    assert relative_error(out, ann) < 0.02
+
+
+def test_external_data_model(digits, tmp_path):
+    model = models.cnn_bn()
+    (ann,) = run(model, digits[0][200:400])  # before saving: external-data saving rewrites the proto
+    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.weights", size_threshold=0)
+    assert (tmp_path / "ext.weights").exists()
+    snn = icsnn_onnx.convert(tmp_path / "ext.onnx", digits[0][:200], T=64, threshold="max")
+    (out,) = run(snn, digits[0][200:400])
     assert relative_error(out, ann) < 0.05
