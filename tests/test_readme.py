@@ -66,8 +66,11 @@ def test_python_api_example_runs(workdir, monkeypatch, capsys):
 def test_results_table_is_the_committed_measurement():
     path = ROOT / "benchmarks" / "results" / "mnist_convert.json"
     results = json.loads(path.read_text())
-    row = re.search(r"<!-- results: mnist_convert -->.*?\n\|.*?\n\|.*?\n(\|.*?)\n", README, re.S).group(1)
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    per_t = results["snn"]["half"]["accuracy_per_T"]
-    expected = [f"{100 * results['ann_accuracy']:.2f}%"] + [f"{100 * per_t[t]:.2f}%" for t in ("8", "16", "32", "64")]
-    assert cells[1:] == expected
+    table = re.search(r"<!-- results: mnist_convert -->\n(.*?)\n\n", README, re.S).group(1).splitlines()
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert len(rows) == 2
+    for row, init in zip(rows, ("half", "zero"), strict=True):
+        assert f"--init {init}" in row[0]
+        per_t = results["snn"][init]["accuracy_per_T"]
+        expected = [f"{100 * results['ann_accuracy']:.2f}%"] + [f"{100 * per_t[t]:.2f}%" for t in ("8", "16", "32", "64")]
+        assert row[1:] == expected
