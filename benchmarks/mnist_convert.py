@@ -38,10 +38,20 @@ CALIB_SAMPLES = 2000
 
 def build() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 3 * 3, 10),
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 3 * 3, 10),
     )
 
 
@@ -88,8 +98,14 @@ def main() -> None:
     train_s = time.perf_counter() - t0
     ann_path = RESULTS / "mnist_cnn.onnx"
     torch.onnx.export(
-        model, (torch.from_numpy(train_x[:1]),), ann_path, dynamo=False, opset_version=17,
-        input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}},
+        model,
+        (torch.from_numpy(train_x[:1]),),
+        ann_path,
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}},
     )
     calib = RESULTS.parent / ".cache" / "mnist_calib.npz"
     calib.parent.mkdir(exist_ok=True)
@@ -103,8 +119,22 @@ def main() -> None:
         snn_path = RESULTS.parent / ".cache" / f"mnist_cnn.{init}.snn.onnx"
         t0 = time.perf_counter()
         subprocess.run(
-            [cli, "convert", str(ann_path), "--calib", str(calib), "--init", init, "-T", str(T_MAX),
-             "--per-step", "-o", str(snn_path), "--force", "--quiet"],
+            [
+                cli,
+                "convert",
+                str(ann_path),
+                "--calib",
+                str(calib),
+                "--init",
+                init,
+                "-T",
+                str(T_MAX),
+                "--per-step",
+                "-o",
+                str(snn_path),
+                "--force",
+                "--quiet",
+            ],
             check=True,
         )
         convert_s = time.perf_counter() - t0
@@ -115,8 +145,10 @@ def main() -> None:
             "accuracy_T64": final,
             "accuracy_per_T": {str(t): float(a) for t, a in enumerate(per_t, 1)},
         }
-        print(f"init={init}: SNN T=64 {100 * final:.2f}% (ANN {100 * ann_acc:.2f}%), "
-              f"T=8 {100 * per_t[7]:.2f}%, T=16 {100 * per_t[15]:.2f}%, T=32 {100 * per_t[31]:.2f}%")
+        print(
+            f"init={init}: SNN T=64 {100 * final:.2f}% (ANN {100 * ann_acc:.2f}%), "
+            f"T=8 {100 * per_t[7]:.2f}%, T=16 {100 * per_t[15]:.2f}%, T=32 {100 * per_t[31]:.2f}%"
+        )
 
     report = {
         "benchmark": "mnist_convert",
@@ -146,7 +178,13 @@ def plot(report: dict, path: Path) -> None:
     for init, style in (("half", "-o"), ("zero", "--s")):
         per_t = report["snn"][init]["accuracy_per_T"]
         ts = [int(t) for t in per_t]
-        ax.plot(ts, [100 * per_t[str(t)] for t in ts], style, ms=3, label=f"SNN, v(0) = {'θ/2' if init == 'half' else '0'}")
+        ax.plot(
+            ts,
+            [100 * per_t[str(t)] for t in ts],
+            style,
+            ms=3,
+            label=f"SNN, v(0) = {'θ/2' if init == 'half' else '0'}",
+        )
     ax.axhline(100 * report["ann_accuracy"], color="k", lw=1, label="ANN")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("time steps T")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from icsnn_onnx._version import __version__
 from icsnn_onnx.errors import DataError, IcsnnError
-from icsnn_onnx.options import INIT_POLICIES, parse_threshold_method
+from icsnn_onnx.options import INIT_POLICIES, LAYOUTS, parse_threshold_method
 from icsnn_onnx.progress import Progress, ProgressFactory, silent
 
 
@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument(
         "--per-step", action="store_true", help="add y_per_step outputs [T, ...] for every output y"
     )
+    conv.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="time-batched: linear ops once over all T steps (fast); step-major: the reference; "
+        "auto (default): time-batched where exact",
+    )
     conv.add_argument("--batch-size", type=_positive_int, default=64, help="calibration batch size")
     conv.add_argument("--force", action="store_true", help="overwrite the output if it exists")
 
@@ -120,7 +127,8 @@ def _convert(args: argparse.Namespace) -> int:
     print(
         f"{args.model} -> {output}: {meta['icsnn.sites']} activation site(s) as IF neurons, "
         f"T={args.T}, init={args.init}, threshold={args.threshold}"
-        f"{' (channel-wise)' if args.channel_wise else ''}, {len(model.graph.node)} nodes"
+        f"{' (channel-wise)' if args.channel_wise else ''}, {meta['icsnn.layout']} layout, "
+        f"{len(model.graph.node)} nodes"
     )
     return 0
 

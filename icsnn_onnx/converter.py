@@ -42,6 +42,7 @@ def convert(
     channel_wise: bool = False,
     init: str = "half",
     per_step: bool = False,
+    layout: str = "auto",
     calib_samples: int | None = None,
     batch_size: int = 64,
     progress: ProgressFactory = silent,
@@ -49,7 +50,8 @@ def convert(
     """Convert an ANN (path, bytes or ModelProto) into an unrolled T-step SNN ModelProto.
 
     ``calib``: calibration inputs (file, array, dict or Dataset), needed when some activation
-    is an unclipped ReLU. The input model is never modified.
+    is an unclipped ReLU. ``layout``: ``auto`` (time-batched where exact, else step-major),
+    ``time-batched`` or ``step-major``. The input model is never modified.
     """
     options = ConversionOptions(
         T=T,
@@ -57,6 +59,7 @@ def convert(
         channel_wise=channel_wise,
         init=init,
         per_step=per_step,
+        layout=layout,
         calib_samples=calib_samples,
         batch_size=batch_size,
     )
@@ -74,7 +77,7 @@ def convert(
             NormalizeThresholds(dataset, progress),
             InitialPotential(options.init),
             InsertNeurons(),
-            Unroll(options.T, options.per_step),
+            Unroll(options.T, options.per_step, options.layout),
         ]
     )(program)
     result = finalize(program, source)
@@ -110,7 +113,6 @@ def finalize(program: Program, source: onnx.ModelProto) -> onnx.ModelProto:
         **{p.key: p.value for p in source.metadata_props},
         "icsnn.converter_version": __version__,
         **program.options.as_metadata(),
-        "icsnn.layout": "step-major",
         "icsnn.sites": str(len(program.sites)),
         **program.metadata,
     }

@@ -10,6 +10,7 @@ from typing import Literal
 InitPolicy = Literal["zero", "half"]
 INIT_POLICIES: tuple[str, ...] = ("zero", "half")
 ENCODINGS: tuple[str, ...] = ("direct",)
+LAYOUTS: tuple[str, ...] = ("auto", "time-batched", "step-major")
 
 _PERCENTILE = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
 
@@ -36,6 +37,7 @@ class ConversionOptions:
     init: str = "half"
     encoding: str = "direct"
     per_step: bool = False
+    layout: str = "auto"
     calib_samples: int | None = None
     batch_size: int = 64
 
@@ -47,6 +49,8 @@ class ConversionOptions:
             raise ValueError(f"init must be one of {INIT_POLICIES}, got {self.init!r}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.calib_samples is not None and self.calib_samples < 1:
             raise ValueError(f"calib_samples must be >= 1, got {self.calib_samples}")
         if self.batch_size < 1:

@@ -267,11 +267,20 @@ def linear_zoo() -> onnx.ModelProto:
         helper.make_node("Gemm", ["a1", "w2"], ["y"], transB=1),
     ]
     inits = {
-        "c0": _w(8, 1, 3, 3), "split": np.array([4, 4], np.int64),
-        "starts": np.array([1], np.int64), "ends": np.array([7], np.int64), "axes": np.array([2], np.int64),
-        "pads": np.array([0, 0, 1, 0, 0, 0, 1, 0], np.int64), "two": np.array(2.0, np.float32),
-        "rm_axes": np.array([3], np.int64), "sq_axes": np.array([3], np.int64), "rs_axes": np.array([3], np.int64),
-        "shape": np.array([0, -1], np.int64), "w1": _w(32, 64), "b1": _w(32, scale=0.1), "w2": _w(10, 32),
+        "c0": _w(8, 1, 3, 3),
+        "split": np.array([4, 4], np.int64),
+        "starts": np.array([1], np.int64),
+        "ends": np.array([7], np.int64),
+        "axes": np.array([2], np.int64),
+        "pads": np.array([0, 0, 1, 0, 0, 0, 1, 0], np.int64),
+        "two": np.array(2.0, np.float32),
+        "rm_axes": np.array([3], np.int64),
+        "sq_axes": np.array([3], np.int64),
+        "rs_axes": np.array([3], np.int64),
+        "shape": np.array([0, -1], np.int64),
+        "w1": _w(32, 64),
+        "b1": _w(32, scale=0.1),
+        "w2": _w(10, 32),
     }
     return make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10])
 
@@ -289,9 +298,12 @@ def two_inputs() -> onnx.ModelProto:
     ]
     inits = {"c0": _w(4, 1, 3, 3), "wf": _w(8, 5), "w": _w(10, 4 * 9 + 8)}
     graph = helper.make_graph(
-        nodes, "two_inputs",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8]),
-         helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 5])],
+        nodes,
+        "two_inputs",
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8]),
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 5]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
     )

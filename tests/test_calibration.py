@@ -23,7 +23,9 @@ def _identity_model(channels: int):
 def test_statistics_match_numpy(channel_wise, q):
     model, scale = _identity_model(3)
     x = np.random.default_rng(0).standard_normal((500, 3, 4, 4)).astype(np.float32)
-    got = activation_thresholds(model, ["z"], Dataset({"x": x}), percentile=q, channel_wise=channel_wise, batch_size=64)["z"]
+    got = activation_thresholds(
+        model, ["z"], Dataset({"x": x}), percentile=q, channel_wise=channel_wise, batch_size=64
+    )["z"]
     a = np.maximum(x * scale, 0)
     values = np.moveaxis(a, 1, 0).reshape(3, -1) if channel_wise else a.reshape(1, -1)
     want = values.max(axis=1) if q is None else np.percentile(values, q, axis=1)
@@ -35,6 +37,10 @@ def test_statistics_match_numpy(channel_wise, q):
 def test_batching_does_not_change_the_result():
     model, _ = _identity_model(2)
     x = np.random.default_rng(1).standard_normal((130, 2, 4, 4)).astype(np.float32)
-    a = activation_thresholds(model, ["z"], Dataset({"x": x}), percentile=99.9, channel_wise=True, batch_size=7)
-    b = activation_thresholds(model, ["z"], Dataset({"x": x}), percentile=99.9, channel_wise=True, batch_size=130)
+    a = activation_thresholds(
+        model, ["z"], Dataset({"x": x}), percentile=99.9, channel_wise=True, batch_size=7
+    )
+    b = activation_thresholds(
+        model, ["z"], Dataset({"x": x}), percentile=99.9, channel_wise=True, batch_size=130
+    )
     assert np.allclose(a["z"], b["z"])

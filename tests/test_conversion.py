@@ -210,8 +210,14 @@ def test_multi_input_model(digits, tmp_path):
 def test_external_data_model(digits, tmp_path):
     model = models.cnn_bn()
     (ann,) = run(model, digits[0][200:400])  # before saving: external-data saving rewrites the proto
-    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-              location="ext.weights", size_threshold=0)
+    onnx.save(
+        model,
+        tmp_path / "ext.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.weights",
+        size_threshold=0,
+    )
     assert (tmp_path / "ext.weights").exists()
     snn = icsnn_onnx.convert(tmp_path / "ext.onnx", digits[0][:200], T=64, threshold="max")
     (out,) = run(snn, digits[0][200:400])

@@ -47,7 +47,13 @@ def test_main_job_runs_as_written(workdir):
     steps = block("main-job").split(" && ")
     assert steps[0] == "pip install ."
     done = subprocess.run(
-        " && ".join(steps[1:]), shell=True, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600
+        " && ".join(steps[1:]),
+        shell=True,
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     assert (workdir / "digits.snn.onnx").exists()
@@ -72,5 +78,7 @@ def test_results_table_is_the_committed_measurement():
     for row, init in zip(rows, ("half", "zero"), strict=True):
         assert f"--init {init}" in row[0]
         per_t = results["snn"][init]["accuracy_per_T"]
-        expected = [f"{100 * results['ann_accuracy']:.2f}%"] + [f"{100 * per_t[t]:.2f}%" for t in ("8", "16", "32", "64")]
+        expected = [f"{100 * results['ann_accuracy']:.2f}%"] + [
+            f"{100 * per_t[t]:.2f}%" for t in ("8", "16", "32", "64")
+        ]
         assert row[1:] == expected
