@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_data import DEFAULT_DIR, load_mnist  # noqa: E402
+from mnist_data import DEFAULT_DIR, load_mnist
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEED = 0

@@ -69,7 +69,7 @@ def test_auto_falls_back_to_step_major_when_batching_would_change_meaning(digits
         snn = icsnn_onnx.convert(model, digits[0][:8], T=4)
     assert _meta(snn)["icsnn.layout"] == "step-major"
     assert "fixed_reshape" in caplog.text
-    with pytest.raises(icsnn_onnx.ConversionError, match="fixed_reshape .*fixes the batch size"):
+    with pytest.raises(icsnn_onnx.ConversionError, match=r"fixed_reshape .*fixes the batch size"):
         icsnn_onnx.convert(model, digits[0][:8], T=4, layout="time-batched")
     (ann,), (out,) = run(model, digits[0][:4]), run(snn, digits[0][:4])
     assert out.shape == ann.shape

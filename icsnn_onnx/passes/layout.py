@@ -88,7 +88,7 @@ def _per_sample(node: gs.Node, streams: Sequence[bool]) -> str | None:
 def _broadcast(node: gs.Node, streams: Sequence[bool]) -> str | None:
     ranks = [None if t.shape is None else len(t.shape) for t in node.inputs]
     top = max((r for r, s in zip(ranks, streams, strict=True) if s and r is not None), default=None)
-    for tensor, rank, is_stream in zip(node.inputs, ranks, streams, strict=True):
+    for tensor in node.inputs:
         value = constant_value(tensor)
         if value is not None and top is not None and value.ndim == top and value.shape[0] != 1:
             return f"constant {tensor.name} has a batch axis of {value.shape[0]}"
