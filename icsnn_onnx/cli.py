@@ -73,9 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument(
         "--layout",
         choices=LAYOUTS,
-        default="auto",
-        help="time-batched: linear ops once over all T steps (fast); step-major: the reference; "
-        "auto (default): time-batched where exact",
+        default="step-major",
+        help="step-major (default, fastest on CPU): per-step ops cloned T times; time-batched: "
+        "per-step ops once over all T steps (refused where not exact); auto: time-batched where exact",
     )
     conv.add_argument("--batch-size", type=_positive_int, default=64, help="calibration batch size")
     conv.add_argument("--force", action="store_true", help="overwrite the output if it exists")
@@ -87,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", help="output holding class scores or labels (default: the first)")
     ev.add_argument("--batch-size", type=_positive_int, default=64)
     ev.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+
+    be = sub.add_parser("bench", parents=[common], help="time an SNN against its ANN")
+    be.add_argument("ann", type=Path, help="the ANN")
+    be.add_argument("snn", type=Path, help="the SNN converted from it")
+    be.add_argument("--batch", type=_positive_int, default=64)
+    be.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+    be.add_argument("--repeats", type=_positive_int, default=5, help="timed runs of each (median)")
+    be.add_argument("--warmup", type=int, default=1)
+    be.add_argument("--cuda-graph", action="store_true", help="capture and replay CUDA graphs (CUDA only)")
+    be.add_argument("--json", action="store_true", help="print the result as JSON")
 
     ins = sub.add_parser("inspect", parents=[common], help="activation sites, op coverage, blockers")
     ins.add_argument("model", type=Path)
@@ -118,6 +128,7 @@ def _convert(args: argparse.Namespace) -> int:
         channel_wise=args.channel_wise,
         init=args.init,
         per_step=args.per_step,
+        layout=args.layout,
         calib_samples=args.calib_samples,
         batch_size=args.batch_size,
         progress=_progress_factory(args.quiet),
@@ -186,7 +197,24 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"convert": _convert, "eval": _eval, "inspect": _inspect}
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from icsnn_onnx.runtime.bench import bench
+
+    r = bench(args.ann, args.snn, args.batch, args.provider, args.repeats, args.warmup, args.cuda_graph)
+    if args.json:
+        print(json.dumps(r.as_dict(), indent=2))
+        return 0
+    graph = " with CUDA graphs" if r.cuda_graph else ""
+    print(f"batch {r.batch}, {r.provider}{graph}, median of {len(r.ann.runs_s)} interleaved runs")
+    print(f"ANN  {1000 * r.ann.median_s:9.2f} ms  {r.ann.images_per_s:10.1f} images/s")
+    print(f"SNN  {1000 * r.snn.median_s:9.2f} ms  {r.snn.images_per_s:10.1f} images/s  (T={r.T})")
+    print(f"SNN / (T × ANN) = {r.ratio_to_dense_bound:.3f}   peak memory {r.peak_rss_mib:.0f} MiB")
+    return 0
+
+
+COMMANDS = {"convert": _convert, "eval": _eval, "inspect": _inspect, "bench": _bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,7 +42,7 @@ def convert(
     channel_wise: bool = False,
     init: str = "half",
     per_step: bool = False,
-    layout: str = "auto",
+    layout: str = "step-major",
     calib_samples: int | None = None,
     batch_size: int = 64,
     progress: ProgressFactory = silent,
@@ -50,8 +50,9 @@ def convert(
     """Convert an ANN (path, bytes or ModelProto) into an unrolled T-step SNN ModelProto.
 
     ``calib``: calibration inputs (file, array, dict or Dataset), needed when some activation
-    is an unclipped ReLU. ``layout``: ``auto`` (time-batched where exact, else step-major),
-    ``time-batched`` or ``step-major``. The input model is never modified.
+    is an unclipped ReLU. ``layout``: ``step-major`` (default; fastest and leanest on CPUs),
+    ``time-batched`` (every per-step op once over all T steps; refused where not exact) or
+    ``auto`` (time-batched where exact, else step-major). The input model is never modified.
     """
     options = ConversionOptions(
         T=T,

@@ -37,7 +37,7 @@ class ConversionOptions:
     init: str = "half"
     encoding: str = "direct"
     per_step: bool = False
-    layout: str = "auto"
+    layout: str = "step-major"
     calib_samples: int | None = None
     batch_size: int = 64
 

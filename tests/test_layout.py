@@ -66,7 +66,7 @@ def _static_batch_reshape() -> onnx.ModelProto:
 def test_auto_falls_back_to_step_major_when_batching_would_change_meaning(digits, caplog):
     model = _static_batch_reshape()
     with caplog.at_level(logging.WARNING, logger="icsnn_onnx"):
-        snn = icsnn_onnx.convert(model, digits[0][:8], T=4)
+        snn = icsnn_onnx.convert(model, digits[0][:8], T=4, layout="auto")
     assert _meta(snn)["icsnn.layout"] == "step-major"
     assert "fixed_reshape" in caplog.text
     with pytest.raises(icsnn_onnx.ConversionError, match=r"fixed_reshape .*fixes the batch size"):

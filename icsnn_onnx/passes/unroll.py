@@ -45,7 +45,7 @@ LAYOUTS = ("auto", "time-batched", "step-major")
 
 
 class Unroll(Pass):
-    def __init__(self, T: int, per_step: bool = False, layout: str = "auto") -> None:
+    def __init__(self, T: int, per_step: bool = False, layout: str = "step-major") -> None:
         if T < 1:
             raise ValueError("T must be >= 1")
         if layout not in LAYOUTS:

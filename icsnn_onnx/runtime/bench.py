@@ -1,0 +1,110 @@
+"""ANN vs SNN timing in one process: interleaved runs, medians, the ratio to the dense bound.
+
+A dense simulation of an SNN costs at most T times its ANN; ``ratio = SNN / (T × ANN)`` says how
+far below (< 1) or above that bound the converted model runs.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from icsnn_onnx.data import InputSpec
+from icsnn_onnx.errors import DataError
+from icsnn_onnx.runtime.session import Session
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    runs_s: tuple[float, ...]
+    images_per_s: float
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    batch: int
+    provider: str
+    cuda_graph: bool
+    T: int
+    ann: Timing
+    snn: Timing
+    ratio_to_dense_bound: float  # SNN / (T × ANN)
+    peak_rss_mib: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def random_feeds(specs: list[InputSpec], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of the model's shapes (dynamic dimensions: batch first, else 1), in [0, 1)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        shape = [
+            d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(spec.shape)
+        ]
+        if spec.dtype.kind == "f":
+            feeds[spec.name] = rng.random(shape).astype(spec.dtype)
+        else:
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
+    return feeds
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _timing(runs: list[float], batch: int) -> Timing:
+    median = statistics.median(runs)
+    return Timing(median, tuple(runs), batch / median)
+
+
+def bench(
+    ann: str | Path,
+    snn: str | Path,
+    batch: int = 64,
+    provider: str = "auto",
+    repeats: int = 5,
+    warmup: int = 1,
+    cuda_graph: bool = False,
+    threads: int | None = None,
+) -> BenchResult:
+    """Time ``ann`` and ``snn`` on the same random batch, alternating runs."""
+    snn_session = Session(snn, provider=provider, cuda_graph=cuda_graph, threads=threads)
+    T = int(snn_session.metadata.get("icsnn.T", 0))
+    if T < 1:
+        raise DataError(f"{snn} is not an icsnn-onnx SNN (no icsnn.T in its metadata)")
+    ann_session = Session(ann, provider=provider, cuda_graph=cuda_graph, threads=threads)
+    if [s.name for s in ann_session.inputs] != [s.name for s in snn_session.inputs]:
+        raise DataError("ANN and SNN have different inputs")
+    feeds = random_feeds(ann_session.inputs, batch)
+    run_ann, run_snn = ann_session.runner(feeds), snn_session.runner(feeds)
+    for _ in range(warmup):
+        run_ann()
+        run_snn()
+    ann_runs, snn_runs = [], []
+    for _ in range(repeats):
+        for fn, runs in ((run_ann, ann_runs), (run_snn, snn_runs)):
+            start = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - start)
+    ann_t, snn_t = _timing(ann_runs, batch), _timing(snn_runs, batch)
+    return BenchResult(
+        batch=batch,
+        provider=snn_session.provider,
+        cuda_graph=snn_session.cuda_graph,
+        T=T,
+        ann=ann_t,
+        snn=snn_t,
+        ratio_to_dense_bound=snn_t.median_s / (T * ann_t.median_s),
+        peak_rss_mib=peak_rss_mib(),
+    )
