@@ -28,13 +28,15 @@ class BasicBlock(nn.Module):
         self.b1 = nn.BatchNorm2d(cout)
         self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.b2 = nn.BatchNorm2d(cout)
+        # ReLUs as modules, not torch.relu: SpikingJelly's converter replaces modules only.
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
         self.short = nn.Sequential()
         if stride != 1 or cin != cout:
             self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.b1(self.c1(x)))
-        return torch.relu(self.b2(self.c2(y)) + self.short(x))
+        y = self.relu1(self.b1(self.c1(x)))
+        return self.relu2(self.b2(self.c2(y)) + self.short(x))
 
 
 def resnet18(num_classes: int = 10) -> nn.Module:

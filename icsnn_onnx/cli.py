@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("snn", type=Path, help="the SNN converted from it")
     be.add_argument("--batch", type=_positive_int, default=64)
     be.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
-    be.add_argument("--repeats", type=_positive_int, default=5, help="timed runs of each (median)")
+    be.add_argument("--repeats", type=_positive_int, help="timed runs of each (default: enough for ~3 s)")
     be.add_argument("--warmup", type=int, default=1)
     be.add_argument("--cuda-graph", action="store_true", help="capture and replay CUDA graphs (CUDA only)")
     be.add_argument("--json", action="store_true", help="print the result as JSON")

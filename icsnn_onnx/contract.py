@@ -5,5 +5,3 @@ PER_STEP_SUFFIX = "_per_step"
 
 #: Metadata key listing the per-step outputs (comma-separated); their batch axis is 1.
 PER_STEP_OUTPUTS_KEY = "icsnn.per_step_outputs"
-
-METADATA_PREFIX = "icsnn."

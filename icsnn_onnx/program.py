@@ -106,9 +106,3 @@ class Program:
             model.opset_import.append(onnx.helper.make_opsetid(domain, version))
         model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
         return model
-
-    def node(self, name: str) -> gs.Node:
-        for node in self.graph.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)

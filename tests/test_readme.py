@@ -82,3 +82,15 @@ def test_results_table_is_the_committed_measurement():
             f"{100 * per_t[t]:.2f}%" for t in ("8", "16", "32", "64")
         ]
         assert row[1:] == expected
+
+
+def test_throughput_table_is_the_committed_measurement():
+    """README's speed table is what `python benchmarks/throughput.py --table` prints."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    report = json.loads((ROOT / "benchmarks" / "results" / "throughput.json").read_text())
+    table = re.search(r"<!-- results: throughput -->\n(.*?)\n\n", README, re.S).group(1)
+    assert table == throughput.table(report)

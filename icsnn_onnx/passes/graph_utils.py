@@ -22,10 +22,6 @@ def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
 
 
-def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
-    return any(t is tensor for t in graph.inputs)
-
-
 def sole_consumer(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
     """The only node reading ``tensor``, if it is read once and is not a graph output."""
     if is_graph_output(graph, tensor) or len(tensor.outputs) != 1:
@@ -88,12 +84,3 @@ def channel_shape(rank: int, channels: int) -> list[int]:
 def tensor_rank(tensor: gs.Tensor) -> int | None:
     shape = tensor.shape
     return None if shape is None else len(shape)
-
-
-def unique_name(graph: gs.Graph, base: str, taken: set[str]) -> str:
-    name, i = base, 1
-    while name in taken:
-        name = f"{base}_{i}"
-        i += 1
-    taken.add(name)
-    return name

@@ -73,24 +73,34 @@ def bench(
     snn: str | Path,
     batch: int = 64,
     provider: str = "auto",
-    repeats: int = 5,
+    repeats: int | None = None,
     warmup: int = 1,
     cuda_graph: bool = False,
     threads: int | None = None,
+    min_seconds: float = 3.0,
 ) -> BenchResult:
-    """Time ``ann`` and ``snn`` on the same random batch, alternating runs."""
-    snn_session = Session(snn, provider=provider, cuda_graph=cuda_graph, threads=threads)
+    """Time ``ann`` and ``snn`` on the same random batch, alternating runs.
+
+    ``repeats=None`` picks enough interleaved pairs to fill about ``min_seconds`` (at least 5,
+    at most 500): a small ANN's few-millisecond runs need many samples for a stable median.
+    """
+    snn_session = Session(snn, provider=provider, cuda_graph=cuda_graph, threads=threads, spin=False)
     T = int(snn_session.metadata.get("icsnn.T", 0))
     if T < 1:
         raise DataError(f"{snn} is not an icsnn-onnx SNN (no icsnn.T in its metadata)")
-    ann_session = Session(ann, provider=provider, cuda_graph=cuda_graph, threads=threads)
+    ann_session = Session(ann, provider=provider, cuda_graph=cuda_graph, threads=threads, spin=False)
     if [s.name for s in ann_session.inputs] != [s.name for s in snn_session.inputs]:
         raise DataError("ANN and SNN have different inputs")
     feeds = random_feeds(ann_session.inputs, batch)
     run_ann, run_snn = ann_session.runner(feeds), snn_session.runner(feeds)
-    for _ in range(warmup):
+    pair_s = 0.0
+    for _ in range(max(warmup, 1)):
+        start = time.perf_counter()
         run_ann()
         run_snn()
+        pair_s = time.perf_counter() - start
+    if repeats is None:
+        repeats = int(min(500, max(5, min_seconds / max(pair_s, 1e-6))))
     ann_runs, snn_runs = [], []
     for _ in range(repeats):
         for fn, runs in ((run_ann, ann_runs), (run_snn, snn_runs)):

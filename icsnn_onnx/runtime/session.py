@@ -124,11 +124,16 @@ class Session:
         provider: str = "auto",
         threads: int | None = None,
         cuda_graph: bool = False,
+        spin: bool = True,
     ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or available_cores()
         options.enable_mem_pattern = True
+        if not spin:
+            # Idle worker threads otherwise busy-wait after each run, stealing the cores from
+            # another session in the same process (e.g. an ANN timed against its SNN).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if isinstance(model, onnx.ModelProto):
             model = model.SerializeToString()
         elif isinstance(model, Path):

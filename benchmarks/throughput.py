@@ -1,0 +1,255 @@
+"""Throughput: ANN vs SNN (both layouts) vs SpikingJelly, on the CPU, batch 64.
+
+Models: the MNIST CNN of benchmarks/mnist_convert.py, a CIFAR-shaped VGG-11 with BN and a
+ResNet-18, built in torch with random weights (speed does not need trained weights). For
+T ∈ {4, 8, 16, 32}: ANN time, SNN time for each layout (interleaved with the ANN, median), the
+ratio SNN / (T × ANN), SpikingJelly's converted model (ann2snn RateCodingRecipe, 99.9%) on the
+same input, and the peak RSS of each measurement (each runs in its own process).
+
+    pip install -e ".[bench]"
+    pip install --no-deps spikingjelly==2.0.0 && pip install loguru requests scipy
+    python benchmarks/throughput.py          # ~20 min on 2 CPU cores
+
+Writes benchmarks/results/throughput.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CACHE = HERE / ".cache" / "throughput"
+sys.path.insert(0, str(HERE))
+
+BATCH = 64
+TS = (4, 8, 16, 32)
+LAYOUTS = ("step-major", "time-batched")
+REPEATS = 3  # SpikingJelly runs; the ONNX Runtime harness picks its own count (>= 5, ~3 s)
+SHAPES = {"mnist_cnn": (1, 28, 28), "vgg11_bn": (3, 32, 32), "resnet18": (3, 32, 32)}
+
+
+def build(name: str):
+    import torch
+    import zoo
+    from mnist_convert import build as mnist_cnn
+
+    torch.manual_seed(0)
+    model = {"mnist_cnn": mnist_cnn, "vgg11_bn": zoo.vgg11_bn, "resnet18": zoo.resnet18}[name]()
+    return zoo.randomize_batchnorm(model)
+
+
+def calibration(name: str, n: int = 128) -> np.ndarray:
+    return np.random.default_rng(1).random((n, *SHAPES[name])).astype(np.float32)
+
+
+def worker_onnx(ann: str, snn: str) -> dict:
+    from icsnn_onnx.runtime.bench import bench
+
+    return bench(ann, snn, batch=BATCH, warmup=1).as_dict()
+
+
+def worker_spikingjelly(name: str, T: int) -> dict:
+    """SpikingJelly's conversion of the same torch ANN, timed on the same batch size."""
+    import torch
+
+    warnings.simplefilter("ignore")
+    from spikingjelly.activation_based import ann2snn, functional
+
+    torch.set_num_threads(2)
+    ann = build(name)
+    calib = torch.from_numpy(calibration(name))
+    loader = [(calib[i : i + 32], torch.zeros(32)) for i in range(0, len(calib), 32)]
+    recipe = ann2snn.RateCodingRecipe(dataloader=loader, mode="99.9%")
+    snn = ann2snn.FXConverter(recipe=recipe, device="cpu").convert(ann).eval()
+    x = torch.from_numpy(np.random.default_rng(0).random((BATCH, *SHAPES[name])).astype(np.float32))
+
+    def run() -> None:
+        with torch.no_grad():
+            functional.reset_net(snn)
+            out = None
+            for _ in range(T):
+                step = snn(x)
+                out = step if out is None else out + step
+
+    run()  # warm-up
+    runs = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        run()
+        runs.append(time.perf_counter() - start)
+    from icsnn_onnx.runtime.bench import peak_rss_mib
+
+    return {
+        "median_s": statistics.median(runs),
+        "runs_s": runs,
+        "mode": "single-step",
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def in_subprocess(*args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, timeout=3000
+    )
+    if done.returncode != 0:
+        return {
+            "error": done.stderr.strip().splitlines()[-1]
+            if done.stderr.strip()
+            else f"exit {done.returncode}"
+        }
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs="+")
+    parser.add_argument("--models", nargs="+", default=list(SHAPES))
+    parser.add_argument("--no-spikingjelly", action="store_true")
+    parser.add_argument("--table", action="store_true", help="print README's table from the JSON")
+    args = parser.parse_args()
+    if args.table:
+        print(table(json.loads((RESULTS / "throughput.json").read_text())))
+        return
+    if args.worker:
+        kind, *rest = args.worker
+        result = worker_onnx(*rest) if kind == "onnx" else worker_spikingjelly(rest[0], int(rest[1]))
+        print(json.dumps(result))
+        return
+
+    import onnxruntime as ort
+    import torch
+    import zoo
+
+    import icsnn_onnx
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    previous = RESULTS / "throughput.json"
+    kept = json.loads(previous.read_text())["models"] if previous.exists() else {}
+    report: dict = {
+        "benchmark": "throughput",
+        "batch": BATCH,
+        "repeats": "icsnn-onnx: interleaved ANN/SNN pairs filling ~3 s (>= 5); SpikingJelly: 3",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, onnxruntime {ort.__version__} CPU",
+        "models": {k: v for k, v in kept.items() if k not in args.models},  # remeasure only these
+    }
+    for name in args.models:
+        ann_path = CACHE / f"{name}.onnx"
+        zoo.export(build(name), SHAPES[name], str(ann_path))
+        entry: dict = {"runs": []}
+        for T in TS:
+            for layout in LAYOUTS:
+                start = time.perf_counter()
+                snn = icsnn_onnx.convert(ann_path, calibration(name), T=T, layout=layout)
+                compile_s = time.perf_counter() - start
+                snn_path = CACHE / f"{name}.T{T}.{layout}.snn.onnx"
+                icsnn_onnx.save_model(snn, snn_path, force=True)
+                start = time.perf_counter()
+                ort.InferenceSession(str(snn_path), providers=["CPUExecutionProvider"])
+                load_s = time.perf_counter() - start
+                timing = in_subprocess("onnx", str(ann_path), str(snn_path))
+                row = {
+                    "T": T,
+                    "layout": layout,
+                    "nodes": len(snn.graph.node),
+                    "compile_s": round(compile_s, 2),
+                    "load_s": round(load_s, 2),
+                    **timing,
+                }
+                entry["runs"].append(row)
+                print(
+                    name,
+                    T,
+                    layout,
+                    {
+                        k: row.get(k)
+                        for k in (
+                            "nodes",
+                            "compile_s",
+                            "load_s",
+                            "ratio_to_dense_bound",
+                            "peak_rss_mib",
+                            "error",
+                        )
+                    },
+                    flush=True,
+                )
+            if not args.no_spikingjelly:
+                sj = in_subprocess("spikingjelly", name, str(T))
+                entry.setdefault("spikingjelly", []).append({"T": T, **sj})
+                print(name, T, "spikingjelly", sj.get("median_s"), sj.get("error"), flush=True)
+        report["models"][name] = entry
+        report["models"] = {k: report["models"][k] for k in SHAPES if k in report["models"]}
+        (RESULTS / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, RESULTS / "throughput.png")
+
+
+def table(report: dict) -> str:
+    """The README table: per model and T, times in ms per batch and ratios."""
+    lines = [
+        "| model | T | ANN | SNN step-major | SNN time-batched | SNN / (T × ANN) | SpikingJelly | SpikingJelly / SNN | peak RSS |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, entry in report["models"].items():
+        sj = {r["T"]: r for r in entry.get("spikingjelly", [])}
+        by_t: dict[int, dict[str, dict]] = {}
+        for r in entry["runs"]:
+            by_t.setdefault(r["T"], {})[r["layout"]] = r
+        for T, runs in sorted(by_t.items()):
+            step, batched = runs["step-major"], runs["time-batched"]
+            ann = step["ann"]["median_s"]
+            peer = sj.get(T, {}).get("median_s")
+            snn_s = step["snn"]["median_s"]
+            lines.append(
+                f"| {name} | {T} | {1000 * ann:.1f} ms | {1000 * snn_s:.0f} ms "
+                f"| {1000 * batched['snn']['median_s']:.0f} ms | {step['ratio_to_dense_bound']:.2f} "
+                f"| {'n/a' if peer is None else f'{1000 * peer:.0f} ms'} "
+                f"| {'n/a' if peer is None else f'{peer / snn_s:.1f}×'} "
+                f"| {step['peak_rss_mib']:.0f} / {batched['peak_rss_mib']:.0f} MiB |"
+            )
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(report["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), dpi=110, squeeze=False)
+    for ax, name in zip(axes[0], models, strict=True):
+        entry = report["models"][name]
+        runs = [r for r in entry["runs"] if "snn" in r]
+        ann = statistics.median(r["ann"]["median_s"] for r in runs)
+        ts = sorted({r["T"] for r in runs})
+        ax.plot(ts, [1000 * ann * t for t in ts], "k--", label="T × ANN (dense bound)")
+        for layout, style in (("step-major", "-o"), ("time-batched", "-s")):
+            pts = [(r["T"], 1000 * r["snn"]["median_s"]) for r in runs if r["layout"] == layout]
+            ax.plot(*zip(*pts, strict=True), style, label=f"icsnn-onnx {layout}")
+        sj = [(r["T"], 1000 * r["median_s"]) for r in entry.get("spikingjelly", []) if "median_s" in r]
+        if sj:
+            ax.plot(*zip(*sj, strict=True), "-^", label="SpikingJelly ann2snn")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("time steps T")
+        ax.set_ylabel(f"ms per batch of {report['batch']}")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()

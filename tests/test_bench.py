@@ -1,0 +1,66 @@
+"""Timing harness and the CUDA code paths' behaviour on machines without CUDA."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import onnx
+import pytest
+
+import icsnn_onnx
+from icsnn_onnx.cli import main
+from icsnn_onnx.runtime import Session, cuda_available
+from icsnn_onnx.runtime.bench import bench, random_feeds
+from tests import models
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, digits):
+    tmp = tmp_path_factory.mktemp("bench")
+    ann = models.cnn_bn()
+    onnx.save(ann, tmp / "ann.onnx")
+    icsnn_onnx.save_model(icsnn_onnx.convert(ann, digits[0][:100], T=4), tmp / "snn.onnx")
+    return tmp / "ann.onnx", tmp / "snn.onnx"
+
+
+def test_bench_reports_ratio_to_dense_bound(pair):
+    result = bench(*pair, batch=8, repeats=3, warmup=1)
+    assert result.T == 4 and result.batch == 8
+    assert len(result.ann.runs_s) == len(result.snn.runs_s) == 3
+    assert result.ratio_to_dense_bound == pytest.approx(result.snn.median_s / (4 * result.ann.median_s))
+    assert result.snn.images_per_s == pytest.approx(8 / result.snn.median_s)
+    assert result.peak_rss_mib > 0
+
+
+def test_bench_refuses_a_model_that_is_not_an_snn(pair):
+    ann, _ = pair
+    with pytest.raises(icsnn_onnx.DataError, match="not an icsnn-onnx SNN"):
+        bench(ann, ann, batch=2, repeats=1)
+
+
+def test_bench_cli(pair, capsys):
+    assert main(["bench", str(pair[0]), str(pair[1]), "--batch", "4", "--repeats", "2", "--json", "-q"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["T"] == 4 and result["ratio_to_dense_bound"] > 0
+    assert main(["bench", str(pair[0]), str(pair[1]), "--batch", "4", "--repeats", "2", "-q"]) == 0
+    assert "SNN / (T × ANN)" in capsys.readouterr().out
+
+
+def test_cuda_graph_request_falls_back_without_cuda(pair, caplog):
+    if cuda_available():
+        pytest.skip("CUDA works here: the graph path is exercised for real")
+    with caplog.at_level(logging.INFO, logger="icsnn_onnx"):
+        session = Session(pair[1], cuda_graph=True)
+    assert not session.cuda_graph and session.provider == "CPUExecutionProvider"
+    assert "CUDA graphs need the CUDA provider" in caplog.text
+    feeds = random_feeds(session.inputs, 3)
+    run = session.runner(feeds)
+    run()  # the CPU runner works the same way
+    assert session.run(feeds)["y"].shape == (3, 10)
+
+
+def test_random_feeds_follow_the_input_specs(pair):
+    feeds = random_feeds(Session(pair[0]).inputs, 5)
+    assert feeds["x"].shape == (5, 1, 8, 8) and feeds["x"].dtype == np.float32
