@@ -15,7 +15,7 @@ Statistics are of the ReLU'd pre-activation ``max(z, 0)`` — the ANN's activati
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -44,6 +44,19 @@ def _expose(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
     return exposed
 
 
+def stream_tensors(
+    model: onnx.ModelProto,
+    tensors: Sequence[str],
+    data: Dataset,
+    batch_size: int = 64,
+    progress: ProgressFactory = silent,
+    desc: str = "calibrating",
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run ``model`` on ``data`` batch by batch, yielding the named (intermediate) tensors."""
+    session = Session(_expose(model, tensors), provider="cpu")
+    yield from session.iter_run(data, batch_size, list(tensors), progress, desc)
+
+
 def _per_channel(a: np.ndarray, channel_wise: bool) -> np.ndarray:
     """``a`` as ``[channels, values]`` (one row when layer-wise)."""
     if channel_wise and a.ndim >= 2:
@@ -62,10 +75,9 @@ def activation_thresholds(
     progress: ProgressFactory = silent,
 ) -> dict[str, np.ndarray]:
     """Per tensor, the max or ``percentile`` of ``max(z, 0)``: shape ``[C]`` or ``[1]``."""
-    session = Session(_expose(model, tensors), provider="cpu")
     names = list(tensors)
     maxima: dict[str, np.ndarray] = {}
-    for out in session.iter_run(data, batch_size, names, progress, "calibrating (max)"):
+    for out in stream_tensors(model, names, data, batch_size, progress, "calibrating (max)"):
         for name in names:
             m = _per_channel(np.maximum(out[name], 0), channel_wise).max(axis=1).astype(np.float64)
             maxima[name] = m if name not in maxima else np.maximum(maxima[name], m)
@@ -73,7 +85,7 @@ def activation_thresholds(
         return maxima
 
     hist = {name: np.zeros((len(m), BINS), np.int64) for name, m in maxima.items()}
-    for out in session.iter_run(data, batch_size, names, progress, f"calibrating (p{percentile:g})"):
+    for out in stream_tensors(model, names, data, batch_size, progress, f"calibrating (p{percentile:g})"):
         for name in names:
             values = _per_channel(np.maximum(out[name], 0), channel_wise).astype(np.float64)
             top = np.where(maxima[name] > 0, maxima[name], 1.0)[:, None]

@@ -65,7 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--channel-wise", action="store_true", help="one threshold per channel")
     conv.add_argument(
-        "--init", choices=INIT_POLICIES, default="half", help="initial potential (default half = θ/2)"
+        "--init",
+        choices=INIT_POLICIES,
+        default="half",
+        help="initial potential: half = θ/2 (default, Alg 1), zero, or calibrated on --calib data for this T (Alg 2)",
     )
     conv.add_argument(
         "--per-step", action="store_true", help="add y_per_step outputs [T, ...] for every output y"

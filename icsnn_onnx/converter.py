@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-import onnx_graphsurgeon as gs
 
-from icsnn_onnx import neuron
 from icsnn_onnx._version import __version__
 from icsnn_onnx.data import DataSource, InputSpec, input_specs, load_dataset
 from icsnn_onnx.errors import CalibrationError, UnsupportedNode
@@ -20,7 +18,7 @@ from icsnn_onnx.passes import PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
 from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
 from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
-from icsnn_onnx.passes.initial_potential import InitialPotential
+from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
 from icsnn_onnx.passes.temporal import CheckSupport, analyze, site_node_names
 from icsnn_onnx.passes.thresholds import NormalizeThresholds
@@ -76,7 +74,16 @@ def convert(
             FoldBatchNorm(),
             CheckSupport(),
             NormalizeThresholds(dataset, progress),
-            InitialPotential(options.init),
+            InitialPotential("half" if options.init == "calibrated" else options.init),
+            *(
+                [
+                    CalibrateInitialPotential(
+                        dataset, options.T, batch_size=options.batch_size, progress=progress
+                    )
+                ]
+                if options.init == "calibrated"
+                else []
+            ),
             InsertNeurons(),
             Unroll(options.T, options.per_step, options.layout),
         ]
@@ -88,21 +95,7 @@ def convert(
 
 def finalize(program: Program, source: onnx.ModelProto) -> onnx.ModelProto:
     """Export the SNN graph as a self-describing model the installed ONNX Runtime accepts."""
-    model = gs.export_onnx(program.graph, do_type_check=False)
-    del model.opset_import[:]
-    model.opset_import.extend(
-        [
-            onnx.helper.make_opsetid("", program.opset),
-            onnx.helper.make_opsetid(neuron.DOMAIN, neuron.DOMAIN_VERSION),
-        ]
-        + [onnx.helper.make_opsetid(d, v) for d, v in program.extra_opsets.items()]
-    )
-    model.functions.append(neuron.if_function_proto(program.opset))
-    # The lowest IR version that carries this opset: onnx writes its newest IR by default,
-    # which an older ONNX Runtime refuses.
-    model.ir_version = max(
-        8, onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
-    )
+    model = program.to_onnx()
     model.producer_name = "icsnn-onnx"
     model.producer_version = __version__
     model.graph.name = f"{source.graph.name or 'model'}_snn"

@@ -7,8 +7,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-InitPolicy = Literal["zero", "half"]
-INIT_POLICIES: tuple[str, ...] = ("zero", "half")
+InitPolicy = Literal["zero", "half", "calibrated"]
+INIT_POLICIES: tuple[str, ...] = ("zero", "half", "calibrated")
 ENCODINGS: tuple[str, ...] = ("direct",)
 LAYOUTS: tuple[str, ...] = ("auto", "time-batched", "step-major")
 

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from icsnn_onnx import neuron
 from icsnn_onnx.options import ConversionOptions
 
 
@@ -98,11 +99,34 @@ class Program:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_onnx(self) -> onnx.ModelProto:
-        """Export the current graph as a standard model (valid while no neuron is inserted)."""
+        """Export the current graph as a model ONNX Runtime runs.
+
+        Carries the ``icsnn`` opset and the IF function when the graph has neurons, and the
+        lowest IR version for its opsets (onnx writes its newest IR by default, which an older
+        ONNX Runtime refuses).
+        """
         model = gs.export_onnx(self.graph.copy(), do_type_check=False)
         del model.opset_import[:]
-        model.opset_import.append(onnx.helper.make_opsetid("", self.opset))
-        for domain, version in self.extra_opsets.items():
-            model.opset_import.append(onnx.helper.make_opsetid(domain, version))
-        model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+        opsets = {"": self.opset, **self.extra_opsets}
+        if any(n.op_type == neuron.OP_TYPE and n.domain == neuron.DOMAIN for n in model.graph.node):
+            opsets[neuron.DOMAIN] = neuron.DOMAIN_VERSION
+            model.functions.append(neuron.if_function_proto(self.opset))
+        model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
+        model.ir_version = max(
+            8, onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+        )
         return model
+
+    def copy(self) -> Program:
+        """An independent copy (the graph deep-copied), e.g. to build a trial SNN."""
+        return Program(
+            graph=self.graph.copy(),
+            options=self.options,
+            opset=self.opset,
+            extra_opsets=dict(self.extra_opsets),
+            sites=dict(self.sites),
+            rejected=dict(self.rejected),
+            thresholds=dict(self.thresholds),
+            v_init=dict(self.v_init),
+            metadata=dict(self.metadata),
+        )

@@ -73,14 +73,14 @@ def test_results_table_is_the_committed_measurement():
     path = ROOT / "benchmarks" / "results" / "mnist_convert.json"
     results = json.loads(path.read_text())
     table = re.search(r"<!-- results: mnist_convert -->\n(.*?)\n\n", README, re.S).group(1).splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    ts = [h.removeprefix("SNN T=") for h in header[2:]]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
-    assert len(rows) == 2
-    for row, init in zip(rows, ("half", "zero"), strict=True):
-        assert f"--init {init}" in row[0]
-        per_t = results["snn"][init]["accuracy_per_T"]
-        expected = [f"{100 * results['ann_accuracy']:.2f}%"] + [
-            f"{100 * per_t[t]:.2f}%" for t in ("8", "16", "32", "64")
-        ]
+    assert [r[0].split("`")[1] for r in rows] == ["--init half", "--init zero", "--init calibrated"]
+    for row, init in zip(rows, ("half", "zero", "calibrated"), strict=True):
+        snn = results["snn"][init]
+        values = snn["accuracy_at_T"] if init == "calibrated" else snn["accuracy_per_T"]
+        expected = [f"{100 * results['ann_accuracy']:.2f}%"] + [f"{100 * values[t]:.2f}%" for t in ts]
         assert row[1:] == expected
 
 

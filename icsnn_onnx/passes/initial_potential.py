@@ -1,17 +1,26 @@
-"""Initial membrane potential v(0) per site (IC-SNN Alg 1).
+"""Initial membrane potential v(0) per site (IC-SNN Alg 1 and Alg 2).
 
 - ``zero``: v(0) = 0. Spike counts floor the input: mean output ≈ θ·floor(z·T/θ)/T.
 - ``half``: v(0) = θ/2. Spike counts round instead of floor; the residual term
   (v(T) − v(0))/T is zero-mean for inputs uniform within a quantization step, which is
   optimal in expectation (docs/method.md).
+- ``calibrated``: per channel, chosen on calibration data for the compiled T (Alg 2, below).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from icsnn_onnx.passes import Pass, PassResult, require
-from icsnn_onnx.program import Program
+from icsnn_onnx.calibration import stream_tensors
+from icsnn_onnx.data import Dataset
+from icsnn_onnx.errors import CalibrationError
+from icsnn_onnx.neuron import IFParams, simulate
+from icsnn_onnx.passes import Pass, PassManager, PassResult, require
+from icsnn_onnx.passes.graph_utils import channel_shape
+from icsnn_onnx.passes.insert_neurons import InsertNeurons
+from icsnn_onnx.passes.unroll import Unroll
+from icsnn_onnx.program import ActivationSite, Program
+from icsnn_onnx.progress import ProgressFactory, silent
 
 INIT_FRACTION = {"zero": 0.0, "half": 0.5}
 
@@ -31,3 +40,95 @@ class InitialPotential(Pass):
         for name, theta in program.thresholds.items():
             program.v_init[name] = (np.asarray(theta) * fraction).astype(np.float32)
         return PassResult(program, True)
+
+
+class CalibrateInitialPotential(Pass):
+    """IC-SNN Alg 2: per-channel v(0) calibrated on data, for the compiled T.
+
+    Sites are calibrated in topological order. For site ``l`` a trial SNN (earlier sites already
+    calibrated) is run on the calibration data to record the input currents ``z(1..T)`` the
+    site really receives; for each channel the initial potential ``v(0) = (k/K)·θ``,
+    ``k = 0..K-1``, whose mean output over T steps best matches the ANN's activation (least
+    squares) is kept. ``K`` is even, so θ/2 (Alg 1) is a candidate and is kept unless another
+    is strictly better: on the calibration data each site's error is never worse than Alg 1's.
+    """
+
+    def __init__(
+        self,
+        calib: Dataset | None,
+        T: int,
+        candidates: int = 16,
+        samples: int = 256,
+        batch_size: int = 64,
+        progress: ProgressFactory = silent,
+    ) -> None:
+        if candidates < 2 or candidates % 2:
+            raise ValueError("candidates must be an even number >= 2 (θ/2 must be one of them)")
+        self.calib, self.T, self.K = calib, T, candidates
+        self.samples, self.batch_size, self.progress = samples, batch_size, progress
+        self.report: dict[str, tuple[float, float]] = {}  # site → (error with θ/2, error chosen)
+
+    def requires(self, program: Program) -> None:
+        missing = set(program.sites) - set(program.v_init)
+        require(not missing, self.name, f"start values (Alg 1) needed first for {sorted(missing)}")
+
+    def call(self, program: Program) -> PassResult:
+        if self.calib is None:
+            raise CalibrationError("--init calibrated needs calibration data (--calib)")
+        data = self.calib.head(self.samples)
+        ann = program.to_onnx()
+        order = _topological_sites(program)
+        for site in order:
+            trial = program.copy()
+            PassManager([InsertNeurons(), Unroll(self.T, per_step=False, layout="step-major")])(trial)
+            snn = trial.to_onnx()
+            stream = any(o.name == f"{site.input}@1" for n in trial.graph.nodes for o in n.outputs)
+            currents = [f"{site.input}@{t}" for t in range(1, self.T + 1)] if stream else [site.input]
+            theta = np.asarray(program.thresholds[site.name], np.float64)
+            errors = None
+            batches = zip(
+                stream_tensors(ann, [site.input], data, self.batch_size),
+                stream_tensors(
+                    snn, currents, data, self.batch_size, self.progress, f"calibrating v(0) {site.name}"
+                ),
+                strict=True,
+            )
+            for ann_out, snn_out in batches:
+                target = site.transfer(ann_out[site.input].astype(np.float64))
+                z = np.stack([snn_out[c] for c in currents]).astype(np.float64)
+                if not stream:
+                    z = np.broadcast_to(z, (self.T, *z.shape[1:]))
+                batch_errors = self._channel_errors(z, target, theta)
+                errors = batch_errors if errors is None else errors + batch_errors
+            program.v_init[site.name] = self._choose(site.name, errors, theta, target.ndim)
+        program.metadata["icsnn.init_candidates"] = str(self.K)
+        return PassResult(program, True)
+
+    def _channel_errors(self, z: np.ndarray, target: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """Squared error per candidate and channel: ``[K, C]`` (one channel when rank < 2)."""
+        reduce_axes = tuple(a for a in range(target.ndim) if a != 1) if target.ndim >= 2 else (0,)
+        rows = []
+        for k in range(self.K):
+            trace = simulate(z, IFParams(theta, theta * k / self.K))
+            rate = trace.out.mean(axis=0)
+            rows.append(np.sum((rate - target) ** 2, axis=reduce_axes))
+        return np.atleast_2d(np.stack(rows)) if target.ndim >= 2 else np.stack(rows)[:, None]
+
+    def _choose(self, site: str, errors: np.ndarray, theta: np.ndarray, rank: int) -> np.ndarray:
+        half = self.K // 2
+        best = errors.argmin(axis=0)
+        # Keep θ/2 unless a candidate is strictly better: never worse than Alg 1.
+        best = np.where(errors[best, np.arange(errors.shape[1])] < errors[half], best, half)
+        self.report[site] = (float(errors[half].sum()), float(errors[best, np.arange(errors.shape[1])].sum()))
+        fraction = best / self.K
+        if rank >= 2:
+            fraction = fraction.reshape(channel_shape(rank, fraction.size))
+        else:
+            fraction = fraction.reshape(())
+        return (theta * fraction).astype(np.float32)
+
+
+def _topological_sites(program: Program) -> list[ActivationSite]:
+    program.graph.toposort()
+    position = {n.name: i for i, n in enumerate(program.graph.nodes)}
+    return sorted(program.sites.values(), key=lambda s: position[s.nodes[0]])

@@ -1,0 +1,94 @@
+"""IC-SNN Alg 2 (--init calibrated): per-channel v(0) chosen on calibration data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import icsnn_onnx
+from icsnn_onnx.data import Dataset
+from icsnn_onnx.options import ConversionOptions
+from icsnn_onnx.passes import PassManager
+from icsnn_onnx.passes.activations import RecognizeActivations
+from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
+from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
+from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential
+from icsnn_onnx.passes.thresholds import NormalizeThresholds
+from tests.conftest import run
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits"
+
+
+@pytest.fixture(scope="module")
+def example():
+    test = np.load(EXAMPLE / "test.npz")
+    return onnx.load(EXAMPLE / "digits_cnn.onnx"), np.load(EXAMPLE / "calib.npz")["x"], test["x"], test["y"]
+
+
+def test_each_site_is_never_worse_than_half_init(example):
+    model, calib, _, _ = example
+    program = import_model(model, ConversionOptions(T=4))
+    data = Dataset({"image": calib})
+    alg2 = CalibrateInitialPotential(data, T=4)
+    PassManager(
+        [
+            Canonicalize(),
+            RecognizeActivations(),
+            FoldBatchNorm(),
+            NormalizeThresholds(data),
+            InitialPotential("half"),
+            alg2,
+        ]
+    )(program)
+    assert set(alg2.report) == set(program.sites)
+    for site, (with_half, chosen) in alg2.report.items():
+        assert chosen <= with_half, site
+    assert any(chosen < 0.9 * with_half for with_half, chosen in alg2.report.values())
+    for name, v0 in program.v_init.items():
+        theta = program.thresholds[name]
+        assert v0.ndim == 3 and v0.shape[1:] == (1, 1)  # one value per channel
+        assert np.all(v0 >= 0) and np.all(v0 < theta)
+
+
+def test_calibrated_beats_half_end_to_end_at_small_T(example):
+    model, calib, test_x, test_y = example
+    (ann,) = run(model, test_x)
+    results = {}
+    for init in ("half", "calibrated"):
+        snn = icsnn_onnx.convert(model, calib, T=4, init=init)
+        (out,) = run(snn, test_x)
+        results[init] = (float(((out - ann) ** 2).mean()), float((out.argmax(1) == test_y).mean()))
+    assert results["calibrated"][0] < 0.7 * results["half"][0]
+    assert results["calibrated"][1] >= results["half"][1]
+
+
+def test_calibrated_init_is_recorded_and_needs_data(example, tmp_path):
+    model, calib, _, _ = example
+    snn = icsnn_onnx.convert(model, calib[:64], T=3, init="calibrated")
+    path = icsnn_onnx.save_model(snn, tmp_path / "snn.onnx")
+    meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert meta["icsnn.init"] == "calibrated" and meta["icsnn.init_candidates"] == "16"
+    clipped = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Clip", ["x", "lo", "hi"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+            [
+                onnx.numpy_helper.from_array(np.float32(0), "lo"),
+                onnx.numpy_helper.from_array(np.float32(1), "hi"),
+            ],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 21)],
+        ir_version=10,
+    )
+    with pytest.raises(icsnn_onnx.CalibrationError, match="--init calibrated needs calibration data"):
+        icsnn_onnx.convert(clipped, None, T=4, init="calibrated")
+
+
+def test_candidates_must_include_half():
+    with pytest.raises(ValueError, match="even"):
+        CalibrateInitialPotential(None, T=4, candidates=5)
