@@ -123,6 +123,20 @@ def simulate(z: np.ndarray, params: IFParams) -> IFTrace:
     return IFTrace(out=np.stack(outs), v=np.stack(vs))
 
 
+def constant_input_rate(z: np.ndarray, params: IFParams, T: int) -> np.ndarray:
+    """Mean output over T steps for a constant input current ``z``, in closed form.
+
+    With ``0 <= v(0) < θ``: ``N_T = clip(floor((T·z + v(0)) / θ), 0, T)`` spikes (docs/method.md,
+    eq. 2), so the mean output is ``θ·N_T / T`` — what :func:`simulate` yields, without the
+    T-step loop (up to rounding exactly at a threshold crossing).
+    """
+    theta, v0 = params.threshold, params.v_init
+    if np.any(v0 < 0) or np.any(v0 >= theta):
+        raise ValueError("the closed form needs 0 <= v_init < threshold")
+    count = np.clip(np.floor((T * z + v0) / theta), 0, T)
+    return theta * count / T
+
+
 def if_function_proto(opset: int) -> onnx.FunctionProto:
     """The ONNX function ``icsnn::IFNeuron(v, z, theta) -> (out, v_next)``, from IF_EQUATIONS.
 

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from icsnn_onnx import neuron
-from icsnn_onnx.neuron import IFParams, if_function_proto, simulate
+from icsnn_onnx.neuron import IFParams, constant_input_rate, if_function_proto, simulate
 from tests.conftest import run
 
 # Values chosen as exact binary fractions so the traces are exact in float32 and float64.
@@ -132,3 +132,20 @@ def test_params_are_validated(theta, v0, error):
 def test_params_reject_integers():
     with pytest.raises(TypeError):
         IFParams(np.array(1), np.array(0))
+
+
+@pytest.mark.parametrize("T", [1, 3, 8, 32])
+def test_constant_input_closed_form_matches_the_simulator(T):
+    rng = np.random.default_rng(T)
+    z = rng.normal(0.4, 1.2, size=(2000,))  # negative, within (0, θ) and above θ
+    theta = rng.uniform(0.2, 2.0, size=2000)
+    v0 = rng.uniform(0, 1, size=2000) * theta * 0.999
+    params = IFParams(theta, v0)
+    simulated = simulate(np.broadcast_to(z, (T, *z.shape)), params).out.mean(axis=0)
+    closed = constant_input_rate(z, params, T)
+    assert np.allclose(closed, simulated, atol=1e-9)
+
+
+def test_closed_form_needs_v0_below_threshold():
+    with pytest.raises(ValueError, match="0 <= v_init < threshold"):
+        constant_input_rate(np.zeros(3), IFParams(np.float64(1.0), np.float64(1.0)), 4)

@@ -14,7 +14,7 @@ import numpy as np
 from icsnn_onnx.calibration import stream_tensors
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import CalibrationError
-from icsnn_onnx.neuron import IFParams, simulate
+from icsnn_onnx.neuron import IFParams, constant_input_rate, simulate
 from icsnn_onnx.passes import Pass, PassManager, PassResult, require
 from icsnn_onnx.passes.graph_utils import channel_shape
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
@@ -96,21 +96,28 @@ class CalibrateInitialPotential(Pass):
             for ann_out, snn_out in batches:
                 target = site.transfer(ann_out[site.input].astype(np.float64))
                 z = np.stack([snn_out[c] for c in currents]).astype(np.float64)
-                if not stream:
-                    z = np.broadcast_to(z, (self.T, *z.shape[1:]))
-                batch_errors = self._channel_errors(z, target, theta)
+                batch_errors = self._channel_errors(z, target, theta, constant=not stream)
                 errors = batch_errors if errors is None else errors + batch_errors
             program.v_init[site.name] = self._choose(site.name, errors, theta, target.ndim)
         program.metadata["icsnn.init_candidates"] = str(self.K)
         return PassResult(program, True)
 
-    def _channel_errors(self, z: np.ndarray, target: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        """Squared error per candidate and channel: ``[K, C]`` (one channel when rank < 2)."""
+    def _channel_errors(
+        self, z: np.ndarray, target: np.ndarray, theta: np.ndarray, constant: bool
+    ) -> np.ndarray:
+        """Squared error per candidate and channel: ``[K, C]`` (one channel when rank < 2).
+
+        ``z`` is ``[T, …]``, or ``[1, …]`` for a current constant over time (a first layer under
+        direct coding), whose rate has a closed form (docs/method.md, eq. 2).
+        """
         reduce_axes = tuple(a for a in range(target.ndim) if a != 1) if target.ndim >= 2 else (0,)
         rows = []
         for k in range(self.K):
-            trace = simulate(z, IFParams(theta, theta * k / self.K))
-            rate = trace.out.mean(axis=0)
+            params = IFParams(theta, theta * k / self.K)
+            if constant:
+                rate = constant_input_rate(z[0], params, self.T)
+            else:
+                rate = simulate(z, params).out.mean(axis=0)
             rows.append(np.sum((rate - target) ** 2, axis=reduce_axes))
         return np.atleast_2d(np.stack(rows)) if target.ndim >= 2 else np.stack(rows)[:, None]
 
