@@ -57,7 +57,7 @@ def stream_tensors(
     yield from session.iter_run(data, batch_size, list(tensors), progress, desc)
 
 
-def _per_channel(a: np.ndarray, channel_wise: bool) -> np.ndarray:
+def _rows_per_channel(a: np.ndarray, channel_wise: bool) -> np.ndarray:
     """``a`` as ``[channels, values]`` (one row when layer-wise)."""
     if channel_wise and a.ndim >= 2:
         return np.moveaxis(a, 1, 0).reshape(a.shape[1], -1)
@@ -79,7 +79,7 @@ def activation_thresholds(
     maxima: dict[str, np.ndarray] = {}
     for out in stream_tensors(model, names, data, batch_size, progress, "calibrating (max)"):
         for name in names:
-            m = _per_channel(np.maximum(out[name], 0), channel_wise).max(axis=1).astype(np.float64)
+            m = _rows_per_channel(np.maximum(out[name], 0), channel_wise).max(axis=1).astype(np.float64)
             maxima[name] = m if name not in maxima else np.maximum(maxima[name], m)
     if percentile is None or percentile >= 100.0:
         return maxima
@@ -87,7 +87,7 @@ def activation_thresholds(
     hist = {name: np.zeros((len(m), BINS), np.int64) for name, m in maxima.items()}
     for out in stream_tensors(model, names, data, batch_size, progress, f"calibrating (p{percentile:g})"):
         for name in names:
-            values = _per_channel(np.maximum(out[name], 0), channel_wise).astype(np.float64)
+            values = _rows_per_channel(np.maximum(out[name], 0), channel_wise).astype(np.float64)
             top = np.where(maxima[name] > 0, maxima[name], 1.0)[:, None]
             bins = np.minimum((values / top * BINS).astype(np.int64), BINS - 1)
             rows = np.arange(len(values))[:, None] * BINS
