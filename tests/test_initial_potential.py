@@ -92,3 +92,37 @@ def test_calibrated_init_is_recorded_and_needs_data(example, tmp_path):
 def test_candidates_must_include_half():
     with pytest.raises(ValueError, match="even"):
         CalibrateInitialPotential(None, T=4, candidates=5)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("tests.test_conversion", fromlist=["BUILDERS"]).BUILDERS))
+def test_calibrated_init_on_every_graph_family(digits, name):
+    """Alg 2 runs on every test graph and never makes the output error on its calibration data
+    worse than Alg 1 (falling back to θ/2 where the layer-wise choice would)."""
+    from tests.test_conversion import BUILDERS
+
+    model, x = BUILDERS[name](digits)
+    calib = x[:128]
+    (ann,) = run(model, calib)
+    errors = {}
+    for init in ("half", "calibrated"):
+        (out,) = run(icsnn_onnx.convert(model, calib, T=4, init=init), calib)
+        assert np.all(np.isfinite(out))
+        errors[init] = float(((out - ann) ** 2).mean())
+    assert errors["calibrated"] <= errors["half"] * (1 + 1e-6), errors
+
+
+def test_calibrated_init_on_sklearn_and_multi_input(digits):
+    from tests import models
+
+    x, y = digits
+    flat = x.reshape(len(x), -1)
+    mlp = models.sklearn_mlp(flat[:600], y[:600])
+    snn = icsnn_onnx.convert(mlp, flat[:128], T=4, init="calibrated")
+    _label, proba = run(snn, flat[600:700])
+    assert np.allclose(proba.sum(1), 1, atol=1e-5)
+    feats = np.random.default_rng(0).normal(size=(128, 5)).astype(np.float32)
+    snn = icsnn_onnx.convert(
+        models.two_inputs(), {"image": x[:128], "features": feats}, T=4, init="calibrated"
+    )
+    (out,) = run(snn, {"image": x[:16], "features": feats[:16]})
+    assert out.shape == (16, 10)

@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import onnx
 
 from icsnn_onnx.calibration import stream_tensors
 from icsnn_onnx.data import Dataset
@@ -22,7 +25,10 @@ from icsnn_onnx.passes.unroll import Unroll
 from icsnn_onnx.program import ActivationSite, Program
 from icsnn_onnx.progress import ProgressFactory, silent
 
+logger = logging.getLogger(__name__)
+
 INIT_FRACTION = {"zero": 0.0, "half": 0.5}
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16})
 
 
 class InitialPotential(Pass):
@@ -51,6 +57,9 @@ class CalibrateInitialPotential(Pass):
     ``k = 0..K-1``, whose mean output over T steps best matches the ANN's activation (least
     squares) is kept. ``K`` is even, so θ/2 (Alg 1) is a candidate and is kept unless another
     is strictly better: on the calibration data each site's error is never worse than Alg 1's.
+    Finally, if the network's output is further from the ANN's with the calibrated potentials
+    than with θ/2 everywhere (layer-wise least squares does not guarantee it), θ/2 is kept, so
+    the result is never worse than Alg 1 end to end on the calibration data either.
     """
 
     def __init__(
@@ -77,6 +86,7 @@ class CalibrateInitialPotential(Pass):
             raise CalibrationError("--init calibrated needs calibration data (--calib)")
         data = self.calib.head(self.samples)
         ann = program.to_onnx()
+        half_start = dict(program.v_init)
         order = _topological_sites(program)
         for site in order:
             trial = program.copy()
@@ -100,7 +110,41 @@ class CalibrateInitialPotential(Pass):
                 errors = batch_errors if errors is None else errors + batch_errors
             program.v_init[site.name] = self._choose(site.name, errors, theta, target.ndim)
         program.metadata["icsnn.init_candidates"] = str(self.K)
+        # Layer-wise least squares does not guarantee a better network output: keep Alg 1's
+        # potentials if the calibrated ones do worse end to end on the same data.
+        calibrated = dict(program.v_init)
+        self.output_errors = (
+            self._output_error(program, half_start, ann, data),
+            self._output_error(program, calibrated, ann, data),
+        )
+        if self.output_errors[1] > self.output_errors[0]:
+            logger.info(
+                "calibrated v(0) worse at the output on calibration data (%.4g > %.4g); keeping θ/2",
+                *self.output_errors[::-1],
+            )
+            program.v_init.update(half_start)
+            program.metadata["icsnn.init_fallback"] = "half"
         return PassResult(program, True)
+
+    def _output_error(
+        self, program: Program, v_init: dict[str, np.ndarray], ann: onnx.ModelProto, data: Dataset
+    ) -> float:
+        """Mean squared difference of the float outputs of SNN (with ``v_init``) and ANN."""
+        trial = program.copy()
+        trial.v_init.update(v_init)
+        PassManager([InsertNeurons(), Unroll(self.T, per_step=False, layout="step-major")])(trial)
+        names = [o.name for o in ann.graph.output if o.type.tensor_type.elem_type in _FLOAT_TYPES]
+        total, count = 0.0, 0
+        batches = zip(
+            stream_tensors(ann, names, data, self.batch_size),
+            stream_tensors(trial.to_onnx(), names, data, self.batch_size),
+            strict=True,
+        )
+        for a, b in batches:
+            for name in names:
+                total += float(np.sum((b[name].astype(np.float64) - a[name]) ** 2))
+                count += a[name].size
+        return total / max(count, 1)
 
     def _channel_errors(
         self, z: np.ndarray, target: np.ndarray, theta: np.ndarray, constant: bool
