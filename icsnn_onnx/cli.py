@@ -91,6 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=_positive_int, default=64)
     ev.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
 
+    tu = sub.add_parser("tune", parents=[common], help="smallest T within --max-drop points of the ANN")
+    tu.add_argument("model", type=Path, help="the ANN")
+    tu.add_argument("--calib", type=Path, help="calibration inputs (as for convert)")
+    tu.add_argument("--data", type=Path, required=True, help="held-out labelled data (.npz with x, y)")
+    tu.add_argument("--max-drop", type=float, default=0.5, help="accuracy points below the ANN allowed")
+    tu.add_argument("--init", choices=INIT_POLICIES, default="half")
+    tu.add_argument("--max-T", type=_positive_int, default=64)
+    tu.add_argument("--threshold", type=_threshold, default="p99.99")
+    tu.add_argument("--channel-wise", action="store_true")
+
     be = sub.add_parser("bench", parents=[common], help="time an SNN against its ANN")
     be.add_argument("ann", type=Path, help="the ANN")
     be.add_argument("snn", type=Path, help="the SNN converted from it")
@@ -200,6 +210,33 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from icsnn_onnx.tune import tune
+
+    r = tune(
+        args.model,
+        args.calib,
+        args.data,
+        max_drop=args.max_drop,
+        init=args.init,
+        max_T=args.max_T,
+        threshold=args.threshold,
+        channel_wise=args.channel_wise,
+        progress=_progress_factory(args.quiet),
+    )
+    print(
+        f"ANN accuracy {100 * r.ann_accuracy:.2f}%; target ≥ {100 * r.ann_accuracy - r.max_drop:.2f}% (init {args.init})"
+    )
+    for T, acc in sorted(r.accuracy_by_T.items()):
+        mark = "  <- smallest T within target" if T == r.chosen_T else ""
+        print(f"  T={T:<4} {100 * acc:6.2f}%{mark}")
+    if r.chosen_T is None:
+        print(f"no T ≤ {args.max_T} is within {args.max_drop} points of the ANN")
+        return 1
+    print(f"chosen T = {r.chosen_T}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import json
 
@@ -217,7 +254,7 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"convert": _convert, "eval": _eval, "inspect": _inspect, "bench": _bench}
+COMMANDS = {"convert": _convert, "eval": _eval, "inspect": _inspect, "tune": _tune, "bench": _bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

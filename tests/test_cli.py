@@ -218,3 +218,56 @@ def test_inspect_reports_blockers(files, capsys):
     assert main(["inspect", str(tmp / "tanh.onnx")]) == 0
     out = capsys.readouterr().out
     assert "blocking conversion: 1" in out and "squash (Tanh)" in out and "BLOCKS" in out
+
+
+def test_tune_finds_the_smallest_T_within_the_drop(capsys):
+    args = [
+        "tune",
+        str(EXAMPLE / "digits_cnn.onnx"),
+        "--calib",
+        str(EXAMPLE / "calib.npz"),
+        "--data",
+        str(EXAMPLE / "test.npz"),
+        "--max-drop",
+        "1.0",
+        "--max-T",
+        "16",
+        "-q",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    table = {int(m[0]): float(m[1]) for m in __import__("re").findall(r"T=(\d+)\s+([\d.]+)%", out)}
+    ann = float(out.split("ANN accuracy ")[1].split("%")[0])
+    chosen = int(out.split("chosen T = ")[1])
+    assert sorted(table) == list(range(1, 17))  # data-free init: every T from one conversion
+    assert table[chosen] >= ann - 1.0 and all(table[t] < ann - 1.0 for t in table if t < chosen)
+    assert main([*args[:-3], "--init", "calibrated", "--max-T", "16", "-q"]) == 0
+    out = capsys.readouterr().out
+    calibrated_T = int(out.split("chosen T = ")[1])
+    assert calibrated_T <= chosen and set(__import__("re").findall(r"T=(\d+) ", out)) <= {
+        "1",
+        "2",
+        "4",
+        "8",
+        "16",
+    }
+
+
+def test_tune_reports_when_no_T_is_good_enough(capsys):
+    args = [
+        "tune",
+        str(EXAMPLE / "digits_cnn.onnx"),
+        "--calib",
+        str(EXAMPLE / "calib.npz"),
+        "--data",
+        str(EXAMPLE / "test.npz"),
+        "--max-drop",
+        "0",
+        "--max-T",
+        "2",
+        "--init",
+        "zero",
+        "-q",
+    ]
+    assert main(args) == 1
+    assert "no T ≤ 2" in capsys.readouterr().out
