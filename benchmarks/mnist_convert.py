@@ -74,6 +74,26 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int) -> nn.Module:
     return model.eval()
 
 
+def cli_convert(ann: Path, calib: Path, out: Path, *options: str) -> float:
+    """Convert with the installed ``icsnn-onnx`` CLI, as a user would; returns the seconds taken."""
+    cli = shutil.which("icsnn-onnx") or sys.exit("icsnn-onnx not on PATH: pip install -e . first")
+    start = time.perf_counter()
+    command = [
+        cli,
+        "convert",
+        str(ann),
+        "--calib",
+        str(calib),
+        *options,
+        "-o",
+        str(out),
+        "--force",
+        "--quiet",
+    ]
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
+
+
 def accuracy(path: Path, x: np.ndarray, y: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
     """Accuracy of each output with a bare ONNX Runtime session, in one pass over the data;
     per step for an output of shape [T, N, C]."""
@@ -115,31 +135,10 @@ def main() -> None:
     np.savez(calib, x=train_x[rng.choice(len(train_x), CALIB_SAMPLES, replace=False)])
 
     ann_acc = float(accuracy(ann_path, test_x, test_y, ["logits"])[0][0])
-    cli = shutil.which("icsnn-onnx") or sys.exit("icsnn-onnx not on PATH: pip install -e . first")
     runs = {}
     for init in ("half", "zero"):
         snn_path = RESULTS.parent / ".cache" / f"mnist_cnn.{init}.snn.onnx"
-        t0 = time.perf_counter()
-        subprocess.run(
-            [
-                cli,
-                "convert",
-                str(ann_path),
-                "--calib",
-                str(calib),
-                "--init",
-                init,
-                "-T",
-                str(T_MAX),
-                "--per-step",
-                "-o",
-                str(snn_path),
-                "--force",
-                "--quiet",
-            ],
-            check=True,
-        )
-        convert_s = time.perf_counter() - t0
+        convert_s = cli_convert(ann_path, calib, snn_path, "--init", init, "-T", str(T_MAX), "--per-step")
         final_acc, per_t = accuracy(snn_path, test_x, test_y, ["logits", "logits_per_step"])
         final = float(final_acc[0])
         runs[init] = {
@@ -156,26 +155,8 @@ def main() -> None:
     calibrated: dict = {"accuracy_at_T": {}, "convert_seconds": {}}
     for T in CALIBRATED_TS:
         snn_path = RESULTS.parent / ".cache" / f"mnist_cnn.calibrated.T{T}.snn.onnx"
-        t0 = time.perf_counter()
-        subprocess.run(
-            [
-                cli,
-                "convert",
-                str(ann_path),
-                "--calib",
-                str(calib),
-                "--init",
-                "calibrated",
-                "-T",
-                str(T),
-                "-o",
-                str(snn_path),
-                "--force",
-                "--quiet",
-            ],
-            check=True,
-        )
-        calibrated["convert_seconds"][str(T)] = round(time.perf_counter() - t0, 2)
+        seconds = cli_convert(ann_path, calib, snn_path, "--init", "calibrated", "-T", str(T))
+        calibrated["convert_seconds"][str(T)] = round(seconds, 2)
         (acc,) = accuracy(snn_path, test_x, test_y, ["logits"])
         calibrated["accuracy_at_T"][str(T)] = float(acc[0])
         print(
