@@ -14,7 +14,7 @@ from icsnn_onnx.data import DataSource, InputSpec, input_specs, load_dataset
 from icsnn_onnx.errors import CalibrationError, UnsupportedNode
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.options import ConversionOptions
-from icsnn_onnx.passes import PassManager
+from icsnn_onnx.passes import Pass, PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
 from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
 from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
@@ -29,6 +29,11 @@ from icsnn_onnx.progress import ProgressFactory, silent
 logger = logging.getLogger(__name__)
 
 ModelSource = str | Path | bytes | onnx.ModelProto
+
+
+def front_end() -> list[Pass]:
+    """The passes that analyse the ANN (shared by :func:`convert` and :func:`inspect_model`)."""
+    return [Canonicalize(), RecognizeActivations(), FoldBatchNorm()]
 
 
 def convert(
@@ -69,9 +74,7 @@ def convert(
     program = import_model(source, options)
     PassManager(
         [
-            Canonicalize(),
-            RecognizeActivations(),
-            FoldBatchNorm(),
+            *front_end(),
             CheckSupport(),
             NormalizeThresholds(dataset, progress),
             InitialPotential("half" if options.init == "calibrated" else options.init),
@@ -140,7 +143,7 @@ def inspect_model(model: ModelSource) -> Inspection:
     """Analyse a model without converting it (no calibration needed)."""
     source = load_model(model)
     program = import_model(source, ConversionOptions())
-    PassManager([Canonicalize(), RecognizeActivations(), FoldBatchNorm()])(program)
+    PassManager(front_end())(program)
     in_sites = site_node_names(program)
     plan, blocked = analyze(program.graph, lambda n: n.name in in_sites, program.rejected)
     blocked_names = {b.name for b in blocked}

@@ -89,10 +89,8 @@ class CalibrateInitialPotential(Pass):
         half_start = dict(program.v_init)
         order = _topological_sites(program)
         for site in order:
-            trial = program.copy()
-            PassManager([InsertNeurons(), Unroll(self.T, per_step=False, layout="step-major")])(trial)
-            snn = trial.to_onnx()
-            stream = any(o.name == f"{site.input}@1" for n in trial.graph.nodes for o in n.outputs)
+            snn = self._trial_snn(program, program.v_init)
+            stream = any(o == f"{site.input}@1" for n in snn.graph.node for o in n.output)
             currents = [f"{site.input}@{t}" for t in range(1, self.T + 1)] if stream else [site.input]
             theta = np.asarray(program.thresholds[site.name], np.float64)
             errors = None
@@ -126,18 +124,23 @@ class CalibrateInitialPotential(Pass):
             program.metadata["icsnn.init_fallback"] = "half"
         return PassResult(program, True)
 
+    def _trial_snn(self, program: Program, v_init: dict[str, np.ndarray]) -> onnx.ModelProto:
+        """The SNN ``program`` would become with these initial potentials (program untouched)."""
+        trial = program.copy()
+        trial.v_init.update(v_init)
+        PassManager([InsertNeurons(), Unroll(self.T, per_step=False, layout="step-major")])(trial)
+        return trial.to_onnx()
+
     def _output_error(
         self, program: Program, v_init: dict[str, np.ndarray], ann: onnx.ModelProto, data: Dataset
     ) -> float:
         """Mean squared difference of the float outputs of SNN (with ``v_init``) and ANN."""
-        trial = program.copy()
-        trial.v_init.update(v_init)
-        PassManager([InsertNeurons(), Unroll(self.T, per_step=False, layout="step-major")])(trial)
+        snn = self._trial_snn(program, v_init)
         names = [o.name for o in ann.graph.output if o.type.tensor_type.elem_type in _FLOAT_TYPES]
         total, count = 0.0, 0
         batches = zip(
             stream_tensors(ann, names, data, self.batch_size),
-            stream_tensors(trial.to_onnx(), names, data, self.batch_size),
+            stream_tensors(snn, names, data, self.batch_size),
             strict=True,
         )
         for a, b in batches:

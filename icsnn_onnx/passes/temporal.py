@@ -48,7 +48,7 @@ def analyze(
     streams: set[str] = set()
     neurons: set[str] = set()
     structural: list[str] = []
-    nonlinear: dict[str, str] = {}  # stream node → why it is not affine
+    nonlinear: dict[str, UnsupportedNode] = {}  # stream node → why it is not affine
     stream_nodes: list[gs.Node] = []
 
     for node in nodes:
@@ -65,7 +65,7 @@ def analyze(
             continue
         reason = check(node, flags)
         if reason is not None:
-            nonlinear[node.name] = rejected.get(node.name, reason)
+            nonlinear[node.name] = UnsupportedNode(node.name, node.op, rejected.get(node.name, reason))
         stream_nodes.append(node)
         streams.update(t.name for t in node.outputs)
 
@@ -76,11 +76,7 @@ def analyze(
                 feeds_neuron.add(node.name)
                 break
 
-    blocked = [
-        UnsupportedNode(name, next(n.op for n in nodes if n.name == name), reason)
-        for name, reason in nonlinear.items()
-        if name in feeds_neuron
-    ]
+    blocked = [node for name, node in nonlinear.items() if name in feeds_neuron]
 
     head: set[str] = set()
     head_tensors: set[str] = set()
