@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import zoo
 from mnist_data import DEFAULT_DIR, load_mnist
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -119,16 +120,7 @@ def main() -> None:
     model = train(train_x, train_y, args.epochs)
     train_s = time.perf_counter() - t0
     ann_path = RESULTS / "mnist_cnn.onnx"
-    torch.onnx.export(
-        model,
-        (torch.from_numpy(train_x[:1]),),
-        ann_path,
-        dynamo=False,
-        opset_version=17,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}},
-    )
+    zoo.export(model, train_x.shape[1:], str(ann_path))
     calib = RESULTS.parent / ".cache" / "mnist_calib.npz"
     calib.parent.mkdir(exist_ok=True)
     rng = np.random.default_rng(SEED)
