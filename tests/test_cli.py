@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -236,7 +237,7 @@ def test_tune_finds_the_smallest_T_within_the_drop(capsys):
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    table = {int(m[0]): float(m[1]) for m in __import__("re").findall(r"T=(\d+)\s+([\d.]+)%", out)}
+    table = {int(m[0]): float(m[1]) for m in re.findall(r"T=(\d+)\s+([\d.]+)%", out)}
     ann = float(out.split("ANN accuracy ")[1].split("%")[0])
     chosen = int(out.split("chosen T = ")[1])
     assert sorted(table) == list(range(1, 17))  # data-free init: every T from one conversion
@@ -244,7 +245,7 @@ def test_tune_finds_the_smallest_T_within_the_drop(capsys):
     assert main([*args[:-3], "--init", "calibrated", "--max-T", "16", "-q"]) == 0
     out = capsys.readouterr().out
     calibrated_T = int(out.split("chosen T = ")[1])
-    assert calibrated_T <= chosen and set(__import__("re").findall(r"T=(\d+) ", out)) <= {
+    assert calibrated_T <= chosen and set(re.findall(r"T=(\d+) ", out)) <= {
         "1",
         "2",
         "4",

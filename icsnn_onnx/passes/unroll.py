@@ -25,6 +25,7 @@ Layouts:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -137,20 +138,28 @@ class _Emitter:
             detach(node)
         return wiring
 
-    def _neuron_steps(
+    def _clone(
         self,
         node: gs.Node,
         inputs: list[gs.Tensor],
-        y: gs.Tensor,
-        currents: list[gs.Tensor],
-        shape: list | None,
+        outputs: list[gs.Tensor],
+        suffix: str,
+        shape: Callable[[list | None], list | None] = lambda s: s,
+    ) -> list[gs.Variable]:
+        """Emit a copy of ``node`` reading ``inputs``; its outputs are named ``<output><suffix>``."""
+        clones = [gs.Variable(f"{o.name}{suffix}", o.dtype, shape(o.shape)) for o in outputs]
+        self._add(node.op, f"{node.name}{suffix}", inputs, clones, attrs=dict(node.attrs), domain=node.domain)
+        return clones
+
+    def _neuron_steps(
+        self, node: gs.Node, inputs: list[gs.Tensor], y: gs.Tensor, currents: list[gs.Tensor]
     ) -> list[gs.Tensor]:
-        """Emit the T steps of one neuron site; return out(1..T)."""
+        """Emit the T steps of one neuron site writing ``y``; return out(1..T)."""
         _, theta, v = inputs
         outs = []
         for t, z_t in enumerate(currents, start=1):
-            out = gs.Variable(f"{y.name}@{t}", y.dtype, shape)
-            v_t = gs.Variable(f"{node.name}.v@{t}", y.dtype, shape)
+            out = gs.Variable(f"{y.name}@{t}", y.dtype, y.shape)
+            v_t = gs.Variable(f"{node.name}.v@{t}", y.dtype, y.shape)
             self._add(neuron.OP_TYPE, f"{node.name}@{t}", [v, z_t, theta], [out, v_t], domain=neuron.DOMAIN)
             outs.append(out)
             v = v_t
@@ -165,15 +174,7 @@ class _Emitter:
             if t < self.T:
                 for node in head:
                     inputs = [values.get(i.name, i) for i in node.inputs]
-                    outputs = [gs.Variable(f"{o.name}.after@{t}", o.dtype, o.shape) for o in node.outputs]
-                    self._add(
-                        node.op,
-                        f"{node.name}.after@{t}",
-                        inputs,
-                        outputs,
-                        attrs=dict(node.attrs),
-                        domain=node.domain,
-                    )
+                    outputs = self._clone(node, inputs, list(node.outputs), f".after@{t}")
                     values.update({o.name: c for o, c in zip(node.outputs, outputs, strict=True)})
             per_t.append(values)
         names = []
@@ -205,21 +206,11 @@ class _StepMajor(_Emitter):
         for node, inputs, outputs in wiring:
             if is_neuron(node):
                 y = outputs[0]
-                outs = self._neuron_steps(
-                    node, inputs, y, [at(inputs[0], t) for t in range(1, self.T + 1)], y.shape
-                )
+                outs = self._neuron_steps(node, inputs, y, [at(inputs[0], t) for t in range(1, self.T + 1)])
                 copies.update({(y.name, t): out for t, out in enumerate(outs, start=1)})
                 continue
             for t in range(1, self.T + 1):
-                clones = [gs.Variable(f"{o.name}@{t}", o.dtype, o.shape) for o in outputs]
-                self._add(
-                    node.op,
-                    f"{node.name}@{t}",
-                    [at(i, t) for i in inputs],
-                    clones,
-                    attrs=dict(node.attrs),
-                    domain=node.domain,
-                )
+                clones = self._clone(node, [at(i, t) for i in inputs], outputs, f"@{t}")
                 copies.update({(o.name, t): c for o, c in zip(outputs, clones, strict=True)})
         for name in self.plan.structural:  # shape queries read step 1
             node = self.by_name[name]
@@ -279,7 +270,7 @@ class _TimeBatched(_Emitter):
                     )
                 else:  # hoisted input layer: the same current at every step
                     currents = [z] * self.T
-                outs = self._neuron_steps(node, inputs, y, currents, y.shape)
+                outs = self._neuron_steps(node, inputs, y, currents)
                 joined = gs.Variable(f"{y.name}@T", y.dtype, self._stacked_shape(y.shape))
                 self._add("Concat", f"{y.name}@T", outs, [joined], attrs={"axis": 0})
                 stacked[y.name] = joined
@@ -300,8 +291,7 @@ class _TimeBatched(_Emitter):
                     mapped.append(tile(tensor))  # a per-sample activation computed once: repeat it per step
                 else:
                     mapped.append(tensor)
-            clones = [gs.Variable(f"{o.name}@T", o.dtype, self._stacked_shape(o.shape)) for o in outputs]
-            self._add(node.op, f"{node.name}@T", mapped, clones, attrs=dict(node.attrs), domain=node.domain)
+            clones = self._clone(node, mapped, outputs, "@T", self._stacked_shape)
             stacked.update({o.name: c for o, c in zip(outputs, clones, strict=True)})
         for cut in self.plan.cuts:
             self._read_out(self.tensors[cut], stacked[cut])

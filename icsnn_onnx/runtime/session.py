@@ -184,10 +184,12 @@ class Session:
         captures it and later calls replay it. On the CPU it is a plain ``run``.
         """
         if self.provider != CUDA:
-            names = self.output_names
-            session = self._session
-            feeds = dict(feeds)
-            return lambda: session.run(names, feeds) and None
+            names, host_feeds = self.output_names, dict(feeds)
+
+            def run_on_host() -> None:
+                self._session.run(names, host_feeds)
+
+            return run_on_host
         binding = self._session.io_binding()
         for name, value in feeds.items():
             device = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), "cuda", 0)
