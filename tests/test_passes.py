@@ -295,3 +295,13 @@ def test_insertion_postcondition_catches_a_leftover_relu():
         program.v_init[name] = np.float32(0.5)
     with pytest.raises(PreconditionError, match="ReLU left"):
         LeaveRelu()(program)
+
+
+def test_dropout_whose_mask_is_a_graph_output_is_kept():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Dropout", ["r"], ["y", "mask"])]
+    model = models.make_model(nodes, {}, ["N", 4], ["N", 4])
+    model.graph.output.append(helper.make_tensor_value_info("mask", onnx.TensorProto.BOOL, ["N", 4]))
+    program = _program(model)
+    PassManager([Canonicalize()])(program)
+    assert [t.name for t in program.graph.outputs] == ["y", "mask"]
+    assert "Dropout" in _ops(program)

@@ -20,7 +20,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from icsnn_onnx.errors import ModelLoadError
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.passes import Pass, PassResult, require
-from icsnn_onnx.passes.graph_utils import bypass, detach
+from icsnn_onnx.passes.graph_utils import bypass, detach, is_graph_output
 from icsnn_onnx.program import Program
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ class Canonicalize(Pass):
     def ensures(self, program: Program) -> None:
         for node in program.graph.nodes:
             require(node.op != "Sum", self.name, f"Sum node {node.name} left")
-            require(node.op != "Dropout", self.name, f"Dropout node {node.name} left")
+            removable = node.op == "Dropout" and self._removable(program.graph, node)
+            require(not removable, self.name, f"inference Dropout {node.name} left")
             require(bool(node.name), self.name, "unnamed node left")
 
     @staticmethod
@@ -116,21 +117,24 @@ class Canonicalize(Pass):
     def _remove_no_ops(self, graph: gs.Graph) -> bool:
         changed = False
         for node in list(graph.nodes):
-            if node.op not in self.NO_OPS or not node.inputs:
+            if not self._removable(graph, node):
                 continue
-            if node.op == "Dropout" and not self._dropout_is_identity(node):
-                continue
-            for extra in node.outputs[1:]:
-                if extra.outputs:
-                    break
-            else:
-                while len(node.outputs) > 1:  # graphsurgeon's lists don't support slice deletion
-                    node.outputs.pop()
-                while len(node.inputs) > 1:
-                    node.inputs.pop()
-                bypass(graph, node)
-                changed = True
+            while len(node.outputs) > 1:  # graphsurgeon's lists don't support slice deletion
+                node.outputs.pop()
+            while len(node.inputs) > 1:
+                node.inputs.pop()
+            bypass(graph, node)
+            changed = True
         return changed
+
+    @classmethod
+    def _removable(cls, graph: gs.Graph, node: gs.Node) -> bool:
+        """An Identity, or an inference Dropout whose mask is neither read nor returned."""
+        if node.op not in cls.NO_OPS or not node.inputs:
+            return False
+        if node.op == "Dropout" and not cls._dropout_is_identity(node):
+            return False
+        return not any(extra.outputs or is_graph_output(graph, extra) for extra in node.outputs[1:])
 
     @staticmethod
     def _dropout_is_identity(node: gs.Node) -> bool:
