@@ -14,7 +14,14 @@ from pathlib import Path
 
 from icsnn_onnx._version import __version__
 from icsnn_onnx.errors import DataError, IcsnnError
-from icsnn_onnx.options import INIT_POLICIES, LAYOUTS, parse_threshold_method
+from icsnn_onnx.options import (
+    DEFAULT_MAXPOOL,
+    ENCODINGS,
+    INIT_POLICIES,
+    LAYOUTS,
+    MAXPOOL_POLICIES,
+    parse_threshold_method,
+)
 from icsnn_onnx.progress import Progress, ProgressFactory, silent
 
 
@@ -49,7 +56,44 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"icsnn-onnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    conv = sub.add_parser("convert", parents=[common], help="convert an ANN into an unrolled SNN")
+    # What the SNN is made of: shared by convert and tune.
+    method = argparse.ArgumentParser(add_help=False)
+    method.add_argument(
+        "--threshold",
+        type=_threshold,
+        default="p99.99",
+        help="threshold statistic of unclipped ReLUs: max or pNN.NN (default p99.99)",
+    )
+    method.add_argument("--channel-wise", action="store_true", help="one threshold per channel")
+    method.add_argument(
+        "--init",
+        choices=INIT_POLICIES,
+        default="half",
+        help="initial potential: half = θ/2 (default, Alg 1), zero, or calibrated on --calib data for this T (Alg 2)",
+    )
+    method.add_argument(
+        "--compensation",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="coding compensation (Alg 3, default on): read out the last neurons' integrated membrane "
+        "(spike count + residual) and round rate-coded input counts",
+    )
+    method.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="direct",
+        help="input coding: direct (default; analog current), rate (IF encoder) or poisson (seeded)",
+    )
+    method.add_argument("--seed", type=int, default=0, help="seed of the Poisson encoder's noise (default 0)")
+    method.add_argument(
+        "--maxpool",
+        choices=MAXPOOL_POLICIES,
+        default=DEFAULT_MAXPOOL,
+        help=f"MaxPool between neurons: decompose (exact, max(a,b) = a + ReLU(b - a) in IF neurons), "
+        f"gate (forward the unit with the most input so far) or avg (approximate); default {DEFAULT_MAXPOOL}",
+    )
+
+    conv = sub.add_parser("convert", parents=[common, method], help="convert an ANN into an unrolled SNN")
     conv.add_argument("model", type=Path, help="input ANN (.onnx); never modified")
     conv.add_argument("-o", "--output", type=Path, help="output SNN (default: IN with .snn.onnx)")
     conv.add_argument(
@@ -57,19 +101,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--calib", type=Path, help="calibration inputs (.npz with x, or .npy)")
     conv.add_argument("--calib-samples", type=_positive_int, help="use only the first N calibration samples")
-    conv.add_argument(
-        "--threshold",
-        type=_threshold,
-        default="p99.99",
-        help="threshold statistic of unclipped ReLUs: max or pNN.NN (default p99.99)",
-    )
-    conv.add_argument("--channel-wise", action="store_true", help="one threshold per channel")
-    conv.add_argument(
-        "--init",
-        choices=INIT_POLICIES,
-        default="half",
-        help="initial potential: half = θ/2 (default, Alg 1), zero, or calibrated on --calib data for this T (Alg 2)",
-    )
     conv.add_argument(
         "--per-step", action="store_true", help="add y_per_step outputs [T, ...] for every output y"
     )
@@ -91,15 +122,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=_positive_int, default=64)
     ev.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
 
-    tu = sub.add_parser("tune", parents=[common], help="smallest T within --max-drop points of the ANN")
+    tu = sub.add_parser(
+        "tune", parents=[common, method], help="smallest T within --max-drop points of the ANN"
+    )
     tu.add_argument("model", type=Path, help="the ANN")
     tu.add_argument("--calib", type=Path, help="calibration inputs (as for convert)")
     tu.add_argument("--data", type=Path, required=True, help="held-out labelled data (.npz with x, y)")
     tu.add_argument("--max-drop", type=float, default=0.5, help="accuracy points below the ANN allowed")
-    tu.add_argument("--init", choices=INIT_POLICIES, default="half")
     tu.add_argument("--max-T", type=_positive_int, default=64)
-    tu.add_argument("--threshold", type=_threshold, default="p99.99")
-    tu.add_argument("--channel-wise", action="store_true")
 
     be = sub.add_parser("bench", parents=[common], help="time an SNN against its ANN")
     be.add_argument("ann", type=Path, help="the ANN")
@@ -140,6 +170,10 @@ def _convert(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         channel_wise=args.channel_wise,
         init=args.init,
+        compensation=args.compensation,
+        encoding=args.encoding,
+        maxpool=args.maxpool,
+        seed=args.seed,
         per_step=args.per_step,
         layout=args.layout,
         calib_samples=args.calib_samples,
@@ -150,7 +184,8 @@ def _convert(args: argparse.Namespace) -> int:
     meta = {p.key: p.value for p in model.metadata_props}
     print(
         f"{args.model} -> {output}: {meta['icsnn.sites']} activation site(s) as IF neurons, "
-        f"T={args.T}, init={args.init}, threshold={args.threshold}"
+        f"T={args.T}, init={args.init}, compensation {'on' if args.compensation else 'off'}, "
+        f"{args.encoding} coding, threshold={args.threshold}"
         f"{' (channel-wise)' if args.channel_wise else ''}, {meta['icsnn.layout']} layout, "
         f"{len(model.graph.node)} nodes"
     )
@@ -222,6 +257,10 @@ def _tune(args: argparse.Namespace) -> int:
         max_T=args.max_T,
         threshold=args.threshold,
         channel_wise=args.channel_wise,
+        compensation=args.compensation,
+        encoding=args.encoding,
+        maxpool=args.maxpool,
+        seed=args.seed,
         progress=_progress_factory(args.quiet),
     )
     print(

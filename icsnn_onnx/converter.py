@@ -13,10 +13,11 @@ from icsnn_onnx._version import __version__
 from icsnn_onnx.data import DataSource, InputSpec, input_specs, load_dataset
 from icsnn_onnx.errors import CalibrationError, UnsupportedNode
 from icsnn_onnx.model_io import load_model
-from icsnn_onnx.options import ConversionOptions
+from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions
 from icsnn_onnx.passes import Pass, PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
 from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
+from icsnn_onnx.passes.encoding import EncodeInputs
 from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
 from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
@@ -44,6 +45,10 @@ def convert(
     threshold: str = "p99.99",
     channel_wise: bool = False,
     init: str = "half",
+    compensation: bool = True,
+    encoding: str = "direct",
+    maxpool: str = DEFAULT_MAXPOOL,
+    seed: int = 0,
     per_step: bool = False,
     layout: str = "step-major",
     calib_samples: int | None = None,
@@ -62,6 +67,10 @@ def convert(
         threshold=threshold,
         channel_wise=channel_wise,
         init=init,
+        compensation=compensation,
+        encoding=encoding,
+        maxpool=maxpool,
+        seed=seed,
         per_step=per_step,
         layout=layout,
         calib_samples=calib_samples,
@@ -77,6 +86,7 @@ def convert(
             *front_end(),
             CheckSupport(),
             NormalizeThresholds(dataset, progress),
+            EncodeInputs(dataset),
             InitialPotential("half" if options.init == "calibrated" else options.init),
             *(
                 [
@@ -88,7 +98,7 @@ def convert(
                 else []
             ),
             InsertNeurons(),
-            Unroll(options.T, options.per_step, options.layout),
+            Unroll(options.T, options.per_step, options.layout, options.compensation),
         ]
     )(program)
     result = finalize(program, source)

@@ -9,7 +9,9 @@ from typing import Literal
 
 InitPolicy = Literal["zero", "half", "calibrated"]
 INIT_POLICIES: tuple[str, ...] = ("zero", "half", "calibrated")
-ENCODINGS: tuple[str, ...] = ("direct",)
+ENCODINGS: tuple[str, ...] = ("direct", "rate", "poisson")
+MAXPOOL_POLICIES: tuple[str, ...] = ("decompose", "gate", "avg")
+DEFAULT_MAXPOOL = "gate"
 LAYOUTS: tuple[str, ...] = ("auto", "time-batched", "step-major")
 
 _PERCENTILE = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
@@ -36,6 +38,9 @@ class ConversionOptions:
     channel_wise: bool = False
     init: str = "half"
     encoding: str = "direct"
+    compensation: bool = True
+    maxpool: str = DEFAULT_MAXPOOL
+    seed: int = 0
     per_step: bool = False
     layout: str = "step-major"
     calib_samples: int | None = None
@@ -49,6 +54,10 @@ class ConversionOptions:
             raise ValueError(f"init must be one of {INIT_POLICIES}, got {self.init!r}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        if self.maxpool not in MAXPOOL_POLICIES:
+            raise ValueError(f"maxpool must be one of {MAXPOOL_POLICIES}, got {self.maxpool!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.calib_samples is not None and self.calib_samples < 1:

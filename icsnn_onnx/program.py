@@ -84,6 +84,43 @@ class ActivationSite:
             raise ValueError(f"activation site {self.name!r} maps a tensor onto itself")
 
 
+class EncodingKind(str, Enum):
+    RATE = "rate"  # an IF encoder neuron (θ = 1) fed the normalized input as constant current
+    POISSON = "poisson"  # Bernoulli spikes with p = normalized input, fixed seeded noise
+
+
+@dataclass(frozen=True)
+class InputEncoder:
+    """How a graph input becomes a spike train (rate or Poisson coding).
+
+    The input ``x`` is normalized to ``c = (x − low)/(high − low)`` ∈ [0, 1] and encoded into
+    spikes ``s(t)``; the network receives ``low + (high − low)·s(t)``, whose mean over T steps
+    approximates ``x``. ``v_init`` is the rate encoder's initial potential (θ = 1): 1/2 rounds
+    the spike count ``floor(c·T + v_init)``, 0 floors it. ``seed`` fixes the Poisson noise.
+    """
+
+    input: str
+    kind: EncodingKind
+    low: float
+    high: float
+    v_init: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.high <= self.low:
+            raise ValueError(
+                f"encoder for {self.input!r} needs finite low < high, got {self.low}, {self.high}"
+            )
+        if not 0.0 <= self.v_init < 1.0:
+            raise ValueError(f"encoder initial potential must be in [0, 1), got {self.v_init}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be non-negative, got {self.seed}")
+
+    def describe(self) -> str:
+        what = f"v0={self.v_init:g}" if self.kind is EncodingKind.RATE else f"seed={self.seed}"
+        return f"{self.kind.value} low={self.low:.6g} high={self.high:.6g} {what}"
+
+
 @dataclass
 class Program:
     """Mutable state threaded through the pass pipeline."""
@@ -96,6 +133,8 @@ class Program:
     rejected: dict[str, str] = field(default_factory=dict)  # node name → why not an activation
     thresholds: dict[str, np.ndarray] = field(default_factory=dict)  # site name → θ
     v_init: dict[str, np.ndarray] = field(default_factory=dict)  # site name → v(0)
+    encoders: dict[str, InputEncoder] = field(default_factory=dict)  # graph input → its encoder
+    gates: dict[str, str] = field(default_factory=dict)  # MaxPool node → why it is gated
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_onnx(self) -> onnx.ModelProto:
@@ -128,5 +167,7 @@ class Program:
             rejected=dict(self.rejected),
             thresholds=dict(self.thresholds),
             v_init=dict(self.v_init),
+            encoders=dict(self.encoders),
+            gates=dict(self.gates),
             metadata=dict(self.metadata),
         )

@@ -4,7 +4,8 @@ Choose on held-out data (a validation split), never on the test set you report.
 
 - ``init`` ``half``/``zero``: v(0) does not depend on T, so one conversion at ``max_T`` with
   per-step outputs gives the accuracy at every T ≤ ``max_T`` exactly (entry t-1 is the SNN
-  compiled for T = t).
+  compiled for T = t: the compensated read-out after t steps uses v(t), the rate encoder's
+  counts and the Poisson noise of the first t steps do not depend on T).
 - ``init`` ``calibrated``: v(0) is calibrated for the compiled T, so T = 1, 2, 4, … is compiled
   and evaluated in turn until the target is met.
 """
@@ -17,6 +18,7 @@ from icsnn_onnx.converter import ModelSource, convert
 from icsnn_onnx.data import DataSource, input_specs, load_dataset
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.model_io import load_model
+from icsnn_onnx.options import DEFAULT_MAXPOOL
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime import Session, evaluate
 
@@ -39,6 +41,10 @@ def tune(
     max_T: int = 64,
     threshold: str = "p99.99",
     channel_wise: bool = False,
+    compensation: bool = True,
+    encoding: str = "direct",
+    maxpool: str = DEFAULT_MAXPOOL,
+    seed: int = 0,
     progress: ProgressFactory = silent,
 ) -> TuneResult:
     if max_drop < 0:
@@ -49,7 +55,16 @@ def tune(
         raise DataError("tuning data needs integer labels 'y'")
     ann = evaluate(Session(source, provider="cpu"), dataset, progress=progress).accuracy
     target = ann - max_drop / 100.0
-    options = {"threshold": threshold, "channel_wise": channel_wise, "init": init, "progress": progress}
+    options = {
+        "threshold": threshold,
+        "channel_wise": channel_wise,
+        "init": init,
+        "compensation": compensation,
+        "encoding": encoding,
+        "maxpool": maxpool,
+        "seed": seed,
+        "progress": progress,
+    }
     table: dict[int, float] = {}
     if init in ("half", "zero"):
         snn = convert(source, calib, T=max_T, per_step=True, **options)

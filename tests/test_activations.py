@@ -171,9 +171,16 @@ def test_quantized_layer_is_exact_with_T_equal_L_and_half_init(L, lam):
     x = np.concatenate([(k + 0.5 + off) * step for off in (-0.49, -0.2, 0.0, 0.3, 0.49)])
     x = x[np.abs(((x / step) - 0.5) - np.round((x / step) - 0.5)) > 0.01].astype(np.float32)
     x = np.resize(x, (len(x) // 16 * 16,)).reshape(-1, 16)
-    snn = icsnn_onnx.convert(model, None, T=L, init="half")
+    # The site is the read-out here: compensation would recover it at any T, so it is off to
+    # test the neurons themselves.
+    snn = icsnn_onnx.convert(model, None, T=L, init="half", compensation=False)
     (ann,), (out,) = run(model, x), run(snn, x)
     assert np.allclose(out, ann, atol=1e-6 * lam)
-    # A different T is not exact, and zero init floors instead of rounding.
-    (floored,) = run(icsnn_onnx.convert(model, None, T=L, init="zero"), x)
+    # Zero init floors instead of rounding.
+    (floored,) = run(icsnn_onnx.convert(model, None, T=L, init="zero", compensation=False), x)
     assert not np.allclose(floored, ann, atol=1e-6 * lam)
+    # With read-out compensation the integrated membrane passes through the site's own
+    # function: exact whatever T and v(0).
+    for T, init in ((1, "zero"), (L + 1, "half")):
+        (compensated,) = run(icsnn_onnx.convert(model, None, T=T, init=init), x)
+        assert np.allclose(compensated, ann, atol=1e-5 * lam)

@@ -128,7 +128,9 @@ class CalibrateInitialPotential(Pass):
         """The SNN ``program`` would become with these initial potentials (program untouched)."""
         trial = program.copy()
         trial.v_init.update(v_init)
-        PassManager([InsertNeurons(), Unroll(self.T, per_step=False, layout="step-major")])(trial)
+        PassManager(
+            [InsertNeurons(), Unroll(self.T, layout="step-major", compensation=program.options.compensation)]
+        )(trial)
         return trial.to_onnx()
 
     def _output_error(

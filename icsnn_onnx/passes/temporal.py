@@ -6,8 +6,15 @@
 - *invariant*: reads no stream; computed once (under direct coding this hoists the input
   layer's work out of the time loop).
 - *structural*: ``Shape``/``Size`` of a stream; computed once from step 1.
-- *head*: a non-affine op with no neuron downstream, and everything after it; applied once
-  to the read-out, the mean over T steps of the stream tensors it reads (the *cuts*).
+- *head*: every op reading a stream with no neuron downstream (the affine output layer as
+  much as a final Softmax), and everything after it; applied once to the read-out, the mean
+  over T steps of the stream tensors it reads (the *cuts*). Affine ops commute with the mean,
+  so this is exact, runs the output layer once instead of T times, and makes the cuts the last
+  neurons' outputs, whose residual potentials the read-out compensation adds back.
+
+A neuron here is any stateful node that turns its input into a stream: an IF neuron, and a
+MaxPool under the ``gate`` policy. Under rate or Poisson coding the encoded graph inputs are
+streams from the start (``stream_inputs``).
 
 A non-affine op with a neuron downstream cannot be made spiking; :class:`CheckSupport`
 reports every such node at once, before any calibration or output.
@@ -22,6 +29,7 @@ import onnx_graphsurgeon as gs
 
 from icsnn_onnx.errors import ConversionError, UnsupportedNode, UnsupportedOperatorError
 from icsnn_onnx.passes import Pass, PassResult
+from icsnn_onnx.passes.encoding import encoded_inputs
 from icsnn_onnx.passes.rules import STRUCTURAL_OPS, check
 from icsnn_onnx.program import Program
 
@@ -40,12 +48,13 @@ def analyze(
     graph: gs.Graph,
     is_neuron: Callable[[gs.Node], bool],
     rejected: Mapping[str, str] | None = None,
+    stream_inputs: frozenset[str] = frozenset(),
 ) -> tuple[TemporalPlan, list[UnsupportedNode]]:
     """Classify the nodes of ``graph`` (sorted in place) and list those that block conversion."""
     rejected = rejected or {}
     graph.toposort()
     nodes = list(graph.nodes)
-    streams: set[str] = set()
+    streams: set[str] = set(stream_inputs)
     neurons: set[str] = set()
     structural: list[str] = []
     nonlinear: dict[str, UnsupportedNode] = {}  # stream node → why it is not affine
@@ -76,12 +85,14 @@ def analyze(
                 feeds_neuron.add(node.name)
                 break
 
+    stream_names = {n.name for n in stream_nodes}
     blocked = [node for name, node in nonlinear.items() if name in feeds_neuron]
 
     head: set[str] = set()
     head_tensors: set[str] = set()
     for node in nodes:
-        starts_head = node.name in nonlinear and node.name not in feeds_neuron
+        is_stream_op = node.name in stream_names and node.name not in neurons
+        starts_head = is_stream_op and node.name not in feeds_neuron
         if starts_head or any(t.name in head_tensors for t in node.inputs):
             head.add(node.name)
             head_tensors.update(t.name for t in node.outputs)
@@ -95,7 +106,7 @@ def analyze(
         neurons=frozenset(neurons),
         body=tuple(n.name for n in stream_nodes if n.name not in head),
         head=tuple(n.name for n in nodes if n.name in head),
-        structural=tuple(structural),
+        structural=tuple(n for n in structural if n not in head),
         streams=frozenset(streams - head_tensors),
         cuts=tuple(dict.fromkeys(cuts)),
     )
@@ -113,7 +124,12 @@ class CheckSupport(Pass):
         if not program.sites:
             raise ConversionError("no ReLU-like activation found: there is nothing to make spiking")
         in_sites = site_node_names(program)
-        _, blocked = analyze(program.graph, lambda n: n.name in in_sites, program.rejected)
+        _, blocked = analyze(
+            program.graph,
+            lambda n: n.name in in_sites,
+            program.rejected,
+            encoded_inputs(program.graph, program.options.encoding),
+        )
         if blocked:
             raise UnsupportedOperatorError(blocked)
         return PassResult(program, False)

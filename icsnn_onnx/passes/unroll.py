@@ -25,7 +25,8 @@ Layouts:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -38,7 +39,7 @@ from icsnn_onnx.passes.graph_utils import detach
 from icsnn_onnx.passes.insert_neurons import is_neuron
 from icsnn_onnx.passes.layout import batch_fold_blocker
 from icsnn_onnx.passes.temporal import TemporalPlan, analyze
-from icsnn_onnx.program import Program
+from icsnn_onnx.program import ActivationKind, EncodingKind, InputEncoder, Program, TransferFunction
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +47,15 @@ LAYOUTS = ("auto", "time-batched", "step-major")
 
 
 class Unroll(Pass):
-    def __init__(self, T: int, per_step: bool = False, layout: str = "step-major") -> None:
+    def __init__(
+        self, T: int, per_step: bool = False, layout: str = "step-major", compensation: bool = True
+    ) -> None:
         if T < 1:
             raise ValueError("T must be >= 1")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.T, self.per_step, self.layout = T, per_step, layout
+        self.compensation = compensation
 
     def requires(self, program: Program) -> None:
         require(any(is_neuron(n) for n in program.graph.nodes), self.name, "no IFNeuron to unroll")
@@ -65,11 +69,14 @@ class Unroll(Pass):
 
     def call(self, program: Program) -> PassResult:
         graph = program.graph
-        plan, blocked = analyze(graph, is_neuron)
+        plan, blocked = analyze(graph, is_neuron, stream_inputs=frozenset(program.encoders))
         require(not blocked, self.name, f"unsupported nodes reached unroll: {blocked}")
         layout = self._choose_layout(graph, plan)
+        readout = {}
+        if self.compensation:
+            readout = {s.output: s.transfer for s in program.sites.values() if s.output in plan.cuts}
         emitter = (_TimeBatched if layout == "time-batched" else _StepMajor)(
-            graph, plan, self.T, self.per_step
+            graph, plan, self.T, self.per_step, readout, program.encoders
         )
         emitter.run()
         if self.per_step:
@@ -113,8 +120,20 @@ def time_batch_blockers(graph: gs.Graph, plan: TemporalPlan) -> list[str]:
 class _Emitter:
     """What both layouts share: node creation, neuron steps, per-step outputs."""
 
-    def __init__(self, graph: gs.Graph, plan: TemporalPlan, T: int, per_step: bool) -> None:
+    def __init__(
+        self,
+        graph: gs.Graph,
+        plan: TemporalPlan,
+        T: int,
+        per_step: bool,
+        readout: Mapping[str, TransferFunction],
+        encoders: Mapping[str, InputEncoder],
+    ) -> None:
         self.graph, self.plan, self.T, self.per_step = graph, plan, T, per_step
+        self.encoders = encoders
+        self.constants: dict[str, gs.Constant] = {}
+        self.readout = readout  # compensated cut (a neuron output) → its activation function
+        self.membranes: dict[tuple[str, int], gs.Tensor] = {}  # (neuron output, t) → v(t)
         self.by_name = {n.name: n for n in graph.nodes}
         self.tensors = graph.tensors()
         self.prefix_means: dict[tuple[str, int], gs.Tensor] = {}  # (cut, t) → mean of steps 1..t
@@ -128,7 +147,10 @@ class _Emitter:
         self.graph.nodes.append(gs.Node(op, name, inputs=inputs, outputs=outputs, **kw))
 
     def _const(self, name: str, value: object, dtype: object = np.int64) -> gs.Constant:
-        return gs.Constant(name, np.asarray(value, dtype=dtype))
+        """A named constant, created once (a name reused by later steps is the same tensor)."""
+        if name not in self.constants:
+            self.constants[name] = gs.Constant(name, np.asarray(value, dtype=dtype))
+        return self.constants[name]
 
     def _take_body(self) -> list[tuple[gs.Node, list[gs.Tensor], list[gs.Tensor]]]:
         """Detach the per-step nodes, returning their wiring (they are re-emitted per layout)."""
@@ -151,19 +173,139 @@ class _Emitter:
         self._add(node.op, f"{node.name}{suffix}", inputs, clones, attrs=dict(node.attrs), domain=node.domain)
         return clones
 
-    def _neuron_steps(
+    def _site_steps(
         self, node: gs.Node, inputs: list[gs.Tensor], y: gs.Tensor, currents: list[gs.Tensor]
     ) -> list[gs.Tensor]:
-        """Emit the T steps of one neuron site writing ``y``; return out(1..T)."""
+        """Emit the T steps of the (detached) neuron site ``node`` writing ``y``; return out(1..T)."""
         _, theta, v = inputs
+        return self._neuron_steps(node.name, theta, v, y, currents)
+
+    def _neuron_steps(
+        self, name: str, theta: gs.Tensor, v: gs.Tensor, y: gs.Tensor, currents: list[gs.Tensor]
+    ) -> list[gs.Tensor]:
+        """Emit T steps of IF neurons ``name`` writing ``y@t``; return out(1..T)."""
+        self.membranes[(y.name, 0)] = v
         outs = []
         for t, z_t in enumerate(currents, start=1):
             out = gs.Variable(f"{y.name}@{t}", y.dtype, y.shape)
-            v_t = gs.Variable(f"{node.name}.v@{t}", y.dtype, y.shape)
-            self._add(neuron.OP_TYPE, f"{node.name}@{t}", [v, z_t, theta], [out, v_t], domain=neuron.DOMAIN)
+            v_t = gs.Variable(f"{name}.v@{t}", y.dtype, y.shape)
+            self._add(neuron.OP_TYPE, f"{name}@{t}", [v, z_t, theta], [out, v_t], domain=neuron.DOMAIN)
             outs.append(out)
+            self.membranes[(y.name, t)] = v_t
             v = v_t
         return outs
+
+    def _encoded_inputs(self) -> dict[str, list[gs.Tensor]]:
+        """Emit the input encoders (rate or Poisson coding): graph input → its T steps."""
+        return {name: self._encode(self.tensors[name], enc) for name, enc in self.encoders.items()}
+
+    def _encode(self, x: gs.Tensor, enc: InputEncoder) -> list[gs.Tensor]:
+        """``x(t) = low + (high − low)·s(t)`` with ``s`` the spikes of ``x``'s encoder."""
+        dtype = np.dtype(x.dtype or np.float32)
+        span = enc.high - enc.low
+        shifted = gs.Variable(f"{x.name}.shifted", x.dtype, x.shape)
+        self._add("Sub", f"{x.name}.shifted", [x, self._const(f"{x.name}.low", enc.low, dtype)], [shifted])
+        rate = gs.Variable(f"{x.name}.normalized", x.dtype, x.shape)
+        self._add(
+            "Mul",
+            f"{x.name}.normalized",
+            [shifted, self._const(f"{x.name}.inv_span", 1.0 / span, dtype)],
+            [rate],
+        )
+        if enc.kind is EncodingKind.RATE:
+            spikes = gs.Variable(f"{x.name}.spikes", x.dtype, x.shape)
+            theta = self._const(f"{x.name}.encoder_threshold", 1.0, dtype)
+            v0 = self._const(f"{x.name}.encoder_v_init", enc.v_init, dtype)
+            steps = self._neuron_steps(f"{x.name}.encoder", theta, v0, spikes, [rate] * self.T)
+        else:
+            sample = list(x.shape[1:]) if x.shape is not None else None
+            if sample is None or not all(isinstance(d, int) and d > 0 for d in sample):
+                raise ConversionError(
+                    f"Poisson coding needs the non-batch dimensions of input {x.name} fixed"
+                )
+            rng = np.random.default_rng([enc.seed, zlib.crc32(x.name.encode())])
+            noise = rng.random((self.T, 1, *sample)).astype(dtype)
+            steps = []
+            for t in range(1, self.T + 1):
+                fired = gs.Variable(f"{x.name}.fired@{t}", np.bool_, x.shape)
+                self._add(
+                    "Less",
+                    f"{x.name}.fired@{t}",
+                    [gs.Constant(f"{x.name}.noise@{t}", noise[t - 1]), rate],
+                    [fired],
+                )
+                s_t = gs.Variable(f"{x.name}.spikes@{t}", x.dtype, x.shape)
+                self._add("CastLike", f"{x.name}.spikes@{t}", [fired, rate], [s_t])
+                steps.append(s_t)
+        values = []
+        for t, s_t in enumerate(steps, start=1):
+            scaled = gs.Variable(f"{x.name}.scaled@{t}", x.dtype, x.shape)
+            self._add(
+                "Mul", f"{x.name}.scaled@{t}", [s_t, self._const(f"{x.name}.span", span, dtype)], [scaled]
+            )
+            x_t = gs.Variable(f"{x.name}@{t}", x.dtype, x.shape)
+            self._add("Add", f"{x.name}@{t}", [scaled, self._const(f"{x.name}.low", enc.low, dtype)], [x_t])
+            values.append(x_t)
+        return values
+
+    def _finish_read_out(self, cut: gs.Tensor, t: int, total: gs.Tensor) -> None:
+        """The read-out of ``cut`` after ``t`` steps, from the sum of its first ``t`` steps.
+
+        Plain: the mean ``Σ out / t``. Compensated (a neuron output, Alg 3): the neuron's
+        integrated membrane ``(Σ out + v(t) − v(0)) / t = Σ z / t`` — spike count plus residual —
+        through the site's activation function, so the last neurons lose nothing to integer
+        spike counts (docs/method.md §5).
+        """
+        dtype = np.dtype(cut.dtype or np.float32)
+        value = cut if t == self.T else gs.Variable(f"{cut.name}.mean@{t}", cut.dtype, cut.shape)
+        self.prefix_means[(cut.name, t)] = value
+        inv = self._const(f"{cut.name}.inv@{t}", 1.0 / t, dtype)
+        transfer = self.readout.get(cut.name)
+        if transfer is None:
+            self._add("Mul", f"{cut.name}.mean@{t}", [total, inv], [value])
+            return
+        v_t, v_0 = self.membranes[(cut.name, t)], self.membranes[(cut.name, 0)]
+        residual = gs.Variable(f"{cut.name}.residual@{t}", cut.dtype, cut.shape)
+        self._add("Sub", f"{cut.name}.residual@{t}", [v_t, v_0], [residual])
+        integrated = gs.Variable(f"{cut.name}.integrated@{t}", cut.dtype, cut.shape)
+        self._add("Add", f"{cut.name}.integrated@{t}", [total, residual], [integrated])
+        mean = gs.Variable(f"{cut.name}.membrane_mean@{t}", cut.dtype, cut.shape)
+        self._add("Mul", f"{cut.name}.membrane_mean@{t}", [integrated, inv], [mean])
+        self._emit_transfer(transfer, mean, value, f"{cut.name}.readout@{t}", dtype)
+
+    def _emit_transfer(
+        self, transfer: TransferFunction, x: gs.Tensor, y: gs.Tensor, name: str, dtype: np.dtype
+    ) -> None:
+        """``y = transfer(x)``: the ANN's own activation function."""
+        if transfer.kind is ActivationKind.RELU:
+            self._add("Relu", name, [x], [y])
+            return
+        lam = transfer.upper_bound
+        if transfer.kind is ActivationKind.CLIPPED:
+            bounds = [self._const(f"{name}.lo", 0.0, dtype), self._const(f"{name}.hi", lam, dtype)]
+            self._add("Clip", name, [x, *bounds], [y])
+            return
+        levels = transfer.levels
+        chain = [
+            ("Mul", self._const(f"{name}.scale", levels / lam, dtype)),
+            ("Add", self._const(f"{name}.offset", transfer.offset, dtype)),
+            ("Floor", None),
+            ("Clip", None),
+            ("Mul", self._const(f"{name}.step", lam / levels, dtype)),
+        ]
+        value = x
+        for i, (op, const) in enumerate(chain):
+            out = y if i == len(chain) - 1 else gs.Variable(f"{name}.{i}", y.dtype, y.shape)
+            if op == "Clip":
+                inputs = [
+                    value,
+                    self._const(f"{name}.lo", 0.0, dtype),
+                    self._const(f"{name}.hi", levels, dtype),
+                ]
+            else:
+                inputs = [value] if const is None else [value, const]
+            self._add(op, f"{name}.{i}", inputs, [out])
+            value = out
 
     def add_per_step_outputs(self) -> list[str]:
         """Add ``y_per_step`` = stack over t of the read-out after t steps, for every output."""
@@ -202,11 +344,13 @@ class _StepMajor(_Emitter):
         def at(tensor: gs.Tensor, t: int) -> gs.Tensor:
             return copies[(tensor.name, t)] if tensor.name in self.plan.streams else tensor
 
+        for name, steps in self._encoded_inputs().items():
+            copies.update({(name, t): x_t for t, x_t in enumerate(steps, start=1)})
         wiring = self._take_body()
         for node, inputs, outputs in wiring:
             if is_neuron(node):
                 y = outputs[0]
-                outs = self._neuron_steps(node, inputs, y, [at(inputs[0], t) for t in range(1, self.T + 1)])
+                outs = self._site_steps(node, inputs, y, [at(inputs[0], t) for t in range(1, self.T + 1)])
                 copies.update({(y.name, t): out for t, out in enumerate(outs, start=1)})
                 continue
             for t in range(1, self.T + 1):
@@ -220,24 +364,19 @@ class _StepMajor(_Emitter):
             self._read_out(self.tensors[cut], [copies[(cut, t)] for t in range(1, self.T + 1)])
 
     def _read_out(self, cut: gs.Tensor, steps: list[gs.Tensor]) -> None:
-        """Redefine ``cut`` as the mean of its step copies, keeping prefix means if per-step."""
-        dtype = np.dtype(cut.dtype or np.float32)
-        acc = steps[0]
+        """Redefine ``cut`` from the sum of its step copies (and prefix sums if per-step)."""
+        if not self.per_step:  # one variadic Sum: no Add chain T deep
+            total = gs.Variable(f"{cut.name}.sum", cut.dtype, cut.shape)
+            self._add("Sum", f"{cut.name}.sum", list(steps), [total])
+            self._finish_read_out(cut, self.T, total)
+            return
+        total = steps[0]
         for t in range(1, self.T + 1):
             if t > 1:
-                total = gs.Variable(f"{cut.name}.sum@{t}", cut.dtype, cut.shape)
-                self._add("Add", f"{cut.name}.sum@{t}", [acc, steps[t - 1]], [total])
-                acc = total
-            if t < self.T and not self.per_step:
-                continue
-            mean = cut if t == self.T else gs.Variable(f"{cut.name}.mean@{t}", cut.dtype, cut.shape)
-            self._add(
-                "Mul",
-                f"{cut.name}.mean@{t}",
-                [acc, self._const(f"{cut.name}.inv@{t}", 1.0 / t, dtype)],
-                [mean],
-            )
-            self.prefix_means[(cut.name, t)] = mean
+                prefix = gs.Variable(f"{cut.name}.sum@{t}", cut.dtype, cut.shape)
+                self._add("Add", f"{cut.name}.sum@{t}", [total, steps[t - 1]], [prefix])
+                total = prefix
+            self._finish_read_out(cut, t, total)
 
 
 class _TimeBatched(_Emitter):
@@ -255,6 +394,11 @@ class _TimeBatched(_Emitter):
                 tiled[tensor.name] = out
             return tiled[tensor.name]
 
+        for name, steps in self._encoded_inputs().items():
+            x = self.tensors[name]
+            joined = gs.Variable(f"{name}@T", x.dtype, self._stacked_shape(x.shape))
+            self._add("Concat", f"{name}@T", steps, [joined], attrs={"axis": 0})
+            stacked[name] = joined
         wiring = self._take_body()
         for node, inputs, outputs in wiring:
             if is_neuron(node):
@@ -270,7 +414,7 @@ class _TimeBatched(_Emitter):
                     )
                 else:  # hoisted input layer: the same current at every step
                     currents = [z] * self.T
-                outs = self._neuron_steps(node, inputs, y, currents)
+                outs = self._site_steps(node, inputs, y, currents)
                 joined = gs.Variable(f"{y.name}@T", y.dtype, self._stacked_shape(y.shape))
                 self._add("Concat", f"{y.name}@T", outs, [joined], attrs={"axis": 0})
                 stacked[y.name] = joined
@@ -297,8 +441,7 @@ class _TimeBatched(_Emitter):
             self._read_out(self.tensors[cut], stacked[cut])
 
     def _read_out(self, cut: gs.Tensor, steps: gs.Tensor) -> None:
-        """``cut`` = mean over t of ``steps`` viewed as ``[T, N, …]``; prefix means if per-step."""
-        dtype = np.dtype(cut.dtype or np.float32)
+        """``cut`` from the sum over t of ``steps`` viewed as ``[T, N, …]``; prefixes if per-step."""
         rest = list(cut.shape[1:])
         by_step = gs.Variable(f"{cut.name}.by_step", cut.dtype, [self.T, *cut.shape])
         self._add(
@@ -308,24 +451,20 @@ class _TimeBatched(_Emitter):
             [by_step],
         )
         axis0 = self._const(f"{cut.name}.axis0", [0])
-        self._add("ReduceMean", f"{cut.name}.mean", [by_step, axis0], [cut], attrs={"keepdims": 0})
-        self.prefix_means[(cut.name, self.T)] = cut
         if not self.per_step:
+            total = gs.Variable(f"{cut.name}.sum", cut.dtype, cut.shape)
+            self._add("ReduceSum", f"{cut.name}.sum", [by_step, axis0], [total], attrs={"keepdims": 0})
+            self._finish_read_out(cut, self.T, total)
             return
         sums = gs.Variable(f"{cut.name}.cumsum", cut.dtype, [self.T, *cut.shape])
         self._add(
             "CumSum", f"{cut.name}.cumsum", [by_step, self._const(f"{cut.name}.cumsum_axis", 0)], [sums]
         )
-        counts = np.arange(1, self.T + 1, dtype=dtype).reshape([self.T] + [1] * len(cut.shape))
-        means = gs.Variable(f"{cut.name}.prefix_means", cut.dtype, [self.T, *cut.shape])
-        self._add(
-            "Div", f"{cut.name}.prefix_means", [sums, gs.Constant(f"{cut.name}.counts", counts)], [means]
-        )
         parts = [
             gs.Variable(f"{cut.name}.prefix@{t}", cut.dtype, [1, *cut.shape]) for t in range(1, self.T + 1)
         ]
-        self._add("Split", f"{cut.name}.prefix", [means], parts, attrs={"axis": 0, "num_outputs": self.T})
-        for t, part in enumerate(parts[:-1], start=1):
-            mean = gs.Variable(f"{cut.name}.mean@{t}", cut.dtype, cut.shape)
-            self._add("Squeeze", f"{cut.name}.mean@{t}", [part, axis0], [mean])
-            self.prefix_means[(cut.name, t)] = mean
+        self._add("Split", f"{cut.name}.prefix", [sums], parts, attrs={"axis": 0, "num_outputs": self.T})
+        for t, part in enumerate(parts, start=1):
+            total = gs.Variable(f"{cut.name}.sum@{t}", cut.dtype, cut.shape)
+            self._add("Squeeze", f"{cut.name}.sum@{t}", [part, axis0], [total])
+            self._finish_read_out(cut, t, total)
