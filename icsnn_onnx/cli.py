@@ -143,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", parents=[common], help="activation sites, op coverage, blockers")
     ins.add_argument("model", type=Path)
+    ins.add_argument("--maxpool", choices=MAXPOOL_POLICIES, default=DEFAULT_MAXPOOL, help="as for convert")
+    ins.add_argument("--encoding", choices=ENCODINGS, default="direct", help="as for convert")
     return parser
 
 
@@ -220,16 +222,28 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+_MAXPOOL_EFFECT = {
+    "read-out": "no neuron downstream: exact, once on the read-out",
+    "decompose": "decompose: max(a,b) = a + ReLU(b - a) tree of IF neurons (exact as T grows)",
+    "gate": "gate: forwards the spikes of the unit with the most input so far",
+    "avg": "avg: AveragePool of the same window (approximate)",
+}
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from icsnn_onnx.converter import inspect_model
 
-    report = inspect_model(args.model)
+    report = inspect_model(args.model, maxpool=args.maxpool, encoding=args.encoding)
     print(f"{args.model}  (opset {report.source_opset}, producer: {report.producer or 'unknown'})")
     print("inputs:  " + ", ".join(s.describe() for s in report.inputs))
     print("outputs: " + ", ".join(report.outputs))
     print(f"activation sites: {len(report.sites)}")
     for site in report.sites:
         print(f"  {site.name:<28} {site.transfer.describe():<32} {site.input} -> {site.output}")
+    if report.maxpools:
+        print(f"MaxPool ({args.maxpool} policy between neurons):")
+        for name, policy in report.maxpools:
+            print(f"  {name:<28} {_MAXPOOL_EFFECT.get(policy, policy)}")
     print("op coverage:")
     for op, behaviour, count in report.op_behaviour:
         print(f"  {op:<22} {count:>4}  {behaviour}")

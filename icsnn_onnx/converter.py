@@ -17,10 +17,11 @@ from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions
 from icsnn_onnx.passes import Pass, PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
 from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
-from icsnn_onnx.passes.encoding import EncodeInputs
+from icsnn_onnx.passes.encoding import EncodeInputs, encoded_inputs
 from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
 from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
+from icsnn_onnx.passes.maxpool import LowerMaxPool
 from icsnn_onnx.passes.temporal import CheckSupport, analyze, site_node_names
 from icsnn_onnx.passes.thresholds import NormalizeThresholds
 from icsnn_onnx.passes.unroll import Unroll
@@ -32,9 +33,9 @@ logger = logging.getLogger(__name__)
 ModelSource = str | Path | bytes | onnx.ModelProto
 
 
-def front_end() -> list[Pass]:
+def front_end(maxpool: str) -> list[Pass]:
     """The passes that analyse the ANN (shared by :func:`convert` and :func:`inspect_model`)."""
-    return [Canonicalize(), RecognizeActivations(), FoldBatchNorm()]
+    return [Canonicalize(), RecognizeActivations(), FoldBatchNorm(), LowerMaxPool(maxpool)]
 
 
 def convert(
@@ -83,7 +84,7 @@ def convert(
     program = import_model(source, options)
     PassManager(
         [
-            *front_end(),
+            *front_end(options.maxpool),
             CheckSupport(),
             NormalizeThresholds(dataset, progress),
             EncodeInputs(dataset),
@@ -139,6 +140,7 @@ class Inspection:
     sites: tuple[ActivationSite, ...]
     op_behaviour: tuple[tuple[str, str, int], ...]  # (op type, behaviour over time, count)
     blockers: tuple[UnsupportedNode, ...]
+    maxpools: tuple[tuple[str, str], ...] = ()  # (MaxPool node, policy applied or "read-out")
 
     @property
     def convertible(self) -> bool:
@@ -149,18 +151,28 @@ class Inspection:
         return any(s.transfer.kind is ActivationKind.RELU for s in self.sites)
 
 
-def inspect_model(model: ModelSource) -> Inspection:
-    """Analyse a model without converting it (no calibration needed)."""
+def inspect_model(
+    model: ModelSource, *, maxpool: str = DEFAULT_MAXPOOL, encoding: str = "direct"
+) -> Inspection:
+    """Analyse a model without converting it (no calibration needed), for these options."""
     source = load_model(model)
-    program = import_model(source, ConversionOptions())
-    PassManager(front_end())(program)
+    program = import_model(source, ConversionOptions(maxpool=maxpool, encoding=encoding))
+    PassManager(front_end(maxpool))(program)
     in_sites = site_node_names(program)
-    plan, blocked = analyze(program.graph, lambda n: n.name in in_sites, program.rejected)
+    gates = program.gates
+    plan, blocked = analyze(
+        program.graph,
+        lambda n: n.name in in_sites or n.name in gates,
+        program.rejected,
+        encoded_inputs(program.graph, encoding),
+    )
     blocked_names = {b.name for b in blocked}
     counts: Counter[tuple[str, str]] = Counter()
     for node in program.graph.nodes:
         if node.name in in_sites:
             behaviour = "activation → IF neuron"
+        elif node.name in gates:
+            behaviour = "spike gate (max accumulated input)"
         elif node.name in blocked_names:
             behaviour = "BLOCKS conversion"
         elif node.name in plan.head:
@@ -181,4 +193,5 @@ def inspect_model(model: ModelSource) -> Inspection:
         sites=tuple(program.sites.values()),
         op_behaviour=tuple((op, b, n) for (op, b), n in sorted(counts.items())),
         blockers=tuple(blocked),
+        maxpools=tuple(program.maxpools.items()),
     )

@@ -134,7 +134,7 @@ class Program:
     thresholds: dict[str, np.ndarray] = field(default_factory=dict)  # site name → θ
     v_init: dict[str, np.ndarray] = field(default_factory=dict)  # site name → v(0)
     encoders: dict[str, InputEncoder] = field(default_factory=dict)  # graph input → its encoder
-    gates: dict[str, str] = field(default_factory=dict)  # MaxPool node → why it is gated
+    maxpools: dict[str, str] = field(default_factory=dict)  # MaxPool node → policy applied to it
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_onnx(self) -> onnx.ModelProto:
@@ -156,6 +156,11 @@ class Program:
         )
         return model
 
+    @property
+    def gates(self) -> frozenset[str]:
+        """MaxPool nodes realized by the spike gate (stateful over time, like a neuron)."""
+        return frozenset(name for name, policy in self.maxpools.items() if policy == "gate")
+
     def copy(self) -> Program:
         """An independent copy (the graph deep-copied), e.g. to build a trial SNN."""
         return Program(
@@ -168,6 +173,6 @@ class Program:
             thresholds=dict(self.thresholds),
             v_init=dict(self.v_init),
             encoders=dict(self.encoders),
-            gates=dict(self.gates),
+            maxpools=dict(self.maxpools),
             metadata=dict(self.metadata),
         )

@@ -132,17 +132,17 @@ def test_unsupported_op_exits_2_names_the_node_and_writes_nothing(files, capsys)
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["h1"], name="conv1"),
         helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
-        helper.make_node("MaxPool", ["a1"], ["p"], kernel_shape=[2, 2], name="the_maxpool"),
+        helper.make_node("LpPool", ["a1"], ["p"], kernel_shape=[2, 2], name="the_lppool"),
         helper.make_node("Conv", ["p", "w2"], ["h2"], name="conv2"),
         helper.make_node("Relu", ["h2"], ["a2"], name="relu2"),
         helper.make_node("Flatten", ["a2"], ["f"]),
         helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
     ]
     inits = {"w1": models._w(4, 1, 3, 3), "w2": models._w(4, 4, 3, 3), "fc": models._w(10, 16)}
-    onnx.save(models.make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10]), tmp / "maxpool.onnx")
-    out = tmp / "maxpool.snn.onnx"
-    code = main(["convert", str(tmp / "maxpool.onnx"), "--calib", str(tmp / "calib.npz"), "-o", str(out)])
-    _one_line_error(capsys, code, "the_maxpool (MaxPool)")
+    onnx.save(models.make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10]), tmp / "lppool.onnx")
+    out = tmp / "lppool.snn.onnx"
+    code = main(["convert", str(tmp / "lppool.onnx"), "--calib", str(tmp / "calib.npz"), "-o", str(out)])
+    _one_line_error(capsys, code, "the_lppool (LpPool)")
     assert not out.exists()
     assert list(tmp.glob("*.tmp")) == []
 

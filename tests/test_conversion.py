@@ -110,7 +110,7 @@ def test_unsupported_ops_are_all_reported_at_once(digits):
     model = _with_nodes_between(
         [
             helper.make_node("Sigmoid", ["a1"], ["s"], name="gate"),
-            helper.make_node("MaxPool", ["s"], ["m"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+            helper.make_node("LpPool", ["s"], ["m"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
             helper.make_node("Mul", ["m", "m"], ["sq"], name="square"),
             helper.make_node("Pad", ["sq", "pads"], ["e"], mode="edge", name="pad"),
         ],
@@ -121,7 +121,7 @@ def test_unsupported_ops_are_all_reported_at_once(digits):
     names = {n.name for n in info.value.nodes}
     assert names == {"gate", "pool", "square"}
     message = str(info.value)
-    assert "gate (Sigmoid)" in message and "pool (MaxPool)" in message and "square (Mul)" in message
+    assert "gate (Sigmoid)" in message and "pool (LpPool)" in message and "square (Mul)" in message
 
 
 def test_leaky_relu_between_neurons_is_reported_with_its_transfer_function(digits):

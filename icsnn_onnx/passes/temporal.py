@@ -126,7 +126,7 @@ class CheckSupport(Pass):
         in_sites = site_node_names(program)
         _, blocked = analyze(
             program.graph,
-            lambda n: n.name in in_sites,
+            lambda n: n.name in in_sites or n.name in program.gates,
             program.rejected,
             encoded_inputs(program.graph, program.options.encoding),
         )

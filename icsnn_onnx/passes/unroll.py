@@ -69,14 +69,17 @@ class Unroll(Pass):
 
     def call(self, program: Program) -> PassResult:
         graph = program.graph
-        plan, blocked = analyze(graph, is_neuron, stream_inputs=frozenset(program.encoders))
+        gates = program.gates
+        plan, blocked = analyze(
+            graph, lambda n: is_neuron(n) or n.name in gates, stream_inputs=frozenset(program.encoders)
+        )
         require(not blocked, self.name, f"unsupported nodes reached unroll: {blocked}")
         layout = self._choose_layout(graph, plan)
         readout = {}
         if self.compensation:
             readout = {s.output: s.transfer for s in program.sites.values() if s.output in plan.cuts}
         emitter = (_TimeBatched if layout == "time-batched" else _StepMajor)(
-            graph, plan, self.T, self.per_step, readout, program.encoders
+            graph, plan, self.T, self.per_step, readout, program.encoders, gates
         )
         emitter.run()
         if self.per_step:
@@ -128,9 +131,10 @@ class _Emitter:
         per_step: bool,
         readout: Mapping[str, TransferFunction],
         encoders: Mapping[str, InputEncoder],
+        gates: frozenset[str],
     ) -> None:
         self.graph, self.plan, self.T, self.per_step = graph, plan, T, per_step
-        self.encoders = encoders
+        self.encoders, self.gates = encoders, gates
         self.constants: dict[str, gs.Constant] = {}
         self.readout = readout  # compensated cut (a neuron output) → its activation function
         self.membranes: dict[tuple[str, int], gs.Tensor] = {}  # (neuron output, t) → v(t)
@@ -172,6 +176,38 @@ class _Emitter:
         clones = [gs.Variable(f"{o.name}{suffix}", o.dtype, shape(o.shape)) for o in outputs]
         self._add(node.op, f"{node.name}{suffix}", inputs, clones, attrs=dict(node.attrs), domain=node.domain)
         return clones
+
+    def _stateful_steps(
+        self, node: gs.Node, inputs: list[gs.Tensor], y: gs.Tensor, xs: list[gs.Tensor]
+    ) -> list[gs.Tensor]:
+        """Emit the T steps of a node with state over time (a neuron site or a MaxPool gate)."""
+        if node.name in self.gates:
+            return self._gate_steps(node, y, xs)
+        return self._site_steps(node, inputs, y, xs)
+
+    def _gate_steps(self, node: gs.Node, y: gs.Tensor, xs: list[gs.Tensor]) -> list[gs.Tensor]:
+        """MaxPool ``gate`` policy: each window forwards the spikes of its unit with the highest
+        input accumulated so far, ``acc(t) = Σ_{τ≤t} x(τ)`` (MaxPool's Indices on ``acc``, which
+        index the flattened input)."""
+        flat_shape = self._const(f"{node.name}.flat_shape", [-1])
+        acc = None
+        outs = []
+        for t, x_t in enumerate(xs, start=1):
+            if acc is None:
+                acc_t = x_t
+            else:
+                acc_t = gs.Variable(f"{node.name}.acc@{t}", x_t.dtype, x_t.shape)
+                self._add("Add", f"{node.name}.acc@{t}", [acc, x_t], [acc_t])
+            pooled = gs.Variable(f"{node.name}.acc_max@{t}", y.dtype, y.shape)
+            winner = gs.Variable(f"{node.name}.winner@{t}", np.int64, y.shape)
+            self._add("MaxPool", f"{node.name}.winner@{t}", [acc_t], [pooled, winner], attrs=dict(node.attrs))
+            flat = gs.Variable(f"{node.name}.flat@{t}", x_t.dtype, None)
+            self._add("Reshape", f"{node.name}.flat@{t}", [x_t, flat_shape], [flat])
+            out = gs.Variable(f"{y.name}@{t}", y.dtype, y.shape)
+            self._add("Gather", f"{node.name}@{t}", [flat, winner], [out], attrs={"axis": 0})
+            outs.append(out)
+            acc = acc_t
+        return outs
 
     def _site_steps(
         self, node: gs.Node, inputs: list[gs.Tensor], y: gs.Tensor, currents: list[gs.Tensor]
@@ -348,9 +384,9 @@ class _StepMajor(_Emitter):
             copies.update({(name, t): x_t for t, x_t in enumerate(steps, start=1)})
         wiring = self._take_body()
         for node, inputs, outputs in wiring:
-            if is_neuron(node):
+            if is_neuron(node) or node.name in self.gates:
                 y = outputs[0]
-                outs = self._site_steps(node, inputs, y, [at(inputs[0], t) for t in range(1, self.T + 1)])
+                outs = self._stateful_steps(node, inputs, y, [at(inputs[0], t) for t in range(1, self.T + 1)])
                 copies.update({(y.name, t): out for t, out in enumerate(outs, start=1)})
                 continue
             for t in range(1, self.T + 1):
@@ -401,10 +437,12 @@ class _TimeBatched(_Emitter):
             stacked[name] = joined
         wiring = self._take_body()
         for node, inputs, outputs in wiring:
-            if is_neuron(node):
+            if is_neuron(node) or node.name in self.gates:
                 z, y = inputs[0], outputs[0]
                 if z.name in stacked:
-                    currents = [gs.Variable(f"{z.name}@{t}", z.dtype, y.shape) for t in range(1, self.T + 1)]
+                    currents = [
+                        gs.Variable(f"{node.name}.input@{t}", z.dtype, z.shape) for t in range(1, self.T + 1)
+                    ]
                     self._add(
                         "Split",
                         f"{z.name}@split",
@@ -414,7 +452,7 @@ class _TimeBatched(_Emitter):
                     )
                 else:  # hoisted input layer: the same current at every step
                     currents = [z] * self.T
-                outs = self._site_steps(node, inputs, y, currents)
+                outs = self._stateful_steps(node, inputs, y, currents)
                 joined = gs.Variable(f"{y.name}@T", y.dtype, self._stacked_shape(y.shape))
                 self._add("Concat", f"{y.name}@T", outs, [joined], attrs={"axis": 0})
                 stacked[y.name] = joined

@@ -1,0 +1,168 @@
+"""MaxPool between spiking layers: decompose, gate and avg policies."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import icsnn_onnx
+from icsnn_onnx.converter import front_end
+from icsnn_onnx.options import ConversionOptions
+from icsnn_onnx.passes import PassManager
+from icsnn_onnx.passes.canonicalize import import_model
+from tests import models
+from tests.conftest import relative_error, run
+
+
+def maxpool_cnn(pool: dict | None = None, signed: bool = False) -> onnx.ModelProto:
+    """Conv-ReLU-MaxPool-Conv-ReLU-Flatten-Gemm on 8×8 inputs (the pool sits between neurons).
+
+    ``signed``: Conv-ReLU-Conv-MaxPool-ReLU instead, the pool reading a signed pre-activation.
+    """
+    pool = pool or {"kernel_shape": [2, 2], "strides": [2, 2]}
+    first = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["h1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+    ]
+    if signed:
+        middle = [
+            helper.make_node("Conv", ["a1", "w2", "b2"], ["h2"], pads=[1, 1, 1, 1], name="conv2"),
+            helper.make_node("MaxPool", ["h2"], ["p"], name="pool", **pool),
+            helper.make_node("Relu", ["p"], ["a2"], name="relu2"),
+        ]
+    else:
+        middle = [
+            helper.make_node("MaxPool", ["a1"], ["p"], name="pool", **pool),
+            helper.make_node("Conv", ["p", "w2", "b2"], ["h2"], pads=[1, 1, 1, 1], name="conv2"),
+            helper.make_node("Relu", ["h2"], ["a2"], name="relu2"),
+        ]
+    nodes = [
+        *first,
+        *middle,
+        helper.make_node("GlobalAveragePool", ["a2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
+    inits = {
+        "w1": models._w(8, 1, 3, 3),
+        "b1": models._w(8, scale=0.1),
+        "w2": models._w(12, 8, 3, 3),
+        "b2": models._w(12, scale=0.1),
+        "fc": models._w(10, 12),
+    }
+    return models.make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10])
+
+
+POOLS = {
+    "2x2": {"kernel_shape": [2, 2], "strides": [2, 2]},
+    "3x3-pad": {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    "3x3-ceil": {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+    "2x2-dilated": {"kernel_shape": [2, 2], "dilations": [2, 2]},
+    "same-upper": {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
+}
+
+
+def _ann_after_front_end(model: onnx.ModelProto, policy: str) -> tuple[onnx.ModelProto, dict[str, str]]:
+    program = import_model(model, ConversionOptions(maxpool=policy))
+    PassManager(front_end(policy))(program)
+    return program.to_onnx(), program.maxpools
+
+
+@pytest.mark.parametrize("pool", sorted(POOLS))
+def test_decomposition_equals_maxpool_on_the_ann_side(digits, pool):
+    model = maxpool_cnn(POOLS[pool])
+    rewritten, policies = _ann_after_front_end(model, "decompose")
+    assert policies == {"pool": "decompose"}
+    assert not [n for n in rewritten.graph.node if n.op_type == "MaxPool"]
+    relus = [n for n in rewritten.graph.node if n.op_type == "Relu"]
+    window = int(np.prod(POOLS[pool]["kernel_shape"]))
+    assert len(relus) == 2 + window - 1  # a k-element max is k - 1 pairwise maxima
+    x = digits[0][:300]
+    (ann,), (out,) = run(model, x), run(rewritten, x)
+    assert out.shape == ann.shape
+    assert np.allclose(out, ann, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["decompose", "gate"])
+def test_spiking_maxpool_converges_as_T_grows(digits, policy):
+    model = maxpool_cnn(POOLS["3x3-pad"])
+    x = digits[0]
+    (ann,) = run(model, x[400:700])
+    errors = {}
+    for T in (8, 32, 128):
+        snn = icsnn_onnx.convert(model, x[:400], T=T, maxpool=policy, threshold="max")
+        (out,) = run(snn, x[400:700])
+        errors[T] = relative_error(out, ann)
+    assert errors[8] > errors[32] > errors[128], errors
+    assert errors[128] < 0.1, errors
+
+
+def test_avg_policy_is_an_average_pool_and_only_approximate(digits):
+    model = maxpool_cnn()
+    x = digits[0]
+    snn = icsnn_onnx.convert(model, x[:400], T=64, maxpool="avg")
+    ops = {n.op_type for n in snn.graph.node}
+    assert "MaxPool" not in ops and "AveragePool" in ops
+    rewritten, _ = _ann_after_front_end(model, "avg")
+    (ann,), (avg_ann,) = run(model, x[400:500]), run(rewritten, x[400:500])
+    assert not np.allclose(ann, avg_ann, atol=1e-3)  # a different function: the fallback
+
+
+@pytest.mark.parametrize("policy", ["decompose", "gate"])
+def test_maxpool_policies_agree_across_layouts(digits, policy):
+    model = maxpool_cnn(POOLS["2x2"])
+    x = digits[0]
+    outs = [
+        run(icsnn_onnx.convert(model, x[:200], T=6, maxpool=policy, layout=layout), x[200:300])[0]
+        for layout in ("step-major", "time-batched")
+    ]
+    assert np.allclose(*outs, atol=1e-4)
+
+
+def test_gate_forwards_the_unit_with_the_most_accumulated_input():
+    """Hand-checked trace: one 2-unit window, spikes of the unit leading in accumulated input."""
+    from icsnn_onnx.calibration import stream_tensors
+    from icsnn_onnx.data import Dataset
+
+    # x → Relu (neuron, θ = 1 via Clip) → MaxPool over 2 units → Relu (so the pool feeds a neuron).
+    nodes = [
+        helper.make_node("Clip", ["x", "zero", "one"], ["a"], name="act"),
+        helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2], strides=[2], name="pool"),
+        helper.make_node("Clip", ["p", "zero", "one"], ["y"], name="out"),
+    ]
+    inits = {"zero": np.zeros((), np.float32), "one": np.ones((), np.float32)}
+    model = models.make_model(nodes, inits, [1, 1, 2], [1, 1, 1])
+    T = 8
+    snn = icsnn_onnx.convert(model, None, T=T, init="zero", maxpool="gate", compensation=False)
+    x = np.array([[[0.3, 0.5]]], np.float32)  # rates 0.3 and 0.5 (floored spike trains)
+    names = [f"a@{t}" for t in range(1, T + 1)] + [f"p@{t}" for t in range(1, T + 1)]
+    (values,) = list(stream_tensors(snn, names, Dataset({"x": x}), batch_size=1))
+    a = np.stack([values[f"a@{t}"][0, 0] for t in range(1, T + 1)])  # [T, 2] spikes
+    p = np.stack([values[f"p@{t}"][0, 0, 0] for t in range(1, T + 1)])
+    acc = np.cumsum(a, axis=0)
+    expected = a[np.arange(T), acc.argmax(axis=1)]  # first index wins ties, as in MaxPool
+    assert np.array_equal(p, expected)
+    assert p.sum() == a[:, 1].sum()  # the 0.5-rate unit leads from its first spike on
+
+
+def test_decompose_refuses_padding_on_a_signed_input(digits):
+    model = maxpool_cnn(POOLS["3x3-pad"], signed=True)
+    with pytest.raises(icsnn_onnx.UnsupportedOperatorError, match="padding is exact only"):
+        icsnn_onnx.convert(model, digits[0][:50], T=4, maxpool="decompose")
+    icsnn_onnx.convert(model, digits[0][:50], T=4, maxpool="gate")  # the gate needs no padding value
+
+
+def test_inspect_reports_the_policy_of_every_maxpool():
+    model = maxpool_cnn()
+    # A second MaxPool after the last neurons is part of the read-out, whatever the policy.
+    graph = model.graph
+    tail = next(n for n in graph.node if n.op_type == "GlobalAveragePool")
+    tail.CopyFrom(
+        helper.make_node("MaxPool", list(tail.input), list(tail.output), kernel_shape=[4, 4], name="tail")
+    )
+    for policy in ("decompose", "gate", "avg"):
+        report = icsnn_onnx.inspect_model(model, maxpool=policy)
+        assert dict(report.maxpools) == {"pool": policy, "tail": "read-out"}
+        assert report.convertible
