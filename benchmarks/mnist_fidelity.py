@@ -1,0 +1,407 @@
+"""MNIST fidelity at low latency: icsnn-onnx's settings vs SpikingJelly's ann2snn recipes.
+
+Trains three small CNNs on MNIST with torch on the CPU (seeded; 55k training images, the last 5k
+of the training set held out for choosing settings):
+
+- ``relu_avgpool``: 3 × (conv3×3-32, BatchNorm, ReLU, AvgPool2) + Linear
+- ``qcfs_avgpool``: the same with a QCFS activation (L = 4 levels, trainable λ per layer)
+- ``relu_maxpool``: 3 × (conv3×3-32, BatchNorm, ReLU, MaxPool2) + Linear
+
+Each is exported to ONNX by torch and converted by icsnn-onnx with every setting below, and run
+by a bare ``onnxruntime.InferenceSession``; accuracy at T ∈ {1, 2, 4, 8, 16, 32} on the held-out
+split and on the 10k test images. Settings: init half/zero/calibrated × compensation on/off
+(and × MaxPool policy decompose/gate/avg for the MaxPool net). "ours" at each T is the setting
+with the best held-out accuracy at that T (never chosen on the test set).
+
+SpikingJelly 2.0.0 (benchmark-only: ``pip install --no-deps spikingjelly==2.0.0`` and
+``pip install loguru requests scipy``) converts the very same trained torch weights with
+``RateCodingRecipe(mode="99.9%")``, ``RateCodingRecipe(mode="99.9%", channel_wise=True,
+half_threshold=True)`` and ``LocalThresholdBalancingRecipe``, calibrated on the same images,
+and runs T single steps, averaging the outputs. Its converter replaces ``nn.ReLU`` modules only,
+so for the QCFS net it gets a twin with ``nn.ReLU`` in place of QCFS (same weights).
+
+    python benchmarks/mnist_fidelity.py            # ~30 min on 2 CPU cores
+    python benchmarks/mnist_fidelity.py --table    # README's table from the JSON
+
+Writes benchmarks/results/mnist_fidelity.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import zoo
+from mnist_data import DEFAULT_DIR, load_mnist
+
+import icsnn_onnx
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = RESULTS.parent / ".cache"
+SEED = 0
+TS = (1, 2, 4, 8, 16, 32)
+HELD_OUT = 5000
+CALIB_SAMPLES = 2000
+EPOCHS = 3
+NETS = ("relu_avgpool", "qcfs_avgpool", "relu_maxpool")
+SJ_RECIPES = ("rate 99.9%", "rate 99.9% channel-wise half-threshold", "local threshold balancing")
+
+
+class GradFloor(torch.autograd.Function):
+    """floor with a straight-through gradient (QCFS training)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return torch.floor(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+class QCFS(nn.Module):
+    """Quantization-clip-floor-shift: λ/L · clip(floor(x·L/λ + 1/2), 0, L), λ trainable."""
+
+    def __init__(self, levels: int = 4, lam: float = 2.0) -> None:
+        super().__init__()
+        self.levels = levels
+        self.lam = nn.Parameter(torch.tensor(lam))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x / self.lam
+        floor = GradFloor.apply if self.training else torch.floor  # plain ops when exported
+        y = floor(y * self.levels + 0.5) / self.levels
+        return torch.clamp(y, 0, 1) * self.lam
+
+
+def build(net: str) -> nn.Sequential:
+    act = (lambda: QCFS()) if net == "qcfs_avgpool" else nn.ReLU
+    pool = (lambda: nn.MaxPool2d(2)) if net == "relu_maxpool" else (lambda: nn.AvgPool2d(2))
+    layers: list[nn.Module] = []
+    channels = 1
+    for _ in range(3):
+        layers += [nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), act(), pool()]
+        channels = 32
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 3 * 3, 10))
+
+
+def train(net: str, x: np.ndarray, y: np.ndarray) -> tuple[nn.Sequential, float]:
+    torch.manual_seed(SEED)
+    model = build(net)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    steps = EPOCHS * (len(x) // 128 + 1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=steps)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    g = torch.Generator().manual_seed(SEED)
+    start = time.perf_counter()
+    for _ in range(EPOCHS):
+        model.train()
+        for idx in torch.randperm(len(xt), generator=g).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval(), time.perf_counter() - start
+
+
+def relu_twin(model: nn.Sequential) -> nn.Sequential:
+    """The same weights with nn.ReLU in place of QCFS (what SpikingJelly's converter can take)."""
+    twin = build("relu_avgpool")
+    twin.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith(".lam")})
+    return twin.eval()
+
+
+def settings(net: str) -> list[dict]:
+    inits = ("half", "zero", "calibrated")
+    if net == "relu_maxpool":
+        return [
+            {"init": init, "compensation": True, "maxpool": policy}
+            for policy in ("decompose", "gate", "avg")
+            for init in ("half", "calibrated")
+        ]
+    return [{"init": init, "compensation": comp} for init in inits for comp in (True, False)]
+
+
+def label(setting: dict) -> str:
+    parts = [f"init {setting['init']}", "compensation" if setting["compensation"] else "no compensation"]
+    if "maxpool" in setting:
+        parts.append(f"maxpool {setting['maxpool']}")
+    return ", ".join(parts)
+
+
+def accuracies(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, per_step: bool) -> dict[int, float]:
+    """Accuracy at each T in TS (from the per-step output when there is one)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    output = "logits_per_step" if per_step else "logits"
+    correct = None
+    for start in range(0, len(x), 500):
+        (out,) = session.run([output], {"image": x[start : start + 500]})
+        hits = (out.argmax(-1) == y[start : start + 500]).sum(-1)
+        correct = hits if correct is None else correct + hits
+    acc = np.atleast_1d(correct / len(x))
+    if per_step:
+        return {T: float(acc[T - 1]) for T in TS}
+    return {0: float(acc[0])}
+
+
+def run_ours(ann: Path, calib: np.ndarray, val: tuple, test: tuple, net: str) -> list[dict]:
+    runs = []
+    for setting in settings(net):
+        entry = {"setting": setting, "label": label(setting), "val": {}, "test": {}, "convert_s": {}}
+        if setting["init"] == "calibrated":  # v(0) is calibrated for the compiled T
+            for T in TS:
+                start = time.perf_counter()
+                snn = icsnn_onnx.convert(ann, calib, T=T, **setting)
+                entry["convert_s"][T] = round(time.perf_counter() - start, 2)
+                entry["val"][T] = accuracies(snn, *val, per_step=False)[0]
+                entry["test"][T] = accuracies(snn, *test, per_step=False)[0]
+        else:  # v(0) does not depend on T: one model, read after each t steps
+            start = time.perf_counter()
+            snn = icsnn_onnx.convert(ann, calib, T=max(TS), per_step=True, **setting)
+            entry["convert_s"][max(TS)] = round(time.perf_counter() - start, 2)
+            entry["val"] = accuracies(snn, *val, per_step=True)
+            entry["test"] = accuracies(snn, *test, per_step=True)
+        print(
+            f"  {net} {entry['label']}: test "
+            + " ".join(f"T{T}={100 * a:.2f}" for T, a in entry["test"].items()),
+            flush=True,
+        )
+        runs.append(entry)
+    return runs
+
+
+def run_spikingjelly(
+    model: nn.Sequential, calib: np.ndarray, test: tuple, recipe_name: str, net: str
+) -> dict:
+    warnings.simplefilter("ignore")
+    from spikingjelly.activation_based import ann2snn, functional
+
+    source = relu_twin(model) if net == "qcfs_avgpool" else model
+    data = torch.from_numpy(calib)
+    loader = [(data[i : i + 100], torch.zeros(len(data[i : i + 100]))) for i in range(0, len(data), 100)]
+    if recipe_name == "rate 99.9%":
+        recipe = ann2snn.RateCodingRecipe(dataloader=loader, mode="99.9%")
+    elif recipe_name == "rate 99.9% channel-wise half-threshold":
+        recipe = ann2snn.RateCodingRecipe(
+            dataloader=loader,
+            mode="99.9%",
+            channel_wise=True,
+            half_threshold=True,
+            pre_spike_maxpool=net == "relu_maxpool",
+        )
+    else:
+        recipe = ann2snn.LocalThresholdBalancingRecipe(dataloader=loader)
+    torch.manual_seed(SEED)
+    start = time.perf_counter()
+    snn = ann2snn.FXConverter(recipe=recipe, device="cpu").convert(_copy(source)).eval()
+    convert_s = time.perf_counter() - start
+    x, y = test
+    correct = np.zeros(max(TS))
+    with torch.no_grad():
+        for begin in range(0, len(x), 500):
+            functional.reset_net(snn)
+            batch = torch.from_numpy(x[begin : begin + 500])
+            total = None
+            for t in range(max(TS)):
+                out = snn(batch)
+                total = out if total is None else total + out
+                correct[t] += (total.argmax(-1).numpy() == y[begin : begin + 500]).sum()
+    acc = correct / len(x)
+    return {
+        "recipe": recipe_name,
+        "test": {T: float(acc[T - 1]) for T in TS},
+        "convert_s": round(convert_s, 2),
+    }
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS))
+    parser.add_argument("--no-spikingjelly", action="store_true")
+    parser.add_argument("--table", action="store_true", help="print README's table from the JSON")
+    args = parser.parse_args()
+    path = RESULTS / "mnist_fidelity.json"
+    if args.table:
+        print(table(json.loads(path.read_text())))
+        return
+    torch.set_num_threads(2)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    train_x, train_y, test_x, test_y = load_mnist(args.data_dir)
+    fit_x, fit_y = train_x[:-HELD_OUT], train_y[:-HELD_OUT]
+    val = (train_x[-HELD_OUT:], train_y[-HELD_OUT:])
+    test = (test_x, test_y)
+    rng = np.random.default_rng(SEED)
+    calib = fit_x[rng.choice(len(fit_x), CALIB_SAMPLES, replace=False)]
+
+    report = json.loads(path.read_text()) if path.exists() else {}
+    report.setdefault("nets", {})
+    for net in args.nets:
+        model, train_s = train(net, fit_x, fit_y)
+        ann_path = CACHE / f"mnist_{net}.onnx"
+        zoo.export(model, fit_x.shape[1:], str(ann_path))
+        ann = onnx.load(ann_path)
+        ann_val = accuracies(ann, *val, per_step=False)[0]
+        ann_test = accuracies(ann, *test, per_step=False)[0]
+        print(
+            f"{net}: trained in {train_s:.0f} s; ANN held-out {100 * ann_val:.2f}%, test {100 * ann_test:.2f}%",
+            flush=True,
+        )
+        ours = run_ours(ann_path, calib, val, test, net)
+        sj = []
+        if not args.no_spikingjelly:
+            for recipe in SJ_RECIPES:
+                result = run_spikingjelly(model, calib, test, recipe, net)
+                print(
+                    f"  {net} SpikingJelly {recipe}: "
+                    + " ".join(f"T{T}={100 * a:.2f}" for T, a in result["test"].items()),
+                    flush=True,
+                )
+                sj.append(result)
+        report["nets"][net] = summarize(net, train_s, ann_val, ann_test, ours, sj)
+        report.update(
+            benchmark="mnist_fidelity",
+            T=list(TS),
+            data={
+                "train": len(fit_x),
+                "held_out": HELD_OUT,
+                "test": len(test_x),
+                "calib_samples": CALIB_SAMPLES,
+            },
+            train={"epochs": EPOCHS, "seed": SEED, "optimizer": "Adam + OneCycle, batch 128"},
+            convert={"threshold": "p99.99 (ReLU) or λ (QCFS)", "encoding": "direct", "layout": "step-major"},
+            selection="per T, the icsnn-onnx setting with the best held-out accuracy (last 5k training images)",
+            runtime=f"onnxruntime {ort.__version__} CPUExecutionProvider (plain InferenceSession)",
+            spikingjelly="2.0.0, FXConverter, single-step, outputs averaged over T steps",
+            machine=f"{platform.machine()}, 2 threads, python {platform.python_version()}, torch {torch.__version__}",
+        )
+        report["nets"] = {k: report["nets"][k] for k in NETS if k in report["nets"]}
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    report = json.loads(path.read_text())  # T keys as the JSON spells them
+    plot(report, RESULTS / "mnist_fidelity.png")
+    print(table(report))
+
+
+def summarize(
+    net: str, train_s: float, ann_val: float, ann_test: float, ours: list[dict], sj: list[dict]
+) -> dict:
+    selected = {}
+    for T in TS:
+        best = max(ours, key=lambda r: (r["val"][T], -ours.index(r)))
+        selected[T] = {"label": best["label"], "val": best["val"][T], "test": best["test"][T]}
+    sj_best = {T: max((r["test"][T] for r in sj), default=None) for T in TS}
+    entry = {
+        "train_seconds": round(train_s, 1),
+        "ann": {"val": ann_val, "test": ann_test},
+        "ours_selected": selected,
+        "ours_all": ours,
+        "spikingjelly": sj,
+        "spikingjelly_best_test": sj_best,
+    }
+    if net == "relu_avgpool":
+        gaps = {T: ann_test - selected[T]["test"] for T in TS}
+        entry["targets"] = {
+            "at_least_spikingjelly_best_at_every_T": all(
+                sj_best[T] is None or selected[T]["test"] >= sj_best[T] for T in TS
+            ),
+            "within_0.5_points_at_T4": gaps[4] <= 0.005,
+            "within_0.1_points_at_T8": gaps[8] <= 0.001,
+            "points_below_ann": {T: round(100 * g, 2) for T, g in gaps.items()},
+        }
+    if net == "qcfs_avgpool":
+        gap = ann_test - selected[4]["test"]
+        entry["targets"] = {
+            "within_0.3_points_at_T4": gap <= 0.003,
+            "points_below_ann_at_T4": round(100 * gap, 2),
+        }
+    if net == "relu_maxpool":
+        small = [T for T in TS if T <= 8]
+        by_policy: dict[str, float] = {}
+        for r in ours:
+            policy = r["setting"]["maxpool"]
+            mean = float(np.mean([r["val"][T] for T in small]))
+            by_policy[policy] = max(by_policy.get(policy, 0.0), mean)
+        entry["maxpool_policy_mean_held_out_T_le_8"] = by_policy
+        entry["best_maxpool_policy"] = max(by_policy, key=by_policy.get)
+    return entry
+
+
+NET_TITLES = {
+    "relu_avgpool": "ReLU CNN (BN, AvgPool)",
+    "qcfs_avgpool": "QCFS CNN (L=4, BN, AvgPool)",
+    "relu_maxpool": "ReLU CNN (BN, MaxPool)",
+}
+
+
+def table(report: dict) -> str:
+    ts = report["T"]
+    head = "| network | | ANN | " + " | ".join(f"T={T}" for T in ts) + " |"
+    rows = [head, "| --- | --- | --- | " + " | ".join("---" for _ in ts) + " |"]
+    for net, entry in report["nets"].items():
+        ann = f"{100 * entry['ann']['test']:.2f}%"
+        ours = entry["ours_selected"]
+        rows.append(
+            f"| {NET_TITLES[net]} | **icsnn-onnx** | {ann} | "
+            + " | ".join(f"**{100 * ours[str(T)]['test']:.2f}%**" for T in ts)
+            + " |"
+        )
+        for r in entry["spikingjelly"]:
+            rows.append(
+                f"| | SpikingJelly {r['recipe']} | | "
+                + " | ".join(f"{100 * r['test'][str(T)]:.2f}%" for T in ts)
+                + " |"
+            )
+    return "\n".join(rows)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nets = list(report["nets"])
+    fig, axes = plt.subplots(1, len(nets), figsize=(5.0 * len(nets), 4.0), dpi=110, squeeze=False)
+    for ax, net in zip(axes[0], nets, strict=True):
+        entry = report["nets"][net]
+        ts = [int(t) for t in entry["ours_selected"]]
+        ax.plot(
+            ts, [100 * entry["ours_selected"][str(t)]["test"] for t in ts], "-o", lw=2, label="icsnn-onnx"
+        )
+        for r in entry["spikingjelly"]:
+            ax.plot(ts, [100 * r["test"][str(t)] for t in ts], "--", marker=".", label=f"SJ {r['recipe']}")
+        ax.axhline(100 * entry["ann"]["test"], color="k", lw=1, label="ANN")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ts, [str(t) for t in ts])
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("time steps T")
+        ax.set_ylabel("MNIST test accuracy (%)")
+        ax.set_title(NET_TITLES[net])
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()
