@@ -71,21 +71,28 @@ def activation_thresholds(
     *,
     percentile: float | None,
     channel_wise: bool,
+    levels: int | None = None,
     batch_size: int = 64,
     progress: ProgressFactory = silent,
 ) -> dict[str, np.ndarray]:
-    """Per tensor, the max or ``percentile`` of ``max(z, 0)``: shape ``[C]`` or ``[1]``."""
+    """Per tensor, a statistic of ``a = max(z, 0)``: shape ``[C]`` or ``[1]``.
+
+    The max; or the ``percentile``; or, with ``levels`` = T, the θ minimizing the squared error
+    of ``a`` rounded to the T levels ``k·θ/T``, ``k = 0..T`` (the quantization an IF neuron
+    started at θ/2 applies to a constant current, docs/method.md eq. 2).
+    """
     names = list(tensors)
     maxima: dict[str, np.ndarray] = {}
     for out in stream_tensors(model, names, data, batch_size, progress, "calibrating (max)"):
         for name in names:
             m = _rows_per_channel(np.maximum(out[name], 0), channel_wise).max(axis=1).astype(np.float64)
             maxima[name] = m if name not in maxima else np.maximum(maxima[name], m)
-    if percentile is None or percentile >= 100.0:
+    if levels is None and (percentile is None or percentile >= 100.0):
         return maxima
 
     hist = {name: np.zeros((len(m), BINS), np.int64) for name, m in maxima.items()}
-    for out in stream_tensors(model, names, data, batch_size, progress, f"calibrating (p{percentile:g})"):
+    what = f"T={levels} levels" if levels is not None else f"p{percentile:g}"
+    for out in stream_tensors(model, names, data, batch_size, progress, f"calibrating ({what})"):
         for name in names:
             values = _rows_per_channel(np.maximum(out[name], 0), channel_wise).astype(np.float64)
             top = np.where(maxima[name] > 0, maxima[name], 1.0)[:, None]
@@ -94,7 +101,31 @@ def activation_thresholds(
             hist[name] += np.bincount((rows + bins).ravel(), minlength=hist[name].size).reshape(
                 hist[name].shape
             )
+    if levels is not None:
+        return {name: _least_squares_threshold(hist[name], maxima[name], levels) for name in names}
     return {name: _percentile_from_histogram(hist[name], maxima[name], percentile) for name in names}
+
+
+def _least_squares_threshold(
+    hist: np.ndarray, top: np.ndarray, levels: int, candidates: int = 256
+) -> np.ndarray:
+    """Per row, the θ in ``{j/candidates · top}`` minimizing ``Σ h_b (q(c_b) − c_b)²`` over the bin
+    centres ``c_b``, where ``q(a) = θ/T · min(floor(a·T/θ + 1/2), T)`` (rounding, saturating at θ)."""
+    bins = hist.shape[1]
+    result = np.empty(len(hist))
+    for row, (h, m) in enumerate(zip(hist, top, strict=True)):
+        if m <= 0:
+            result[row] = 0.0
+            continue
+        centres = (np.arange(bins) + 0.5) / bins * m
+        keep = h > 0
+        c, w = centres[keep], h[keep].astype(np.float64)
+        thetas = np.arange(1, candidates + 1) / candidates * m
+        step = thetas[:, None] / levels
+        quantized = step * np.minimum(np.floor(c[None, :] / step + 0.5), levels)
+        errors = ((quantized - c[None, :]) ** 2 * w[None, :]).sum(axis=1)
+        result[row] = thetas[int(np.argmin(errors))]
+    return result
 
 
 def _order_statistic(hist: np.ndarray, top: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
         "--threshold",
         type=_threshold,
         default="p99.99",
-        help="threshold statistic of unclipped ReLUs: max or pNN.NN (default p99.99)",
+        help="threshold statistic of unclipped ReLUs: max, pNN.NN (default p99.99), or mse "
+        "(least squares for the T levels of the compiled T: the choice at small T)",
     )
     method.add_argument("--channel-wise", action="store_true", help="one threshold per channel")
     method.add_argument(

@@ -18,13 +18,13 @@ _PERCENTILE = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
 
 
 def parse_threshold_method(spec: str) -> float | None:
-    """``"max"`` → ``None`` (the maximum); ``"p99.99"`` → ``99.99`` (a percentile)."""
-    if spec == "max":
+    """``"max"`` and ``"mse"`` → ``None``; ``"p99.99"`` → ``99.99`` (a percentile)."""
+    if spec in ("max", "mse"):
         return None
     match = _PERCENTILE.match(spec)
     if not match or not 0.0 < float(match.group(1)) <= 100.0:
         raise ValueError(
-            f"threshold method must be 'max' or a percentile like 'p99.99' in (0, 100], got {spec!r}"
+            f"threshold method must be 'max', 'mse' or a percentile like 'p99.99' in (0, 100], got {spec!r}"
         )
     return float(match.group(1))
 

@@ -6,8 +6,8 @@ Choose on held-out data (a validation split), never on the test set you report.
   per-step outputs gives the accuracy at every T ≤ ``max_T`` exactly (entry t-1 is the SNN
   compiled for T = t: the compensated read-out after t steps uses v(t), the rate encoder's
   counts and the Poisson noise of the first t steps do not depend on T).
-- ``init`` ``calibrated``: v(0) is calibrated for the compiled T, so T = 1, 2, 4, … is compiled
-  and evaluated in turn until the target is met.
+- ``init`` ``calibrated`` or ``threshold`` ``mse``: v(0) or θ is fitted for the compiled T, so
+  T = 1, 2, 4, … is compiled and evaluated in turn until the target is met.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def tune(
         "progress": progress,
     }
     table: dict[int, float] = {}
-    if init in ("half", "zero"):
+    if init in ("half", "zero") and threshold != "mse":
         snn = convert(source, calib, T=max_T, per_step=True, **options)
         steps = evaluate(Session(snn, provider="cpu"), dataset, progress=progress).per_step_accuracy
         table = {t: acc for t, acc in enumerate(steps, start=1)}

@@ -2,8 +2,9 @@
 
 - Clipped or quantized activation with bound λ: θ = λ. The SNN's rate code then spans
   exactly the ANN's output range; no calibration data is needed.
-- Unclipped ReLU: θ = a statistic (max or a percentile) of the site's activations on
-  calibration data (:mod:`icsnn_onnx.calibration`). Activations above θ saturate.
+- Unclipped ReLU: θ = a statistic (max, a percentile, or the least-squares θ for the compiled
+  T's levels) of the site's activations on calibration data (:mod:`icsnn_onnx.calibration`).
+  Activations above θ saturate.
 
 The neuron emits θ·s(t), so weights are left untouched (θ lives in the neuron).
 """
@@ -58,6 +59,7 @@ class NormalizeThresholds(Pass):
                 [s.input for s in unclipped],
                 calib,
                 percentile=options.percentile,
+                levels=options.T if options.threshold == "mse" else None,
                 channel_wise=options.channel_wise,
                 batch_size=options.batch_size,
                 progress=self.progress,
