@@ -44,3 +44,31 @@ def test_batching_does_not_change_the_result():
         model, ["z"], Dataset({"x": x}), percentile=99.9, channel_wise=True, batch_size=130
     )
     assert np.allclose(a["z"], b["z"])
+
+
+@pytest.mark.parametrize("T", [1, 2, 4, 16])
+def test_least_squares_threshold_minimizes_the_rounding_error_of_T_levels(T):
+    """``--threshold mse``: θ is (to a candidate step) the best θ for rounding to T levels."""
+    model, scale = _identity_model(2)
+    x = np.random.default_rng(2).standard_normal((400, 2, 4, 4)).astype(np.float32)
+    got = activation_thresholds(
+        model, ["z"], Dataset({"x": x}), percentile=None, channel_wise=True, levels=T
+    )["z"]
+    values = np.moveaxis(np.maximum(x * scale, 0), 1, 0).reshape(2, -1).astype(np.float64)
+
+    def error(theta: float, a: np.ndarray) -> float:
+        q = theta / T * np.minimum(np.floor(a * T / theta + 0.5), T)
+        return float(np.mean((q - a) ** 2))
+
+    for channel, theta in enumerate(got):
+        a = values[channel]
+        grid = np.linspace(0.01, 1.0, 400) * a.max()
+        best = min(error(t, a) for t in grid)
+        assert 0 < theta < a.max()
+        assert error(theta, a) <= best * 1.02 + 1e-12, (theta, error(theta, a), best)
+        assert error(theta, a) < error(a.max(), a)  # better than θ = max
+    # More levels make finer steps, so a wider range pays: θ grows with T.
+    finer = activation_thresholds(
+        model, ["z"], Dataset({"x": x}), percentile=None, channel_wise=True, levels=T * 8
+    )["z"]
+    assert np.all(finer > got)

@@ -73,6 +73,36 @@ def test_convert_eval_inspect_end_to_end(tmp_path):
     assert done.returncode == 0 and "activation sites: 3" in done.stdout and "convertible" in done.stdout
 
 
+def test_method_options_reach_the_model_and_inspect_reports_maxpools(tmp_path, capsys):
+    from tests.test_maxpool import maxpool_cnn
+
+    model = tmp_path / "pool.onnx"
+    onnx.save(maxpool_cnn(), model)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.random((64, 1, 8, 8), dtype=np.float32))
+    out = tmp_path / "pool.snn.onnx"
+    argv = ["convert", str(model), "--calib", str(tmp_path / "calib.npz"), "-T", "4", "-o", str(out), "-q"]
+    extra = ["--encoding", "poisson", "--seed", "3", "--no-compensation", "--maxpool", "decompose"]
+    extra += ["--threshold", "mse", "--init", "calibrated"]
+    assert main([*argv, *extra]) == 0
+    assert "compensation off, poisson coding" in capsys.readouterr().out
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert (meta["icsnn.encoding"], meta["icsnn.seed"], meta["icsnn.compensation"]) == (
+        "poisson",
+        "3",
+        "False",
+    )
+    assert (meta["icsnn.maxpool"], meta["icsnn.threshold"], meta["icsnn.init"]) == (
+        "decompose",
+        "mse",
+        "calibrated",
+    )
+    assert main(["inspect", str(model), "--maxpool", "gate"]) == 0
+    report = capsys.readouterr().out
+    assert "MaxPool (gate policy between neurons)" in report and "pool" in report
+    assert "spike gate" in report
+
+
 def test_default_output_name_and_options(files, capsys):
     tmp, model = files
     code = main(
