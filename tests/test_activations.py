@@ -184,3 +184,39 @@ def test_quantized_layer_is_exact_with_T_equal_L_and_half_init(L, lam):
     for T, init in ((1, "zero"), (L + 1, "half")):
         (compensated,) = run(icsnn_onnx.convert(model, None, T=T, init=init), x)
         assert np.allclose(compensated, ann, atol=1e-5 * lam)
+
+
+def _qcfs_chain(x: str, y: str, prefix: str) -> list[onnx.NodeProto]:
+    rename = {"x": x, "y": y}
+    return [
+        helper.make_node(
+            n.op_type,
+            [rename.get(i, i if i in QCFS_INITS else prefix + i) for i in n.input],
+            [rename.get(o, prefix + o) for o in n.output],
+        )
+        for n in QCFS_NODES
+    ]
+
+
+def test_two_layer_qcfs_net_is_reproduced_exactly_at_T_equal_L(digits):
+    """QCFS MLP, T = L, v(0) = θ/2 (data-free): the first layer's counts are its quantized
+    activations (constant current); the second is the read-out, whose compensated value is the
+    QCFS function of its mean current — the ANN's. Without compensation the time-varying current
+    of the second layer is not reproduced."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h1"], transB=1),
+        *_qcfs_chain("h1", "a1", "q1_"),
+        helper.make_node("Gemm", ["a1", "w2"], ["h2"], transB=1),
+        *_qcfs_chain("h2", "a2", "q2_"),
+        helper.make_node("Gemm", ["a2", "w3"], ["y"], transB=1),
+    ]
+    inits = {**QCFS_INITS, "w1": models._w(48, 64), "w2": models._w(32, 48), "w3": models._w(10, 32)}
+    model = models.make_model(nodes, inits, ["N", 64], ["N", 10])
+    x = digits[0].reshape(len(digits[0]), -1)
+    (ann,) = run(model, x)
+    snn = icsnn_onnx.convert(model, None, T=4)  # L = 4; no data needed
+    assert {p.key: p.value for p in snn.metadata_props}["icsnn.sites"] == "2"
+    (out,) = run(snn, x)
+    assert np.allclose(out, ann, atol=1e-4 * np.abs(ann).max())
+    (plain,) = run(icsnn_onnx.convert(model, None, T=4, compensation=False), x)
+    assert not np.allclose(plain, ann, atol=1e-2 * np.abs(ann).max())

@@ -94,3 +94,22 @@ def test_throughput_table_is_the_committed_measurement():
     report = json.loads((ROOT / "benchmarks" / "results" / "throughput.json").read_text())
     table = re.search(r"<!-- results: throughput -->\n(.*?)\n\n", README, re.S).group(1)
     assert table == throughput.table(report)
+
+
+def test_fidelity_table_is_the_committed_measurement():
+    """README's fidelity table is what `python benchmarks/mnist_fidelity.py --table` prints."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "mnist_fidelity", ROOT / "benchmarks" / "mnist_fidelity.py"
+        )
+        fidelity = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fidelity)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    report = json.loads((ROOT / "benchmarks" / "results" / "mnist_fidelity.json").read_text())
+    table = re.search(r"<!-- results: mnist_fidelity -->\n(.*?)\n\n", README, re.S).group(1)
+    assert table == fidelity.table(report)
