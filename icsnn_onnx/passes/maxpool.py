@@ -94,7 +94,9 @@ class LowerMaxPool(Pass):
         source = x
         if any(pads):
             if not nonnegative:
-                return "padding is exact only for a non-negative input (a neuron's output)"
+                return (
+                    "padding is exact only for a non-negative input (a neuron's output); try --maxpool gate"
+                )
             spatial = len(kernel)
             begin, end = pads[:spatial], pads[spatial:]
             padded_shape = [
