@@ -20,7 +20,7 @@ half_threshold=True)`` and ``LocalThresholdBalancingRecipe``, calibrated on the 
 and runs T single steps, averaging the outputs. Its converter replaces ``nn.ReLU`` modules only,
 so for the QCFS net it gets a twin with ``nn.ReLU`` in place of QCFS (same weights).
 
-    python benchmarks/mnist_fidelity.py            # ~30 min on 2 CPU cores
+    python benchmarks/mnist_fidelity.py            # ~65 min on 2 CPU cores
     python benchmarks/mnist_fidelity.py --table    # README's table from the JSON
 
 Writes benchmarks/results/mnist_fidelity.{json,png}.
