@@ -2,13 +2,16 @@
 
 Common to both:
 
-- Encoder (direct coding): the analog input is the input current at every step, so every
+- Encoder: under direct coding the analog input is the input current at every step, so every
   time-invariant node (the input layer up to the first neurons) is computed once — hoisted out
-  of the time loop — and shared by all steps.
+  of the time loop — and shared by all steps. Under rate/Poisson coding each encoded input gets
+  T steps of spikes (:mod:`.encoding`) and is a stream from the start.
 - Neurons: each site becomes T steps ``IFNeuron(v(t-1), z(t), θ) -> (out(t), v(t))`` with v(0)
   the site's initial potential; only these recurrences are inherently sequential.
-- Read-out: every cut tensor ``c`` (see :mod:`.temporal`) is redefined as the mean over the T
-  steps under its original name, so the head (e.g. a final Softmax) and the graph outputs read it
+- MaxPool gates (``--maxpool gate``) are stateful like neurons: T steps, accumulator threaded.
+- Read-out: every cut tensor ``c`` (see :mod:`.temporal`) is redefined under its original name as
+  the mean over the T steps — or, for a neuron output under coding compensation, as its
+  integrated membrane ``(Σ out + v(T) − v(0))/T`` through the site's activation function — so the head (e.g. a final Softmax) and the graph outputs read it
   unchanged: same output names, shapes and dtypes as the ANN.
 - ``per_step``: for each output ``y`` an extra output ``y_per_step`` of shape ``[T, *shape(y)]``
   whose entry t-1 is the read-out after the first t steps (the head applied to each prefix mean).
