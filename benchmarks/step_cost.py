@@ -1,0 +1,189 @@
+"""Where one SNN time step goes: the MNIST CNN's ANN pass vs one SNN step, by operator, on the CPU.
+
+Explains the MNIST row of benchmarks/throughput.py: ONNX Runtime's profiler splits the ANN pass and
+the T=32 step-major SNN (per step) into operator types, and a micro-benchmark prices each operator
+an IF neuron can be built from on a tensor the size of the network's first IF layer at batch 64
+(64 × 32 × 28 × 28 floats). Same models and weights as throughput.py, 2 threads, no spinning.
+
+    pip install -e ".[bench]"
+    python benchmarks/step_cost.py           # ~1 min on 2 CPU cores
+
+Writes benchmarks/results/step_cost.{json,png}.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+T = 32
+BATCH = 64
+LAYER = [BATCH, 32, 28, 28]  # the MNIST CNN's first IF layer
+CHAIN = 32  # operators per micro-benchmark graph
+PROFILED_RUNS = 10
+
+
+def session(model: str | bytes, profile: bool = False):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.log_severity_level = 3
+    options.enable_profiling = profile
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "icsnn_step_cost")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def median_run_s(sess, feeds: dict, repeats: int = 7) -> float:
+    sess.run(None, feeds)
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sess.run(None, feeds)
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
+def by_operator(path: str, feeds: dict) -> dict[str, float]:
+    """Milliseconds per run spent in each operator type (ONNX Runtime's profiler)."""
+    sess = session(path, profile=True)
+    for _ in range(PROFILED_RUNS):
+        sess.run(None, feeds)
+    trace = Path(sess.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    totals: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"]
+    runs = PROFILED_RUNS + 1  # the session's own warm-up run is profiled too
+    return {op: round(us / runs / 1000, 4) for op, us in totals.most_common()}
+
+
+def chain_model(op: str) -> bytes:
+    """CHAIN dependent copies of one neuron building block on a LAYER-sized tensor."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes, prev = [], "x"
+    for k in range(CHAIN):
+        out = f"y{k}"
+        if op in ("Add", "Sub", "Mul"):
+            nodes.append(helper.make_node(op, [prev, "c"], [out]))
+        elif op == "GreaterOrEqual+Cast":
+            nodes += [
+                helper.make_node("GreaterOrEqual", [prev, "c"], [f"{out}.fired"]),
+                helper.make_node("Cast", [f"{out}.fired"], [out], to=TensorProto.FLOAT),
+            ]
+        else:  # unary: an Add first, so that no two nodes compute the same value
+            nodes += [
+                helper.make_node("Add", [prev, "c"], [f"{out}.in"]),
+                helper.make_node(op, [f"{out}.in"], [out]),
+            ]
+        prev = out
+    graph = helper.make_graph(
+        nodes,
+        op,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, LAYER)],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, LAYER)],
+        [helper.make_tensor("c", TensorProto.FLOAT, [], [0.01])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def operator_costs() -> dict[str, float]:
+    """Milliseconds per operator on one LAYER-sized tensor; unary ops net of their Add."""
+    x = np.random.default_rng(1).random(LAYER).astype(np.float32)
+    per_op = {}
+    for op in ("Add", "Sub", "Mul", "GreaterOrEqual+Cast", "Floor", "Relu"):
+        per_op[op] = 1000 * median_run_s(session(chain_model(op)), {"x": x}) / CHAIN
+    for op in ("Floor", "Relu"):
+        per_op[op] -= per_op["Add"]
+    return {op: round(ms, 4) for op, ms in per_op.items()}
+
+
+def main() -> None:
+    import onnxruntime as ort
+    import torch
+    import zoo
+    from throughput import build, calibration
+
+    import icsnn_onnx
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((BATCH, 1, 28, 28)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        ann = str(Path(tmp) / "mnist_cnn.onnx")
+        snn = str(Path(tmp) / "mnist_cnn.snn.onnx")
+        zoo.export(build("mnist_cnn"), (1, 28, 28), ann)
+        icsnn_onnx.save_model(icsnn_onnx.convert(ann, calibration("mnist_cnn"), T=T), snn)
+        feeds = {session(ann).get_inputs()[0].name: x}
+        ann_ms = 1000 * median_run_s(session(ann), feeds)
+        snn_ms = 1000 * median_run_s(session(snn), feeds)
+        ann_ops = by_operator(ann, feeds)
+        snn_ops = {op: round(ms / T, 4) for op, ms in by_operator(snn, feeds).items()}
+    report = {
+        "benchmark": "step_cost",
+        "model": "mnist_cnn (throughput.py's, random weights), batch 64",
+        "T": T,
+        "machine": f"2 ONNX Runtime threads, onnxruntime {ort.__version__} CPU",
+        "ann_pass_ms": round(ann_ms, 3),
+        "snn_step_ms": round(snn_ms / T, 3),
+        "ann_pass_by_operator_ms": ann_ops,
+        "snn_step_by_operator_ms": snn_ops,
+        "profiler_note": "profiled times include the profiler's own overhead; compare shares",
+        "operator_ms_on_first_if_layer": operator_costs(),
+        "operator_tensor_shape": LAYER,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "step_cost.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, RESULTS / "step_cost.png")
+    print(json.dumps({k: report[k] for k in ("ann_pass_ms", "snn_step_ms")}))
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110, width_ratios=(1.3, 1))
+    ops = sorted(set(report["ann_pass_by_operator_ms"]) | set(report["snn_step_by_operator_ms"]))
+    bottom = np.zeros(2)
+    for op in ops:
+        heights = np.array(
+            [report["ann_pass_by_operator_ms"].get(op, 0), report["snn_step_by_operator_ms"].get(op, 0)]
+        )
+        if heights.max() < 0.02:
+            continue
+        left.bar(["ANN pass", "SNN step"], heights, bottom=bottom, label=op)
+        bottom += heights
+    left.set_ylabel("ms (profiled)")
+    left.set_title(f"MNIST CNN, batch {BATCH}, T={report['T']}")
+    left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars
+    costs = report["operator_ms_on_first_if_layer"]
+    right.bar(list(costs), list(costs.values()))
+    right.set_ylabel("ms per operator")
+    right.set_title("one operator on a 64×32×28×28 tensor")
+    right.tick_params(axis="x", labelrotation=30, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()
