@@ -10,8 +10,9 @@ of the training set held out for choosing settings):
 Each is exported to ONNX by torch and converted by icsnn-onnx with every setting below, and run
 by a bare ``onnxruntime.InferenceSession``; accuracy at T ∈ {1, 2, 4, 8, 16, 32} on the held-out
 split and on the 10k test images. Settings: init half/zero/calibrated × compensation on/off
-(+ least-squares thresholds for the compiled T; × MaxPool policy decompose/gate/avg for the MaxPool net). "ours" at each T is the setting
-with the best held-out accuracy at that T (never chosen on the test set).
+(+ least-squares thresholds for the compiled T; × MaxPool policy decompose/gate/avg for the
+MaxPool net). "ours" at each T is the setting with the best held-out accuracy at that T (never
+chosen on the test set).
 
 SpikingJelly 2.0.0 (benchmark-only: ``pip install --no-deps spikingjelly==2.0.0`` and
 ``pip install loguru requests scipy``) converts the very same trained torch weights with

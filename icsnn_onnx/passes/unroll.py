@@ -11,8 +11,9 @@ Common to both:
 - MaxPool gates (``--maxpool gate``) are stateful like neurons: T steps, accumulator threaded.
 - Read-out: every cut tensor ``c`` (see :mod:`.temporal`) is redefined under its original name as
   the mean over the T steps — or, for a neuron output under coding compensation, as its
-  integrated membrane ``(Σ out + v(T) − v(0))/T`` through the site's activation function — so the head (e.g. a final Softmax) and the graph outputs read it
-  unchanged: same output names, shapes and dtypes as the ANN.
+  integrated membrane ``(Σ out + v(T) − v(0))/T`` through the site's activation function — so
+  the head (e.g. a final Softmax) and the graph outputs read it unchanged: same output names,
+  shapes and dtypes as the ANN.
 - ``per_step``: for each output ``y`` an extra output ``y_per_step`` of shape ``[T, *shape(y)]``
   whose entry t-1 is the read-out after the first t steps (the head applied to each prefix mean).
 
