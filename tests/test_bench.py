@@ -61,6 +61,35 @@ def test_cuda_graph_request_falls_back_without_cuda(pair, caplog):
     assert session.run(feeds)["y"].shape == (3, 10)
 
 
+def test_bound_runner_preallocates_outputs_and_matches_a_plain_run(pair):
+    """The IO-binding path CUDA uses (and a CUDA graph replays), exercised on the CPU."""
+    session = Session(pair[1], provider="cpu")
+    feeds = random_feeds(session.inputs, 3)
+    assert session.output_shapes(feeds) == {"y": [3, 10]}
+    run = session.bound_runner(feeds, "cpu")
+    run()
+    run()  # the same buffers again
+    np.testing.assert_allclose(run.outputs()["y"], session.run(feeds)["y"], rtol=1e-6)
+
+
+def test_bound_runner_lets_onnx_runtime_allocate_outputs_of_data_dependent_shape():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(  # NonZero: the output's size depends on the values
+        [helper.make_node("NonZero", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    session = Session(model, provider="cpu")
+    feeds = {"x": np.array([[-1.0, 0.0, 2.0, -3.0]] * 2, np.float32)}
+    assert session.output_shapes(feeds) is None
+    run = session.bound_runner(feeds, "cpu")
+    run()
+    np.testing.assert_array_equal(run.outputs()["y"], np.array(np.nonzero(feeds["x"])))
+
+
 def test_random_feeds_follow_the_input_specs(pair):
     feeds = random_feeds(Session(pair[0]).inputs, 5)
     assert feeds["x"].shape == (5, 1, 8, 8) and feeds["x"].dtype == np.float32

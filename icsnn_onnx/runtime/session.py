@@ -109,6 +109,29 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+class BoundRun:
+    """One IO-bound run, repeatable: ``run()`` executes, ``run.outputs()`` copies the results to
+    the host. It owns the device buffers, which must outlive every replay."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        binding: ort.IOBinding,
+        options: ort.RunOptions,
+        output_names: list[str],
+        buffers: list[ort.OrtValue],
+    ) -> None:
+        self._session, self._binding, self._options = session, binding, options
+        self._output_names, self._buffers = output_names, buffers
+
+    def __call__(self) -> None:
+        self._session.run_with_iobinding(self._binding, self._options)
+        self._binding.synchronize_outputs()
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        return dict(zip(self._output_names, self._binding.copy_outputs_to_cpu(), strict=True))
+
+
 class Session:
     """A ready-to-run model. ``run`` takes and returns numpy arrays.
 
@@ -190,19 +213,53 @@ class Session:
                 self._session.run(names, host_feeds)
 
             return run_on_host
+        return self.bound_runner(feeds, "cuda")
+
+    def output_shapes(self, feeds: Mapping[str, np.ndarray]) -> dict[str, list[int]] | None:
+        """Every output's shape for these feeds, from the inputs' named (symbolic) dimensions;
+        ``None`` if some output dimension is not determined by them."""
+        sizes: dict[str, int] = {}
+        for spec in self._session.get_inputs():
+            for dim, size in zip(spec.shape, np.shape(feeds[spec.name]), strict=True):
+                if isinstance(dim, str):
+                    sizes[dim] = size
+        shapes = {}
+        for spec in self._session.get_outputs():
+            dims = [dim if isinstance(dim, int) else sizes.get(dim) for dim in spec.shape]
+            if any(dim is None for dim in dims):
+                return None
+            shapes[spec.name] = dims
+        return shapes
+
+    def bound_runner(self, feeds: Mapping[str, np.ndarray], device: str) -> BoundRun:
+        """:meth:`runner` with IO binding on ``device``: inputs copied there once, outputs
+        pre-allocated there at :meth:`output_shapes`, so every run reads and writes the same
+        buffers. A CUDA graph replays exactly those addresses, so without known output shapes it
+        is skipped for these runs (logged) rather than replayed into buffers nobody reads."""
         binding = self._session.io_binding()
-        for name, value in feeds.items():
-            device = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), "cuda", 0)
-            binding.bind_ortvalue_input(name, device)
-        for name in self.output_names:
-            binding.bind_output(name, "cuda", 0)
+        buffers = [
+            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device, 0)
+            for value in feeds.values()
+        ]
+        for name, value in zip(feeds, buffers, strict=True):
+            binding.bind_ortvalue_input(name, value)
         run_options = ort.RunOptions()
-
-        def run_bound() -> None:
-            self._session.run_with_iobinding(binding, run_options)
-            binding.synchronize_outputs()
-
-        return run_bound
+        shapes = self.output_shapes(feeds)
+        if shapes is None:
+            for name in self.output_names:
+                binding.bind_output(name, device, 0)
+            if self.cuda_graph:
+                logger.warning("output shapes unknown before the first run; CUDA graph not used")
+                run_options.add_run_config_entry("gpu_graph_id", "-1")
+        else:
+            types = {
+                o.name: np.dtype(_ORT_TYPES.get(o.type, np.float32)) for o in self._session.get_outputs()
+            }
+            for name in self.output_names:
+                out = ort.OrtValue.ortvalue_from_shape_and_type(shapes[name], types[name], device, 0)
+                binding.bind_ortvalue_output(name, out)
+                buffers.append(out)
+        return BoundRun(self._session, binding, run_options, self.output_names, buffers)
 
     def iter_run(
         self,
