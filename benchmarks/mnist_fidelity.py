@@ -127,10 +127,15 @@ def relu_twin(model: nn.Sequential) -> nn.Sequential:
 def settings(net: str) -> list[dict]:
     """The conversion settings tried on ``net`` (the held-out split picks one per T).
 
-    Every init × compensation with the default threshold (the ablation), plus least-squares
-    thresholds for the compiled T (``--threshold mse``), which small T needs. QCFS sites take θ
-    from their λ, so thresholds are moot there.
+    Every init × compensation with a 99.99th-percentile threshold (the ablation), plus
+    least-squares thresholds for the compiled T (``--threshold mse``), which small T needs. QCFS
+    sites take θ from their λ, so thresholds are moot there. Every setting names its threshold,
+    so the default (``auto``) never decides what a row means.
     """
+    return [{"threshold": "p99.99", **setting} for setting in _grid(net)]
+
+
+def _grid(net: str) -> list[dict]:
     mse_cw = {"threshold": "mse", "channel_wise": True}
     if net == "relu_maxpool":
         return [

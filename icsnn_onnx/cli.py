@@ -61,9 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     method.add_argument(
         "--threshold",
         type=_threshold,
-        default="p99.99",
-        help="threshold statistic of unclipped ReLUs: max, pNN.NN (default p99.99), or mse "
-        "(least squares for the T levels of the compiled T: the choice at small T)",
+        default="auto",
+        help="threshold of unclipped ReLUs: mse (least squares for the levels of the compiled T), "
+        "max, a percentile pNN.NN, or auto (default: mse up to T=16, p99.99 above)",
     )
     method.add_argument("--channel-wise", action="store_true", help="one threshold per channel")
     method.add_argument(
@@ -188,7 +188,7 @@ def _convert(args: argparse.Namespace) -> int:
     print(
         f"{args.model} -> {output}: {meta['icsnn.sites']} activation site(s) as IF neurons, "
         f"T={args.T}, init={args.init}, compensation {'on' if args.compensation else 'off'}, "
-        f"{args.encoding} coding, threshold={args.threshold}"
+        f"{args.encoding} coding, threshold={meta.get('icsnn.threshold_method', 'clip bounds')}"
         f"{' (channel-wise)' if args.channel_wise else ''}, {meta['icsnn.layout']} layout, "
         f"{len(model.graph.node)} nodes"
     )

@@ -43,7 +43,7 @@ def convert(
     calib: DataSource | None = None,
     *,
     T: int = 32,
-    threshold: str = "p99.99",
+    threshold: str = "auto",
     channel_wise: bool = False,
     init: str = "half",
     compensation: bool = True,

@@ -2,12 +2,14 @@
 
 Choose on held-out data (a validation split), never on the test set you report.
 
-- ``init`` ``half``/``zero``: v(0) does not depend on T, so one conversion at ``max_T`` with
-  per-step outputs gives the accuracy at every T ≤ ``max_T`` exactly (entry t-1 is the SNN
-  compiled for T = t: the compensated read-out after t steps uses v(t), the rate encoder's
-  counts and the Poisson noise of the first t steps do not depend on T).
-- ``init`` ``calibrated`` or ``threshold`` ``mse``: v(0) or θ is fitted for the compiled T, so
-  T = 1, 2, 4, … is compiled and evaluated in turn until the target is met.
+- ``init`` ``half``/``zero`` with a percentile or ``max`` threshold: neither v(0) nor θ
+  depends on T, so one conversion at ``max_T`` with per-step outputs gives the accuracy at
+  every T ≤ ``max_T`` exactly (entry t-1 is the SNN compiled for T = t: the compensated
+  read-out after t steps uses v(t), the rate encoder's counts and the Poisson noise of the
+  first t steps do not depend on T).
+- ``init`` ``calibrated`` or ``threshold`` ``mse``/``auto`` (the default): v(0) or θ is fitted
+  for the compiled T, so T = 1, 2, 4, … is compiled and evaluated in turn until the target is
+  met.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from icsnn_onnx.converter import ModelSource, convert
 from icsnn_onnx.data import DataSource, input_specs, load_dataset
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.model_io import load_model
-from icsnn_onnx.options import DEFAULT_MAXPOOL
+from icsnn_onnx.options import DEFAULT_MAXPOOL, threshold_depends_on_T
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime import Session, evaluate
 
@@ -39,7 +41,7 @@ def tune(
     max_drop: float = 0.5,
     init: str = "half",
     max_T: int = 64,
-    threshold: str = "p99.99",
+    threshold: str = "auto",
     channel_wise: bool = False,
     compensation: bool = True,
     encoding: str = "direct",
@@ -66,7 +68,7 @@ def tune(
         "progress": progress,
     }
     table: dict[int, float] = {}
-    if init in ("half", "zero") and threshold != "mse":
+    if init in ("half", "zero") and not threshold_depends_on_T(threshold):
         snn = convert(source, calib, T=max_T, per_step=True, **options)
         steps = evaluate(Session(snn, provider="cpu"), dataset, progress=progress).per_step_accuracy
         table = {t: acc for t, acc in enumerate(steps, start=1)}

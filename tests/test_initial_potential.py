@@ -30,7 +30,8 @@ def example():
 
 def test_each_site_is_never_worse_than_half_init(example):
     model, calib, _, _ = example
-    program = import_model(model, ConversionOptions(T=4))
+    # Alg 2 against Alg 1 under a T-independent θ (mse already fits θ to the T levels).
+    program = import_model(model, ConversionOptions(T=4, threshold="p99.99"))
     data = Dataset({"image": calib})
     alg2 = CalibrateInitialPotential(data, T=4)
     PassManager(
@@ -58,7 +59,7 @@ def test_calibrated_beats_half_end_to_end_at_small_T(example):
     (ann,) = run(model, test_x)
     results = {}
     for init in ("half", "calibrated"):
-        snn = icsnn_onnx.convert(model, calib, T=4, init=init)
+        snn = icsnn_onnx.convert(model, calib, T=4, init=init, threshold="p99.99")
         (out,) = run(snn, test_x)
         results[init] = (float(((out - ann) ** 2).mean()), float((out.argmax(1) == test_y).mean()))
     assert results["calibrated"][0] < 0.7 * results["half"][0]

@@ -59,7 +59,7 @@ class NormalizeThresholds(Pass):
                 [s.input for s in unclipped],
                 calib,
                 percentile=options.percentile,
-                levels=options.T if options.threshold == "mse" else None,
+                levels=options.T if options.threshold_method == "mse" else None,
                 channel_wise=options.channel_wise,
                 batch_size=options.batch_size,
                 progress=self.progress,
@@ -68,6 +68,8 @@ class NormalizeThresholds(Pass):
                 program.thresholds[site.name] = self._shape(program, site.name, site.input, stats[site.input])
             logger.info("calibrated %d threshold(s) on %d samples", len(unclipped), len(calib))
         program.metadata["icsnn.threshold_source"] = "calibration" if unclipped else "clip bounds"
+        if unclipped:
+            program.metadata["icsnn.threshold_method"] = options.threshold_method
         return PassResult(program, True)
 
     @staticmethod
