@@ -76,10 +76,15 @@ def test_results_table_is_the_committed_measurement():
     header = [c.strip() for c in table[0].strip("|").split("|")]
     ts = [h.removeprefix("SNN T=") for h in header[2:]]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
-    assert [r[0].split("`")[1] for r in rows] == ["--init half", "--init zero", "--init calibrated"]
-    for row, init in zip(rows, ("half", "zero", "calibrated"), strict=True):
-        snn = results["snn"][init]
-        values = snn["accuracy_at_T"] if init == "calibrated" else snn["accuracy_per_T"]
+    assert [r[0].split("`")[1] for r in rows] == [
+        "--init half",
+        "--init zero",
+        "--init calibrated",
+        "--init half --threshold auto",
+    ]
+    for row, run in zip(rows, ("half", "zero", "calibrated", "default"), strict=True):
+        snn = results["snn"][run]
+        values = snn.get("accuracy_at_T") or snn["accuracy_per_T"]
         expected = [f"{100 * results['ann_accuracy']:.2f}%"] + [f"{100 * values[t]:.2f}%" for t in ts]
         assert row[1:] == expected
 
