@@ -19,7 +19,7 @@ _PERCENTILE = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
 #: ``--threshold auto``: the least-squares θ for the compiled T's levels up to this T, the
 #: 99.99th percentile above it. On the held-out MNIST images (benchmarks/mnist_fidelity.py's ReLU
 #: and MaxPool CNNs, init half, compensation) mse wins by up to 71 points at T = 4 and p99.99 by
-#: 0.04–0.12 points from T = 32 on.
+#: 0.04–0.12 points from T = 32 on (benchmarks/threshold_auto.py).
 AUTO_MSE_MAX_T = 16
 
 

@@ -1,0 +1,99 @@
+"""Where `--threshold auto` switches: mse vs the 99.99th percentile vs max, per T, on held-out data.
+
+The evidence behind the default (icsnn_onnx.options.AUTO_MSE_MAX_T): the ReLU and MaxPool CNNs of
+benchmarks/mnist_fidelity.py (same seeded training, same 2,000 calibration images), converted
+with `--init half` and coding compensation for each T in 1..128 with each layer-wise threshold
+method, accuracy on the 2,500 held-out training images (never the test set) with a bare ONNX
+Runtime session. Reuses the fidelity benchmark's trained ANNs from benchmarks/.cache when they
+are there, else trains them (≤ 3 min each).
+
+    pip install -e ".[bench]"
+    python benchmarks/threshold_auto.py      # ~10 min on 2 CPU cores with the cached ANNs
+
+Writes benchmarks/results/threshold_auto.{json,png}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+NETS = ("relu_avgpool", "relu_maxpool")
+METHODS = ("mse", "p99.99", "max")
+TS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def main() -> None:
+    import mnist_fidelity as fidelity
+    import torch
+    import zoo
+    from mnist_data import load_mnist
+
+    import icsnn_onnx
+    from icsnn_onnx.options import AUTO_MSE_MAX_T
+
+    torch.set_num_threads(2)
+    train_x, train_y, _, _ = load_mnist()
+    fit_x, fit_y = train_x[: -fidelity.HELD_OUT], train_y[: -fidelity.HELD_OUT]
+    held_out = (train_x[-fidelity.HELD_OUT :], train_y[-fidelity.HELD_OUT :])
+    rng = np.random.default_rng(fidelity.SEED)
+    calib = fit_x[rng.choice(len(fit_x), fidelity.CALIB_SAMPLES, replace=False)]
+    fidelity.TS = TS  # accuracies() reads its T list from there
+    report: dict = {
+        "benchmark": "threshold_auto",
+        "setting": "init half, compensation, layer-wise thresholds, direct coding",
+        "split": f"the last {fidelity.HELD_OUT} MNIST training images (held out from training)",
+        "auto_mse_max_T": AUTO_MSE_MAX_T,
+        "T": list(TS),
+        "nets": {},
+    }
+    for net in NETS:
+        ann = fidelity.CACHE / f"mnist_{net}.onnx"
+        if not ann.exists():
+            fidelity.CACHE.mkdir(parents=True, exist_ok=True)
+            model, _ = fidelity.train(net, fit_x, fit_y)
+            zoo.export(model, fit_x.shape[1:], str(ann))
+        entry = {}
+        for method in METHODS:
+            entry[method] = {
+                str(T): fidelity.accuracies(
+                    icsnn_onnx.convert(ann, calib, T=T, threshold=method), *held_out, per_step=False
+                )[0]
+                for T in TS
+            }
+            print(net, method, " ".join(f"{100 * a:.2f}" for a in entry[method].values()), flush=True)
+        report["nets"][net] = entry
+    (HERE / "results" / "threshold_auto.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, HERE / "results" / "threshold_auto.png")
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(report["nets"]), figsize=(10, 3.8), dpi=110, squeeze=False)
+    for ax, (net, entry) in zip(axes[0], report["nets"].items(), strict=True):
+        for method, style in zip(entry, ("-o", "-s", "-^"), strict=True):
+            ax.plot(report["T"], [100 * a for a in entry[method].values()], style, ms=4, label=method)
+        ax.axvline(report["auto_mse_max_T"], color="k", lw=0.8, ls=":", label="auto: mse up to here")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("time steps T")
+        ax.set_ylabel("held-out accuracy (%)")
+        ax.set_title(f"{net}, --init half")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()
