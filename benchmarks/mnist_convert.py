@@ -62,19 +62,7 @@ def build() -> nn.Module:
 
 def train(x: np.ndarray, y: np.ndarray, epochs: int) -> nn.Module:
     torch.manual_seed(SEED)
-    model = build()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=epochs * (len(x) // 128 + 1))
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    g = torch.Generator().manual_seed(SEED)
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(xt), generator=g).split(128):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    return zoo.fit_classifier(build(), x, y, epochs, SEED)
 
 
 def cli_convert(ann: Path, calib: Path, out: Path, *options: str) -> float:

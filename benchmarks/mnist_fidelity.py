@@ -48,6 +48,7 @@ import zoo
 from mnist_data import DEFAULT_DIR, load_mnist
 
 import icsnn_onnx
+from icsnn_onnx.options import threshold_depends_on_T
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = RESULTS.parent / ".cache"
@@ -101,20 +102,9 @@ def build(net: str) -> nn.Sequential:
 def train(net: str, x: np.ndarray, y: np.ndarray) -> tuple[nn.Sequential, float]:
     torch.manual_seed(SEED)
     model = build(net)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    steps = EPOCHS * (len(x) // 128 + 1)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=steps)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    g = torch.Generator().manual_seed(SEED)
     start = time.perf_counter()
-    for _ in range(EPOCHS):
-        model.train()
-        for idx in torch.randperm(len(xt), generator=g).split(128):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-            sched.step()
-    return model.eval(), time.perf_counter() - start
+    model = zoo.fit_classifier(model, x, y, EPOCHS, SEED)
+    return model, time.perf_counter() - start
 
 
 def relu_twin(model: nn.Sequential) -> nn.Sequential:
@@ -159,7 +149,7 @@ def _grid(net: str) -> list[dict]:
 
 def per_T(setting: dict) -> bool:
     """Whether the model must be compiled for each T (v(0) or θ depend on it)."""
-    return setting["init"] == "calibrated" or setting.get("threshold") == "mse"
+    return setting["init"] == "calibrated" or threshold_depends_on_T(setting["threshold"])
 
 
 def label(setting: dict) -> str:

@@ -44,7 +44,6 @@ def main() -> None:
     held_out = (train_x[-fidelity.HELD_OUT :], train_y[-fidelity.HELD_OUT :])
     rng = np.random.default_rng(fidelity.SEED)
     calib = fit_x[rng.choice(len(fit_x), fidelity.CALIB_SAMPLES, replace=False)]
-    fidelity.TS = TS  # accuracies() reads its T list from there
     report: dict = {
         "benchmark": "threshold_auto",
         "setting": "init half, compensation, layer-wise thresholds, direct coding",

@@ -1,9 +1,28 @@
-"""Speed-benchmark models built in torch with random weights (speed does not need training)."""
+"""Torch helpers shared by the benchmarks: the speed-benchmark models (random weights: speed
+does not need training), seeded training of a classifier, and the ONNX export."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def fit_classifier(model: nn.Module, x, y, epochs: int, seed: int) -> nn.Module:
+    """Seeded Adam + one-cycle training with cross-entropy, batches of 128; returns ``model`` in
+    eval mode. Seed torch before building ``model`` for reproducible initial weights."""
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=epochs * (len(x) // 128 + 1))
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(xt), generator=g).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
 
 VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 
