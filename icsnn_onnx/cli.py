@@ -20,6 +20,7 @@ from icsnn_onnx.options import (
     INIT_POLICIES,
     LAYOUTS,
     MAXPOOL_POLICIES,
+    TARGETS,
     parse_threshold_method,
 )
 from icsnn_onnx.progress import Progress, ProgressFactory, silent
@@ -112,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         help="step-major (default, fastest on CPU): per-step ops cloned T times; time-batched: "
         "per-step ops once over all T steps (refused where not exact); auto: time-batched where exact",
     )
+    conv.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="portable",
+        help="portable (default): IF neurons in elementwise ops, exact on every provider; cpu: in "
+        "ops ONNX Runtime's CPU provider keeps in its blocked layout (faster there)",
+    )
     conv.add_argument("--batch-size", type=_positive_int, default=64, help="calibration batch size")
     conv.add_argument("--force", action="store_true", help="overwrite the output if it exists")
 
@@ -179,6 +187,7 @@ def _convert(args: argparse.Namespace) -> int:
         seed=args.seed,
         per_step=args.per_step,
         layout=args.layout,
+        target=args.target,
         calib_samples=args.calib_samples,
         batch_size=args.batch_size,
         progress=_progress_factory(args.quiet),
@@ -189,7 +198,7 @@ def _convert(args: argparse.Namespace) -> int:
         f"{args.model} -> {output}: {meta['icsnn.sites']} activation site(s) as IF neurons, "
         f"T={args.T}, init={args.init}, compensation {'on' if args.compensation else 'off'}, "
         f"{args.encoding} coding, threshold={meta.get('icsnn.threshold_method', 'clip bounds')}"
-        f"{' (channel-wise)' if args.channel_wise else ''}, {meta['icsnn.layout']} layout, "
+        f"{' (channel-wise)' if args.channel_wise else ''}, {meta['icsnn.layout']} layout, {args.target} target, "
         f"{len(model.graph.node)} nodes"
     )
     return 0

@@ -52,6 +52,7 @@ def convert(
     seed: int = 0,
     per_step: bool = False,
     layout: str = "step-major",
+    target: str = "portable",
     calib_samples: int | None = None,
     batch_size: int = 64,
     progress: ProgressFactory = silent,
@@ -61,7 +62,10 @@ def convert(
     ``calib``: calibration inputs (file, array, dict or Dataset), needed when some activation
     is an unclipped ReLU. ``layout``: ``step-major`` (default; fastest and leanest on CPUs),
     ``time-batched`` (every per-step op once over all T steps; refused where not exact) or
-    ``auto`` (time-batched where exact, else step-major). The input model is never modified.
+    ``auto`` (time-batched where exact, else step-major). ``target``: ``portable`` (default; IF
+    neurons in elementwise operators, exact on every execution provider) or ``cpu`` (neurons of
+    float32 4-D sites in operators ONNX Runtime's CPU provider runs in its blocked layout; faster
+    there, see :mod:`icsnn_onnx.neuron`). The input model is never modified.
     """
     options = ConversionOptions(
         T=T,
@@ -74,6 +78,7 @@ def convert(
         seed=seed,
         per_step=per_step,
         layout=layout,
+        target=target,
         calib_samples=calib_samples,
         batch_size=batch_size,
     )
@@ -99,7 +104,7 @@ def convert(
                 else []
             ),
             InsertNeurons(),
-            Unroll(options.T, options.per_step, options.layout, options.compensation),
+            Unroll(options.T, options.per_step, options.layout, options.compensation, options.target),
         ]
     )(program)
     result = finalize(program, source)

@@ -15,6 +15,15 @@ Summing over t gives the conversion identity used throughout (see docs/method.md
 :func:`simulate` (reference simulator) and :func:`if_function_proto` (the ONNX function
 ``icsnn::IFNeuron`` that every converted model carries) are all generated from it, so the
 emitted graph, the reference and the tests cannot drift apart.
+
+:data:`CHANNELWISE_EQUATIONS` is the same neuron written in operators that ONNX Runtime's CPU
+provider keeps in its blocked channel layout (NCHWc) and fuses into its convolutions: per-channel
+1×1 depthwise ``Conv`` (an exact scale-and-shift here) and ``Relu``. The elementwise form breaks
+that layout at every neuron (``GreaterOrEqual``/``Cast``/``Sub`` have no blocked kernels), so each
+step pays two re-layouts besides the neuron itself. Float32 only; it computes bit for bit what
+the equations above compute (``Relu`` of the scaled gap is 0 exactly when ``m >= θ``, see
+:func:`channelwise_parameters`), and :func:`if_step_channelwise` evaluates it in numpy so the
+tests can hold it to :func:`if_step`.
 """
 
 from __future__ import annotations
@@ -52,6 +61,26 @@ IF_EQUATIONS: tuple[Equation, ...] = (
     Equation("out", "Mul", ("s", "theta")),  # out(t) = θ·s(t)
     Equation("v_next", "Sub", ("m", "out")),  # v(t) = m(t) - θ·s(t)
 )
+
+
+#: ``icsnn::IFNeuronChannelwise``: inputs, in order (v and z are ``[N, C, ...]``, the rest are the
+#: per-channel constants from :func:`channelwise_parameters`), and the same two outputs.
+CHANNELWISE_OP_TYPE = "IFNeuronChannelwise"
+CHANNELWISE_INPUTS = ("v", "z", "gap_w", "gap_b", "fire_w", "fire_b", "negate_w")
+CHANNELWISE_EQUATIONS: tuple[Equation, ...] = (
+    Equation("m", "Add", ("v", "z")),  # m(t) = v(t-1) + z(t)
+    Equation("gap", "Conv", ("m", "gap_w", "gap_b")),  # K·(θ - m): <= 0 iff m >= θ, else >= 1
+    Equation("below", "Relu", ("gap",)),  # 0 iff the neuron fires, else >= 1
+    Equation("fire", "Conv", ("below", "fire_w", "fire_b")),  # θ - θ·below: θ, or <= 0
+    Equation("out", "Relu", ("fire",)),  # out(t) = θ·s(t)
+    Equation("negated", "Conv", ("out", "negate_w")),  # -out(t)
+    Equation("v_next", "Add", ("m", "negated")),  # v(t) = m(t) - θ·s(t)
+)
+
+# Precision bits of float32's significand (24) and the smallest threshold whose gap scale K is
+# still a finite float32 (K = 2^(25 - e) with θ = f·2^e, 0.5 <= f < 1; 2^127 is the largest).
+_FLOAT32_BITS = 24
+_MIN_CHANNELWISE_EXPONENT = 25 - 127
 
 
 @dataclass(frozen=True)
@@ -137,6 +166,54 @@ def constant_input_rate(z: np.ndarray, params: IFParams, T: int) -> np.ndarray:
     return theta * count / T
 
 
+def channelwise_parameters(threshold: np.ndarray) -> dict[str, np.ndarray]:
+    """The constants of :data:`CHANNELWISE_EQUATIONS` for per-channel thresholds ``θ[C]``.
+
+    Why it is exact, with ``θ = f·2^e`` (0.5 <= f < 1) and ``K = 2^(25 - e)``: every float32 below
+    θ is at least ``2^(e-25)`` below it (the float32 spacing under θ), so for ``m < θ`` the real
+    ``K·(θ - m)`` is at least 1; for ``m >= θ`` it is <= 0. ``K·m`` is exact (a power of two), so
+    the Conv rounds the difference once, and rounding is monotone: ``gap >= 1`` or ``gap <= 0``
+    survive it. After ``Relu``, ``below`` is 0 (fire) or >= 1 (not). Then ``θ - θ·below`` is θ
+    exactly for 0 and <= 0 for anything >= 1 (``θ·below`` rounds to >= θ), so ``Relu`` leaves θ·s
+    exactly. ``-1·out`` is exact, so ``m + (-out)`` rounds as ``m - out`` does.
+    """
+    theta = np.asarray(threshold, np.float32).reshape(-1)
+    _, exponent = np.frexp(theta)
+    if np.any(exponent < _MIN_CHANNELWISE_EXPONENT):
+        raise ValueError("threshold too small for the channelwise form (needs θ >= 2^-103)")
+    scale = np.ldexp(np.float32(1), (_FLOAT32_BITS + 1) - exponent).astype(np.float32)
+    channels = theta.size
+    weight = lambda value: np.asarray(value, np.float32).reshape(channels, 1, 1, 1)  # noqa: E731
+    return {
+        "gap_w": weight(-scale),
+        "gap_b": (scale * theta).astype(np.float32),
+        "fire_w": weight(-theta),
+        "fire_b": theta.copy(),
+        "negate_w": weight(np.full(channels, -1.0)),
+    }
+
+
+def _pointwise_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """A 1×1 depthwise Conv (one weight, one bias per channel on axis 1), in x's dtype."""
+    shape = (-1,) + (1,) * (x.ndim - 2)
+    y = x * weight.reshape(shape).astype(x.dtype)
+    return y if bias is None else y + bias.reshape(shape).astype(x.dtype)
+
+
+def if_step_channelwise(
+    v: np.ndarray, z: np.ndarray, parameters: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step of :data:`CHANNELWISE_EQUATIONS` in numpy: ``(out(t), v(t))``, as :func:`if_step`."""
+    env: dict[str, np.ndarray] = {"v": np.asarray(v), "z": np.asarray(z), **parameters}
+    with np.errstate(over="ignore", invalid="ignore"):  # ±inf keeps its sign: still exact
+        for eq in CHANNELWISE_EQUATIONS:
+            args = [env[a] for a in eq.args]
+            env[eq.result] = (
+                _pointwise_conv(*args) if eq.op_type == "Conv" else evaluate(eq.op_type, args, {})
+            )
+    return env["out"], env["v_next"]
+
+
 def if_function_proto(opset: int) -> onnx.FunctionProto:
     """The ONNX function ``icsnn::IFNeuron(v, z, theta) -> (out, v_next)``, from IF_EQUATIONS.
 
@@ -152,4 +229,27 @@ def if_function_proto(opset: int) -> onnx.FunctionProto:
         nodes,
         [helper.make_opsetid("", opset)],
         doc_string=__doc__.split("\n\n")[1] if __doc__ else "",
+    )
+
+
+def channelwise_function_proto(opset: int) -> onnx.FunctionProto:
+    """``icsnn::IFNeuronChannelwise``, from CHANNELWISE_EQUATIONS; attribute ``channels`` is the
+    depthwise Convs' group count."""
+    group = onnx.AttributeProto()
+    group.name, group.ref_attr_name, group.type = "group", "channels", onnx.AttributeProto.INT
+    nodes = []
+    for eq in CHANNELWISE_EQUATIONS:
+        node = helper.make_node(eq.op_type, list(eq.args), [eq.result], name=eq.result)
+        if eq.op_type == "Conv":
+            node.attribute.append(group)
+        nodes.append(node)
+    return helper.make_function(
+        DOMAIN,
+        CHANNELWISE_OP_TYPE,
+        list(CHANNELWISE_INPUTS),
+        list(STEP_OUTPUTS),
+        nodes,
+        [helper.make_opsetid("", opset)],
+        attributes=["channels"],
+        doc_string="The IF neuron in NCHWc-friendly operators (see icsnn_onnx.neuron).",
     )

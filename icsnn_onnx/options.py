@@ -13,6 +13,10 @@ ENCODINGS: tuple[str, ...] = ("direct", "rate", "poisson")
 MAXPOOL_POLICIES: tuple[str, ...] = ("decompose", "gate", "avg")
 DEFAULT_MAXPOOL = "decompose"  # best held-out accuracy at T <= 8 in benchmarks/mnist_fidelity.py
 LAYOUTS: tuple[str, ...] = ("auto", "time-batched", "step-major")
+#: Where the SNN will run: ``portable`` emits the IF neuron in elementwise operators (exact on
+#: every execution provider); ``cpu`` emits it, where a site allows, in the operators ONNX
+#: Runtime's CPU provider keeps in its blocked layout (:data:`icsnn_onnx.neuron.CHANNELWISE_EQUATIONS`).
+TARGETS: tuple[str, ...] = ("portable", "cpu")
 
 _PERCENTILE = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
 
@@ -62,6 +66,7 @@ class ConversionOptions:
     seed: int = 0
     per_step: bool = False
     layout: str = "step-major"
+    target: str = "portable"
     calib_samples: int | None = None
     batch_size: int = 64
 
@@ -79,6 +84,8 @@ class ConversionOptions:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.calib_samples is not None and self.calib_samples < 1:
             raise ValueError(f"calib_samples must be >= 1, got {self.calib_samples}")
         if self.batch_size < 1:

@@ -140,16 +140,20 @@ class Program:
     def to_onnx(self) -> onnx.ModelProto:
         """Export the current graph as a model ONNX Runtime runs.
 
-        Carries the ``icsnn`` opset and the IF function when the graph has neurons, and the
+        Carries the ``icsnn`` opset and the IF functions the graph's neurons use, and the
         lowest IR version for its opsets (onnx writes its newest IR by default, which an older
         ONNX Runtime refuses).
         """
         model = gs.export_onnx(self.graph.copy(), do_type_check=False)
         del model.opset_import[:]
         opsets = {"": self.opset, **self.extra_opsets}
-        if any(n.op_type == neuron.OP_TYPE and n.domain == neuron.DOMAIN for n in model.graph.node):
+        used = {n.op_type for n in model.graph.node if n.domain == neuron.DOMAIN}
+        if used:
             opsets[neuron.DOMAIN] = neuron.DOMAIN_VERSION
+        if neuron.OP_TYPE in used:
             model.functions.append(neuron.if_function_proto(self.opset))
+        if neuron.CHANNELWISE_OP_TYPE in used:
+            model.functions.append(neuron.channelwise_function_proto(self.opset))
         model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
         model.ir_version = max(
             8, onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)

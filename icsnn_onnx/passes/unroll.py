@@ -7,7 +7,11 @@ Common to both:
   of the time loop — and shared by all steps. Under rate/Poisson coding each encoded input gets
   T steps of spikes (:mod:`.encoding`) and is a stream from the start.
 - Neurons: each site becomes T steps ``IFNeuron(v(t-1), z(t), θ) -> (out(t), v(t))`` with v(0)
-  the site's initial potential; only these recurrences are inherently sequential.
+  the site's initial potential; only these recurrences are inherently sequential. For the ``cpu``
+  target, a float32 site of rank 4 with per-channel (or per-layer) θ and v(0) and a channel count
+  that fills ONNX Runtime's blocked layout steps as ``IFNeuronChannelwise`` instead (the same
+  neuron in Conv/Relu form, :mod:`icsnn_onnx.neuron`), its v(0) materialized in z's layout by a
+  1×1 Conv so that even step 1 stays in that layout.
 - MaxPool gates (``--maxpool gate``) are stateful like neurons: T steps, accumulator threaded.
 - Read-out: every cut tensor ``c`` (see :mod:`.temporal`) is redefined under its original name as
   the mean over the T steps — or, for a neuron output under coding compensation, as its
@@ -38,6 +42,7 @@ import onnx_graphsurgeon as gs
 from icsnn_onnx import neuron
 from icsnn_onnx.contract import PER_STEP_OUTPUTS_KEY, PER_STEP_SUFFIX
 from icsnn_onnx.errors import ConversionError
+from icsnn_onnx.options import TARGETS
 from icsnn_onnx.passes import Pass, PassResult, require
 from icsnn_onnx.passes.graph_utils import detach
 from icsnn_onnx.passes.insert_neurons import is_neuron
@@ -48,18 +53,28 @@ from icsnn_onnx.program import ActivationKind, EncodingKind, InputEncoder, Progr
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("auto", "time-batched", "step-major")
+# ONNX Runtime's CPU provider blocks channels by 8 (AVX2) or 16 (AVX-512); a channel count it
+# cannot block would run the channelwise neuron's Convs unblocked, slower than elementwise ops.
+CHANNEL_BLOCK = 16
 
 
 class Unroll(Pass):
     def __init__(
-        self, T: int, per_step: bool = False, layout: str = "step-major", compensation: bool = True
+        self,
+        T: int,
+        per_step: bool = False,
+        layout: str = "step-major",
+        compensation: bool = True,
+        target: str = "portable",
     ) -> None:
         if T < 1:
             raise ValueError("T must be >= 1")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.T, self.per_step, self.layout = T, per_step, layout
-        self.compensation = compensation
+        self.compensation, self.target = compensation, target
 
     def requires(self, program: Program) -> None:
         require(any(is_neuron(n) for n in program.graph.nodes), self.name, "no IFNeuron to unroll")
@@ -83,9 +98,11 @@ class Unroll(Pass):
         if self.compensation:
             readout = {s.output: s.transfer for s in program.sites.values() if s.output in plan.cuts}
         emitter = (_TimeBatched if layout == "time-batched" else _StepMajor)(
-            graph, plan, self.T, self.per_step, readout, program.encoders, gates
+            graph, plan, self.T, self.per_step, readout, program.encoders, gates, self.target == "cpu"
         )
         emitter.run()
+        if self.target == "cpu":
+            program.metadata["icsnn.channelwise_sites"] = str(len(emitter.channelwise_sites))
         if self.per_step:
             program.metadata[PER_STEP_OUTPUTS_KEY] = ",".join(emitter.add_per_step_outputs())
         program.metadata["icsnn.layout"] = layout
@@ -136,9 +153,12 @@ class _Emitter:
         readout: Mapping[str, TransferFunction],
         encoders: Mapping[str, InputEncoder],
         gates: frozenset[str],
+        channelwise: bool = False,
     ) -> None:
         self.graph, self.plan, self.T, self.per_step = graph, plan, T, per_step
         self.encoders, self.gates = encoders, gates
+        self.channelwise = channelwise  # the cpu target: IFNeuronChannelwise where a site allows
+        self.channelwise_sites: list[str] = []
         self.constants: dict[str, gs.Constant] = {}
         self.readout = readout  # compensated cut (a neuron output) → its activation function
         self.membranes: dict[tuple[str, int], gs.Tensor] = {}  # (neuron output, t) → v(t)
@@ -225,15 +245,76 @@ class _Emitter:
     ) -> list[gs.Tensor]:
         """Emit T steps of IF neurons ``name`` writing ``y@t``; return out(1..T)."""
         self.membranes[(y.name, 0)] = v
+        channelwise = self._channelwise_inputs(name, theta, v, y, currents[0]) if self.channelwise else None
+        if channelwise is not None:
+            v, constants = channelwise
+            self.channelwise_sites.append(name)
         outs = []
         for t, z_t in enumerate(currents, start=1):
             out = gs.Variable(f"{y.name}@{t}", y.dtype, y.shape)
             v_t = gs.Variable(f"{name}.v@{t}", y.dtype, y.shape)
-            self._add(neuron.OP_TYPE, f"{name}@{t}", [v, z_t, theta], [out, v_t], domain=neuron.DOMAIN)
+            if channelwise is None:
+                self._add(neuron.OP_TYPE, f"{name}@{t}", [v, z_t, theta], [out, v_t], domain=neuron.DOMAIN)
+            else:
+                self._add(
+                    neuron.CHANNELWISE_OP_TYPE,
+                    f"{name}@{t}",
+                    [v, z_t, *constants],
+                    [out, v_t],
+                    attrs={"channels": y.shape[1]},
+                    domain=neuron.DOMAIN,
+                )
             outs.append(out)
             self.membranes[(y.name, t)] = v_t
             v = v_t
         return outs
+
+    def _channelwise_inputs(
+        self, name: str, theta: gs.Tensor, v0: gs.Tensor, y: gs.Tensor, z_1: gs.Tensor
+    ) -> tuple[gs.Tensor, list[gs.Constant]] | None:
+        """For a site the channelwise neuron fits: v(0) materialized in z's layout (a 1×1 Conv of
+        step 1's current with zero weights and v(0) as bias), and the neuron's Conv constants."""
+        shape = y.shape
+        if (
+            np.dtype(y.dtype or np.float32) != np.float32
+            or shape is None
+            or len(shape) != 4
+            or not isinstance(shape[1], int)
+            or shape[1] % CHANNEL_BLOCK
+            or not isinstance(theta, gs.Constant)
+            or not isinstance(v0, gs.Constant)
+        ):
+            logger.debug(
+                "%s: elementwise IF neuron (needs float32 [N, C, H, W], C %% %d == 0)", name, CHANNEL_BLOCK
+            )
+            return None
+        channels = shape[1]
+        per_channel = [_per_channel(c.values, channels) for c in (theta, v0)]
+        if per_channel[0] is None or per_channel[1] is None:
+            logger.debug("%s: elementwise IF neuron (θ and v(0) must be per channel)", name)
+            return None
+        threshold, v_init = per_channel
+        try:
+            parameters = neuron.channelwise_parameters(threshold)
+        except ValueError as err:
+            logger.debug("%s: elementwise IF neuron (%s)", name, err)
+            return None
+        constants = [
+            self._const(f"{name}.{key}", parameters[key], np.float32) for key in neuron.CHANNELWISE_INPUTS[2:]
+        ]
+        v0_full = gs.Variable(f"{name}.v@0", y.dtype, y.shape)
+        self._add(
+            "Conv",
+            f"{name}.v@0",
+            [
+                z_1,
+                self._const(f"{name}.v0_weight", np.zeros((channels, 1, 1, 1)), np.float32),
+                self._const(f"{name}.v0_bias", v_init, np.float32),
+            ],
+            [v0_full],
+            attrs={"group": channels},
+        )
+        return v0_full, constants
 
     def _encoded_inputs(self) -> dict[str, list[gs.Tensor]]:
         """Emit the input encoders (rate or Poisson coding): graph input → its T steps."""
@@ -375,6 +456,17 @@ class _Emitter:
             self.graph.outputs.append(stacked)
             names.append(stacked.name)
         return names
+
+
+def _per_channel(value: np.ndarray, channels: int) -> np.ndarray | None:
+    """``value`` as ``[C]`` if it is one number or one per channel of an ``[N, C, H, W]`` tensor."""
+    value = np.asarray(value, np.float32)
+    if value.size == 1:
+        return np.full(channels, value.reshape(()), np.float32)
+    dims = list(value.shape)
+    while dims and dims[0] == 1:
+        dims.pop(0)
+    return value.reshape(channels) if dims == [channels, 1, 1] else None
 
 
 class _StepMajor(_Emitter):
