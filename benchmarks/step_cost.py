@@ -1,9 +1,11 @@
 """Where one SNN time step goes: the MNIST CNN's ANN pass vs one SNN step, by operator, on the CPU.
 
 Explains the MNIST row of benchmarks/throughput.py: ONNX Runtime's profiler splits the ANN pass and
-the T=32 step-major SNN (per step) into operator types, and a micro-benchmark prices each operator
-an IF neuron can be built from on a tensor the size of the network's first IF layer at batch 64
-(64 × 32 × 28 × 28 floats). Same models and weights as throughput.py, 2 threads, no spinning.
+the T=32 step-major SNN (per step; portable and ``--target cpu``) into operator types — the cpu
+target's neuron convolutions (1×1 depthwise) counted apart from the layers' — and a micro-benchmark
+prices each operator an IF neuron can be built from on a tensor the size of the network's first IF
+layer at batch 64 (64 × 32 × 28 × 28 floats). Same models and weights as throughput.py, 2 threads,
+no spinning.
 
     pip install -e ".[bench]"
     python benchmarks/step_cost.py           # ~1 min on 2 CPU cores
@@ -34,10 +36,12 @@ CHAIN = 32  # operators per micro-benchmark graph
 PROFILED_RUNS = 10
 
 
-def session(model: str | bytes, profile: bool = False):
+def session(model: str | bytes, profile: bool = False, optimized: str | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if optimized:
+        options.optimized_model_filepath = optimized
     options.intra_op_num_threads = 2
     options.log_severity_level = 3
     options.enable_profiling = profile
@@ -56,9 +60,25 @@ def median_run_s(sess, feeds: dict, repeats: int = 7) -> float:
     return statistics.median(runs)
 
 
+def _neuron_convs(optimized: Path) -> set[str]:
+    """Names of the depthwise convolutions (the cpu target's neurons) in ONNX Runtime's optimized
+    graph; the MNIST CNN's own convolutions are dense (group 1)."""
+    import onnx
+
+    names = set()
+    for node in onnx.load(optimized).graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv" and attrs.get("group", 1) > 1:
+            names.add(node.name)
+    return names
+
+
 def by_operator(path: str, feeds: dict) -> dict[str, float]:
     """Milliseconds per run spent in each operator type (ONNX Runtime's profiler)."""
-    sess = session(path, profile=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        sess = session(path, profile=True, optimized=str(optimized))
+        neuron_convs = _neuron_convs(optimized)
     for _ in range(PROFILED_RUNS):
         sess.run(None, feeds)
     trace = Path(sess.end_profiling())
@@ -67,7 +87,9 @@ def by_operator(path: str, feeds: dict) -> dict[str, float]:
     totals: collections.Counter[str] = collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            totals[event["args"]["op_name"]] += event["dur"]
+            name = event["name"].removesuffix("_kernel_time")
+            op = "Conv 1×1 (neurons)" if name in neuron_convs else event["args"]["op_name"]
+            totals[op] += event["dur"]
     runs = PROFILED_RUNS + 1  # the session's own warm-up run is profiled too
     return {op: round(us / runs / 1000, 4) for op, us in totals.most_common()}
 
@@ -130,13 +152,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ann = str(Path(tmp) / "mnist_cnn.onnx")
         snn = str(Path(tmp) / "mnist_cnn.snn.onnx")
+        snn_cpu = str(Path(tmp) / "mnist_cnn.cpu.snn.onnx")
         zoo.export(build("mnist_cnn"), (1, 28, 28), ann)
         icsnn_onnx.save_model(icsnn_onnx.convert(ann, calibration("mnist_cnn"), T=T), snn)
+        icsnn_onnx.save_model(icsnn_onnx.convert(ann, calibration("mnist_cnn"), T=T, target="cpu"), snn_cpu)
         feeds = {session(ann).get_inputs()[0].name: x}
-        ann_ms = 1000 * median_run_s(session(ann), feeds)
-        snn_ms = 1000 * median_run_s(session(snn), feeds)
+        ann_ms, snn_ms, snn_cpu_ms = (1000 * median_run_s(session(m), feeds, 15) for m in (ann, snn, snn_cpu))
         ann_ops = by_operator(ann, feeds)
         snn_ops = {op: round(ms / T, 4) for op, ms in by_operator(snn, feeds).items()}
+        snn_cpu_ops = {op: round(ms / T, 4) for op, ms in by_operator(snn_cpu, feeds).items()}
     report = {
         "benchmark": "step_cost",
         "model": "mnist_cnn (throughput.py's, random weights), batch 64",
@@ -144,8 +168,10 @@ def main() -> None:
         "machine": f"2 ONNX Runtime threads, onnxruntime {ort.__version__} CPU",
         "ann_pass_ms": round(ann_ms, 3),
         "snn_step_ms": round(snn_ms / T, 3),
+        "snn_cpu_target_step_ms": round(snn_cpu_ms / T, 3),
         "ann_pass_by_operator_ms": ann_ops,
         "snn_step_by_operator_ms": snn_ops,
+        "snn_cpu_target_step_by_operator_ms": snn_cpu_ops,
         "profiler_note": "profiled times include the profiler's own overhead; compare shares",
         "operator_ms_on_first_if_layer": operator_costs(),
         "operator_tensor_shape": LAYER,
@@ -153,7 +179,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "step_cost.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, RESULTS / "step_cost.png")
-    print(json.dumps({k: report[k] for k in ("ann_pass_ms", "snn_step_ms")}))
+    print(json.dumps({k: report[k] for k in ("ann_pass_ms", "snn_step_ms", "snn_cpu_target_step_ms")}))
 
 
 def plot(report: dict, path: Path) -> None:
@@ -163,15 +189,18 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110, width_ratios=(1.3, 1))
-    ops = sorted(set(report["ann_pass_by_operator_ms"]) | set(report["snn_step_by_operator_ms"]))
-    bottom = np.zeros(2)
+    columns = {
+        "ANN pass": report["ann_pass_by_operator_ms"],
+        "SNN step": report["snn_step_by_operator_ms"],
+        "SNN step,\n--target cpu": report["snn_cpu_target_step_by_operator_ms"],
+    }
+    ops = sorted(set().union(*columns.values()))
+    bottom = np.zeros(len(columns))
     for op in ops:
-        heights = np.array(
-            [report["ann_pass_by_operator_ms"].get(op, 0), report["snn_step_by_operator_ms"].get(op, 0)]
-        )
+        heights = np.array([by_op.get(op, 0) for by_op in columns.values()])
         if heights.max() < 0.02:
             continue
-        left.bar(["ANN pass", "SNN step"], heights, bottom=bottom, label=op)
+        left.bar(list(columns), heights, bottom=bottom, label=op)
         bottom += heights
     left.set_ylabel("ms (profiled)")
     left.set_title(f"MNIST CNN, batch {BATCH}, T={report['T']}")
