@@ -223,3 +223,11 @@ def test_target_option_is_validated_and_reaches_the_model(digits, tmp_path, caps
     )
     assert "cpu target" in capsys.readouterr().out
     assert _meta(onnx.load(out))["icsnn.target"] == "cpu"
+
+
+def test_runtime_warns_when_a_cpu_target_model_runs_elsewhere():
+    from icsnn_onnx.runtime.session import CPU, CUDA, target_mismatch
+
+    assert target_mismatch({"icsnn.target": "cpu"}, CPU) is None
+    assert target_mismatch({"icsnn.target": "portable"}, CUDA) is None
+    assert "--target portable" in target_mismatch({"icsnn.target": "cpu"}, CUDA)

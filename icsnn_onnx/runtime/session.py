@@ -109,6 +109,18 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def target_mismatch(metadata: Mapping[str, str], provider: str) -> str | None:
+    """Why a model compiled with ``--target cpu`` should not run on ``provider`` (None if fine):
+    its neurons are 1×1 convolutions whose spikes are exact only in float32 arithmetic, and a
+    GPU's convolutions may run in TF32."""
+    if metadata.get("icsnn.target") == "cpu" and provider != CPU:
+        return (
+            f"this SNN was compiled with --target cpu but runs on {provider}, whose convolutions may "
+            "round to TF32 and change spikes; compile with --target portable for GPUs"
+        )
+    return None
+
+
 class BoundRun:
     """One IO-bound run, repeatable: ``run()`` executes, ``run.outputs()`` copies the results to
     the host. It owns the device buffers, which must outlive every replay."""
@@ -184,6 +196,9 @@ class Session:
         ]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        mismatch = target_mismatch(self.metadata, self.provider)
+        if mismatch:
+            logger.warning(mismatch)
         per_step = self.metadata.get(PER_STEP_OUTPUTS_KEY, "")
         # Per-step outputs are [T, N, ...]: their batch axis is 1.
         self._batch_axis = {name: 1 for name in filter(None, per_step.split(","))}
