@@ -231,3 +231,27 @@ def test_runtime_warns_when_a_cpu_target_model_runs_elsewhere():
     assert target_mismatch({"icsnn.target": "cpu"}, CPU) is None
     assert target_mismatch({"icsnn.target": "portable"}, CUDA) is None
     assert "--target portable" in target_mismatch({"icsnn.target": "cpu"}, CUDA)
+
+
+def test_rate_encoder_of_a_wide_input_runs_channelwise_too():
+    """A 16-channel image's rate encoder is an IF population like any site (θ = 1)."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "c1", "b1"], ["h1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h1"], ["a1"]),
+        helper.make_node("GlobalAveragePool", ["a1"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], transB=1),
+    ]
+    inits = {
+        "c1": (rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32),
+        "b1": (rng.standard_normal(16) * 0.1).astype(np.float32),
+        "fc": (rng.standard_normal((10, 16)) / 4).astype(np.float32),
+        "fcb": np.zeros(10, np.float32),
+    }
+    model = models.make_model(nodes, inits, ["N", 16, 8, 8], ["N", 10])
+    x = rng.random((264, 16, 8, 8), dtype=np.float32)
+    portable = icsnn_onnx.convert(model, x[:200], T=8, encoding="rate")
+    cpu = icsnn_onnx.convert(model, x[:200], T=8, encoding="rate", target="cpu")
+    assert _meta(cpu)["icsnn.channelwise_sites"] == "2"  # the encoder and the ReLU site
+    assert np.allclose(run(portable, x[200:])[0], run(cpu, x[200:])[0], rtol=1e-5, atol=1e-5)
