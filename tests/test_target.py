@@ -129,7 +129,8 @@ def test_channelwise_function_in_onnx_runtime_matches_the_reference(level):
         providers=["CPUExecutionProvider"],
     )
     outputs = session.run(None, {"v0": v0, **{f"z{t}": z[t - 1] for t in range(1, T + 1)}})
-    trace = neuron.simulate(z, neuron.IFParams(theta.reshape(C, 1, 1), v0))
+    with np.errstate(over="ignore"):  # 3e38 + v overflows to inf, in ONNX Runtime too
+        trace = neuron.simulate(z, neuron.IFParams(theta.reshape(C, 1, 1), v0))
     assert np.array_equal(np.stack(outputs[0::2]), trace.out)
     assert np.array_equal(np.stack(outputs[1::2]), trace.v[1:])
 
