@@ -247,7 +247,7 @@ def table(report: dict) -> str:
     """The README table: per model and T, times in ms per batch and ratios to T × ANN."""
     lines = [
         "| model | T | ANN | SNN step-major | SNN step-major, `--target cpu` | SNN time-batched "
-        "| SNN / (T × ANN): portable, cpu | SpikingJelly | SpikingJelly / SNN (cpu) | peak RSS (step-major / time-batched) |",
+        "| SNN / (T × ANN): portable, cpu | SpikingJelly | SpikingJelly / SNN (cpu) | peak RSS: step-major portable / cpu, time-batched |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, entry in report["models"].items():
@@ -267,7 +267,7 @@ def table(report: dict) -> str:
                 f"| {step['ratio_to_dense_bound']:.2f}, {cpu['ratio_to_dense_bound']:.2f} "
                 f"| {'n/a' if peer is None else f'{1000 * peer:.0f} ms'} "
                 f"| {'n/a' if peer is None else f'{peer / snn_s:.1f}×'} "
-                f"| {step['peak_rss_mib']:.0f} / {batched['peak_rss_mib']:.0f} MiB |"
+                f"| {step['peak_rss_mib']:.0f} / {cpu['peak_rss_mib']:.0f}, {batched['peak_rss_mib']:.0f} MiB |"
             )
     return "\n".join(lines)
 

@@ -183,7 +183,10 @@ def channelwise_parameters(threshold: np.ndarray) -> dict[str, np.ndarray]:
         raise ValueError("threshold too small for the channelwise form (needs θ >= 2^-103)")
     scale = np.ldexp(np.float32(1), (_FLOAT32_BITS + 1) - exponent).astype(np.float32)
     channels = theta.size
-    weight = lambda value: np.asarray(value, np.float32).reshape(channels, 1, 1, 1)  # noqa: E731
+
+    def weight(value: np.ndarray) -> np.ndarray:  # one 1×1 filter per channel: [C, 1, 1, 1]
+        return np.asarray(value, np.float32).reshape(channels, 1, 1, 1)
+
     return {
         "gap_w": weight(-scale),
         "gap_b": (scale * theta).astype(np.float32),

@@ -256,3 +256,23 @@ def test_rate_encoder_of_a_wide_input_runs_channelwise_too():
     cpu = icsnn_onnx.convert(model, x[:200], T=8, encoding="rate", target="cpu")
     assert _meta(cpu)["icsnn.channelwise_sites"] == "2"  # the encoder and the ReLU site
     assert np.allclose(run(portable, x[200:])[0], run(cpu, x[200:])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_runtime_orders_a_cpu_target_model_by_priority(digits, tmp_path):
+    """Step by step, so each step's tensors are freed (peak memory, see runtime/session.py)."""
+    import onnxruntime
+
+    from icsnn_onnx.runtime import Session
+
+    x = digits[0]
+    cpu = icsnn_onnx.convert(_wide_cnn(), x[:100], T=4, target="cpu")
+    path = tmp_path / "cpu.snn.onnx"
+    icsnn_onnx.save_model(cpu, path)
+    portable = icsnn_onnx.convert(_wide_cnn(), x[:100], T=4)
+
+    def order(model) -> onnxruntime.ExecutionOrder:
+        return Session(model, provider="cpu")._session.get_session_options().execution_order
+
+    for model in (cpu, cpu.SerializeToString(), path, str(path)):
+        assert order(model) == onnxruntime.ExecutionOrder.PRIORITY_BASED
+    assert order(portable) == onnxruntime.ExecutionOrder.DEFAULT

@@ -121,6 +121,15 @@ def target_mismatch(metadata: Mapping[str, str], provider: str) -> str | None:
     return None
 
 
+def _metadata(model: str | bytes | onnx.ModelProto) -> dict[str, str]:
+    """A model's ``metadata_props`` before ONNX Runtime loads it (external data not read)."""
+    if isinstance(model, bytes):
+        model = onnx.load_from_string(model)
+    elif not isinstance(model, onnx.ModelProto):
+        model = onnx.load(model, load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
 class BoundRun:
     """One IO-bound run, repeatable: ``run()`` executes, ``run.outputs()`` copies the results to
     the host. It owns the device buffers, which must outlive every replay."""
@@ -173,6 +182,13 @@ class Session:
             model = model.SerializeToString()
         elif isinstance(model, Path):
             model = str(model)
+        if _metadata(model).get("icsnn.target") == "cpu":
+            # Its steps all stay in the CPU provider's blocked layout; ordered by priority, ONNX
+            # Runtime then runs them step by step and frees each step's tensors (VGG-11, T=32,
+            # batch 64: peak RSS 1.3 GiB → 0.4 GiB, ResNet-18 2.4 → 1.0 GiB, same speed). The
+            # portable neurons fare worse that way (ResNet-18 1.2 → 2.6 GiB), so they keep the
+            # default order.
+            options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         providers = resolve_providers(provider)
         self.cuda_graph = False
         if cuda_graph and providers[0] == CUDA:
