@@ -5,8 +5,9 @@ ResNet-18, built in torch with random weights (speed does not need trained weigh
 T ∈ {4, 8, 16, 32}: ANN time, SNN time for each layout with the portable target and step-major
 with ``--target cpu`` (each interleaved with the ANN, median), the
 ratio SNN / (T × ANN), SpikingJelly's converted model (ann2snn RateCodingRecipe, 99.9%) on the
-same input (the faster of its single- and multi-step modes), and the peak RSS of each
-measurement (each runs in its own process).
+same input (the faster of its single- and multi-step modes), and peak RSS: the SNN's own (its
+session and first two runs, before the ANN is loaded) and SpikingJelly's (each measurement runs in a
+process of its own).
 
     pip install -e ".[bench]"
     pip install --no-deps spikingjelly==2.0.0 && pip install loguru requests scipy
@@ -227,7 +228,7 @@ def main() -> None:
                             "compile_s",
                             "load_s",
                             "ratio_to_dense_bound",
-                            "peak_rss_mib",
+                            "snn_peak_rss_mib",
                             "error",
                         )
                     },
@@ -247,7 +248,7 @@ def table(report: dict) -> str:
     """The README table: per model and T, times in ms per batch and ratios to T × ANN."""
     lines = [
         "| model | T | ANN | SNN step-major | SNN step-major, `--target cpu` | SNN time-batched "
-        "| SNN / (T × ANN): portable, cpu | SpikingJelly | SpikingJelly / SNN (cpu) | peak RSS: step-major portable / cpu, time-batched |",
+        "| SNN / (T × ANN): portable, cpu | SpikingJelly | SpikingJelly / SNN (cpu) | SNN peak RSS: step-major portable / cpu, time-batched |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, entry in report["models"].items():
@@ -267,7 +268,8 @@ def table(report: dict) -> str:
                 f"| {step['ratio_to_dense_bound']:.2f}, {cpu['ratio_to_dense_bound']:.2f} "
                 f"| {'n/a' if peer is None else f'{1000 * peer:.0f} ms'} "
                 f"| {'n/a' if peer is None else f'{peer / snn_s:.1f}×'} "
-                f"| {step['peak_rss_mib']:.0f} / {cpu['peak_rss_mib']:.0f}, {batched['peak_rss_mib']:.0f} MiB |"
+                f"| {step['snn_peak_rss_mib']:.0f} / {cpu['snn_peak_rss_mib']:.0f}, "
+                f"{batched['snn_peak_rss_mib']:.0f} MiB |"
             )
     return "\n".join(lines)
 

@@ -313,7 +313,10 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"batch {r.batch}, {r.provider}{graph}, median of {len(r.ann.runs_s)} interleaved runs")
     print(f"ANN  {1000 * r.ann.median_s:9.2f} ms  {r.ann.images_per_s:10.1f} images/s")
     print(f"SNN  {1000 * r.snn.median_s:9.2f} ms  {r.snn.images_per_s:10.1f} images/s  (T={r.T})")
-    print(f"SNN / (T × ANN) = {r.ratio_to_dense_bound:.3f}   peak memory {r.peak_rss_mib:.0f} MiB")
+    print(
+        f"SNN / (T × ANN) = {r.ratio_to_dense_bound:.3f}   peak memory {r.peak_rss_mib:.0f} MiB "
+        f"(SNN alone {r.snn_peak_rss_mib:.0f} MiB)"
+    )
     return 0
 
 

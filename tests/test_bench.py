@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -31,7 +33,7 @@ def test_bench_reports_ratio_to_dense_bound(pair):
     assert len(result.ann.runs_s) == len(result.snn.runs_s) == 3
     assert result.ratio_to_dense_bound == pytest.approx(result.snn.median_s / (4 * result.ann.median_s))
     assert result.snn.images_per_s == pytest.approx(8 / result.snn.median_s)
-    assert result.peak_rss_mib > 0
+    assert 0 < result.snn_peak_rss_mib <= result.peak_rss_mib
 
 
 def test_bench_refuses_a_model_that_is_not_an_snn(pair):
@@ -93,3 +95,14 @@ def test_bound_runner_lets_onnx_runtime_allocate_outputs_of_data_dependent_shape
 def test_random_feeds_follow_the_input_specs(pair):
     feeds = random_feeds(Session(pair[0]).inputs, 5)
     assert feeds["x"].shape == (5, 1, 8, 8) and feeds["x"].dtype == np.float32
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss survives exec on Linux")
+def test_peak_memory_of_a_fresh_process_is_its_own():
+    """A benchmark worker started from a big parent must not report the parent's peak."""
+    ballast = np.ones(300 * 2**20, np.uint8)  # the parent's peak: >= 300 MiB
+    code = "from icsnn_onnx.runtime.bench import peak_rss_mib; print(peak_rss_mib())"
+    child = float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    assert ballast.sum() > 0 and child < 250
