@@ -1,0 +1,286 @@
+"""GPU throughput: ANN vs SNN on ONNX Runtime's CUDA provider, with and without CUDA graphs.
+
+The GPU check of the fast-execution issue: batch 256, T ∈ {4, 16}, the models of throughput.py
+(MNIST CNN, VGG-11-BN, ResNet-18; random weights), both layouts, the portable target (the cpu
+target's 1×1-convolution neurons are exact only in float32, and a GPU may convolve in TF32).
+Target: SNN throughput ≥ 0.9 × ANN throughput / T, i.e. SNN / (T × ANN) ≤ 1/0.9 ≈ 1.11.
+
+Each row also checks that the SNN computes on the GPU what it computes on the CPU (TF32
+convolutions may move a membrane potential across θ): max |Δ| of the outputs and the share of
+equal predicted classes on 32 images, for the ANN and the SNN.
+
+Each (model, T, layout) is timed in a process of its own (IO binding, outputs pre-allocated; the
+ANN and SNN interleaved, median), plain CUDA first, then with a CUDA graph. Rows run T=4 first,
+then T=16, and a new row starts only within ``--budget-s`` (the lent GPU's time is short); every
+row is written to the JSON as soon as it is measured.
+
+    python benchmarks/gpu_throughput.py                     # on a CUDA machine (~5 min on an H200)
+    python benchmarks/gpu_throughput.py --provider cpu --models mnist_cnn --ts 4 --batch 8 \\
+        --out /tmp/gpu_smoke.json                           # the same code path, anywhere
+
+benchmarks/device/h200.sh runs it on the lent H200. Writes benchmarks/results/gpu_throughput.{json,png}
+(CUDA runs only: a CPU run needs --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CACHE = HERE / ".cache" / "gpu_throughput"
+sys.path.insert(0, str(HERE))
+
+BATCH = 256
+TS = (4, 16)
+LAYOUTS = ("step-major", "time-batched")
+MODELS = ("mnist_cnn", "vgg11_bn", "resnet18")
+TARGET_RATIO = 1 / 0.9  # SNN ≥ 0.9 × ANN / T  ⇔  SNN time ≤ T × ANN time / 0.9
+AGREEMENT_BATCH = 32
+
+
+def gpu_memory_mib() -> float | None:
+    """GPU memory this process holds (nvidia-smi), or None where that cannot be read."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in done.stdout.splitlines():
+        pid, _, used = line.partition(",")
+        if pid.strip() == str(os.getpid()):
+            return float(used)
+    return None
+
+
+def agreement(path: str, provider: str) -> dict:
+    """The model's outputs on ``provider`` against the same model on the CPU."""
+    from icsnn_onnx.runtime import Session
+    from icsnn_onnx.runtime.bench import random_feeds
+
+    here, cpu = Session(path, provider=provider), Session(path, provider="cpu")
+    feeds = random_feeds(here.inputs, AGREEMENT_BATCH, seed=1)
+    name = here.output_names[0]
+    a, b = here.run(feeds)[name], cpu.run(feeds)[name]
+    return {
+        "max_abs_diff": float(np.max(np.abs(a - b))),
+        "output_scale": float(np.max(np.abs(b))),
+        "same_class": float(np.mean(a.argmax(-1) == b.argmax(-1))),
+    }
+
+
+class _Collect(logging.Handler):
+    """Keeps the library's warnings (e.g. why a CUDA graph was not captured) for the report."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{record.levelname}: {record.getMessage()}")
+
+
+def worker(ann: str, snn: str, provider: str, batch: int, min_seconds: float) -> dict:
+    from icsnn_onnx.runtime.bench import bench
+
+    collect = _Collect()
+    library = logging.getLogger("icsnn_onnx")
+    library.addHandler(collect)
+    library.setLevel(logging.INFO)
+    result: dict = {"log": collect.messages}
+    for cuda_graph in (False, True):
+        start = time.perf_counter()
+        timing = bench(
+            ann, snn, batch=batch, provider=provider, cuda_graph=cuda_graph, min_seconds=min_seconds
+        )
+        key = "cuda_graph" if cuda_graph else "plain"
+        result[key] = {**timing.as_dict(), "wall_s": round(time.perf_counter() - start, 2)}
+        result[key]["gpu_memory_mib"] = gpu_memory_mib()
+    result["agreement"] = {"ann": agreement(ann, provider), "snn": agreement(snn, provider)}
+    return result
+
+
+def in_subprocess(*args: str, timeout: float) -> dict:
+    try:
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=5, metavar=("ANN", "SNN", "PROVIDER", "BATCH", "SECONDS"))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--ts", nargs="+", type=int, default=list(TS))
+    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--provider", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="timed runs per measurement")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="start no row after this")
+    parser.add_argument("--out", type=Path, help="JSON path (PNG beside it); needed off CUDA")
+    args = parser.parse_args()
+    if args.worker:
+        ann, snn, provider, batch, seconds = args.worker
+        print(json.dumps(worker(ann, snn, provider, int(batch), float(seconds))))
+        return
+
+    import onnxruntime as ort
+    import throughput
+    import zoo
+
+    import icsnn_onnx
+    from icsnn_onnx.runtime import cuda_available
+
+    if args.provider == "cuda" and not cuda_available():
+        sys.exit("the CUDA provider does not work here (see benchmarks/device/h200.sh)")
+    if args.provider != "cuda" and args.out is None:
+        sys.exit("off CUDA this is a smoke run: give --out, results/gpu_throughput.json is for CUDA figures")
+    out = args.out or RESULTS / "gpu_throughput.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    report: dict = {
+        "benchmark": "gpu_throughput",
+        "batch": args.batch,
+        "provider": args.provider,
+        "target_ratio": round(TARGET_RATIO, 4),
+        "machine": f"{platform.machine()}, onnxruntime {ort.__version__}, {gpu_name()}",
+        "repeats": "interleaved ANN/SNN pairs filling min_seconds (>= 5), IO-bound; per (model, T, layout) a process of its own",
+        "min_seconds": args.min_seconds,
+        "rows": [],
+        "skipped": [],
+    }
+    anns = {}
+    for name in args.models:
+        anns[name] = CACHE / f"{name}.onnx"
+        zoo.export(throughput.build(name), throughput.SHAPES[name], str(anns[name]))
+    for T in args.ts:
+        for name in args.models:
+            for layout in args.layouts:
+                elapsed = time.perf_counter() - began
+                if elapsed > args.budget_s:
+                    report["skipped"].append({"model": name, "T": T, "layout": layout})
+                    continue
+                start = time.perf_counter()
+                snn = icsnn_onnx.convert(anns[name], throughput.calibration(name), T=T, layout=layout)
+                compile_s = time.perf_counter() - start
+                snn_path = CACHE / f"{name}.T{T}.{layout}.snn.onnx"
+                icsnn_onnx.save_model(snn, snn_path, force=True)
+                measured = in_subprocess(
+                    str(anns[name]),
+                    str(snn_path),
+                    args.provider,
+                    str(args.batch),
+                    str(args.min_seconds),
+                    timeout=max(60.0, args.budget_s + 180 - elapsed),
+                )
+                row = {
+                    "model": name,
+                    "T": T,
+                    "layout": layout,
+                    "nodes": len(snn.graph.node),
+                    "compile_s": round(compile_s, 2),
+                    **measured,
+                }
+                report["rows"].append(row)
+                print(summary(row), flush=True)
+                out.write_text(json.dumps(report, indent=2) + "\n")
+    report["wall_s"] = round(time.perf_counter() - began, 1)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    if report["rows"]:
+        plot(report, out.with_suffix(".png"))
+    print(table(report))
+
+
+def gpu_name() -> str:
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+        )
+        return done.stdout.strip() or "no GPU"
+    except OSError:
+        return "no GPU"
+
+
+def summary(row: dict) -> str:
+    if "error" in row:
+        return f"{row['model']} T={row['T']} {row['layout']}: {row['error']}"
+    ratios = ", ".join(f"{k} {row[k]['ratio_to_dense_bound']:.2f}" for k in ("plain", "cuda_graph"))
+    snn = row["agreement"]["snn"]
+    return (
+        f"{row['model']} T={row['T']} {row['layout']}: SNN / (T × ANN) {ratios}; "
+        f"on {row['plain']['provider']} vs CPU max|Δ| {snn['max_abs_diff']:.2g}, same class {snn['same_class']:.1%}"
+    )
+
+
+def table(report: dict) -> str:
+    """Markdown table of the rows: ms per batch, ratio to T × ANN, with and without CUDA graphs."""
+    lines = [
+        "| model | T | layout | ANN | SNN | SNN / (T × ANN) | ANN, graph | SNN, graph | SNN / (T × ANN), graph | SNN vs CPU: same class |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in report["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['T']} | {row['layout']} | {row['error']} |")
+            continue
+        plain, graph = row["plain"], row["cuda_graph"]
+        graph_note = "" if graph["cuda_graph"] else " (no graph)"
+        lines.append(
+            f"| {row['model']} | {row['T']} | {row['layout']} "
+            f"| {1000 * plain['ann']['median_s']:.2f} ms | {1000 * plain['snn']['median_s']:.2f} ms "
+            f"| {plain['ratio_to_dense_bound']:.2f} "
+            f"| {1000 * graph['ann']['median_s']:.2f} ms | {1000 * graph['snn']['median_s']:.2f} ms "
+            f"| {graph['ratio_to_dense_bound']:.2f}{graph_note} "
+            f"| {row['agreement']['snn']['same_class']:.1%} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:  # the bench extra; the JSON and the table do without
+        print(f"matplotlib not installed: no {path.name}", file=sys.stderr)
+        return
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if "error" not in r]
+    labels = [f"{r['model']}\nT={r['T']} {r['layout']}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2), dpi=110)
+    for offset, key, label in ((-0.2, "plain", "CUDA"), (0.2, "cuda_graph", "CUDA graph")):
+        ax.bar(x + offset, [r[key]["ratio_to_dense_bound"] for r in rows], 0.4, label=label)
+    ax.axhline(1.0, color="k", ls="--", lw=1, label="T × ANN (dense bound)")
+    ax.axhline(report["target_ratio"], color="r", ls=":", lw=1, label="target: ≥ 0.9 × ANN / T")
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("SNN / (T × ANN)")
+    ax.set_title(f"{report['machine']}, batch {report['batch']}", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()
