@@ -103,14 +103,21 @@ def worker(ann: str, snn: str, provider: str, batch: int, min_seconds: float) ->
     library.setLevel(logging.INFO)
     result: dict = {"log": collect.messages}
     for cuda_graph in (False, True):
-        start = time.perf_counter()
-        timing = bench(
-            ann, snn, batch=batch, provider=provider, cuda_graph=cuda_graph, min_seconds=min_seconds
-        )
         key = "cuda_graph" if cuda_graph else "plain"
+        start = time.perf_counter()
+        try:  # one mode failing must not cost the other's figures
+            timing = bench(
+                ann, snn, batch=batch, provider=provider, cuda_graph=cuda_graph, min_seconds=min_seconds
+            )
+        except Exception as err:
+            result[key] = {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"}
+            continue
         result[key] = {**timing.as_dict(), "wall_s": round(time.perf_counter() - start, 2)}
         result[key]["gpu_memory_mib"] = gpu_memory_mib()
-    result["agreement"] = {"ann": agreement(ann, provider), "snn": agreement(snn, provider)}
+    try:
+        result["agreement"] = {"ann": agreement(ann, provider), "snn": agreement(snn, provider)}
+    except Exception as err:
+        result["agreement"] = {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"}
     return result
 
 
@@ -222,15 +229,30 @@ def gpu_name() -> str:
         return "no GPU"
 
 
+def _ratio(mode: dict) -> str:
+    if "error" in mode:
+        return "failed"
+    return f"{mode['ratio_to_dense_bound']:.2f}" + ("" if mode["cuda_graph"] else " (no graph)")
+
+
+def _same_class(row: dict) -> str:
+    snn = row["agreement"].get("snn")
+    return "n/a" if snn is None else f"{snn['same_class']:.1%} (max|Δ| {snn['max_abs_diff']:.2g})"
+
+
 def summary(row: dict) -> str:
+    head = f"{row['model']} T={row['T']} {row['layout']}"
     if "error" in row:
-        return f"{row['model']} T={row['T']} {row['layout']}: {row['error']}"
-    ratios = ", ".join(f"{k} {row[k]['ratio_to_dense_bound']:.2f}" for k in ("plain", "cuda_graph"))
-    snn = row["agreement"]["snn"]
+        return f"{head}: {row['error']}"
+    errors = [f"{k}: {row[k]['error']}" for k in ("plain", "cuda_graph") if "error" in row[k]]
     return (
-        f"{row['model']} T={row['T']} {row['layout']}: SNN / (T × ANN) {ratios}; "
-        f"on {row['plain']['provider']} vs CPU max|Δ| {snn['max_abs_diff']:.2g}, same class {snn['same_class']:.1%}"
+        f"{head}: SNN / (T × ANN) plain {_ratio(row['plain'])}, CUDA graph {_ratio(row['cuda_graph'])}; "
+        f"SNN vs CPU same class {_same_class(row)}" + "".join(f"; {e}" for e in errors)
     )
+
+
+def _ms(mode: dict, net: str) -> str:
+    return "failed" if "error" in mode else f"{1000 * mode[net]['median_s']:.2f} ms"
 
 
 def table(report: dict) -> str:
@@ -244,14 +266,10 @@ def table(report: dict) -> str:
             lines.append(f"| {row['model']} | {row['T']} | {row['layout']} | {row['error']} |")
             continue
         plain, graph = row["plain"], row["cuda_graph"]
-        graph_note = "" if graph["cuda_graph"] else " (no graph)"
         lines.append(
             f"| {row['model']} | {row['T']} | {row['layout']} "
-            f"| {1000 * plain['ann']['median_s']:.2f} ms | {1000 * plain['snn']['median_s']:.2f} ms "
-            f"| {plain['ratio_to_dense_bound']:.2f} "
-            f"| {1000 * graph['ann']['median_s']:.2f} ms | {1000 * graph['snn']['median_s']:.2f} ms "
-            f"| {graph['ratio_to_dense_bound']:.2f}{graph_note} "
-            f"| {row['agreement']['snn']['same_class']:.1%} |"
+            f"| {_ms(plain, 'ann')} | {_ms(plain, 'snn')} | {_ratio(plain)} "
+            f"| {_ms(graph, 'ann')} | {_ms(graph, 'snn')} | {_ratio(graph)} | {_same_class(row)} |"
         )
     return "\n".join(lines)
 
@@ -271,7 +289,8 @@ def plot(report: dict, path: Path) -> None:
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2), dpi=110)
     for offset, key, label in ((-0.2, "plain", "CUDA"), (0.2, "cuda_graph", "CUDA graph")):
-        ax.bar(x + offset, [r[key]["ratio_to_dense_bound"] for r in rows], 0.4, label=label)
+        ratios = [r[key].get("ratio_to_dense_bound", np.nan) for r in rows]
+        ax.bar(x + offset, ratios, 0.4, label=label)
     ax.axhline(1.0, color="k", ls="--", lw=1, label="T × ANN (dense bound)")
     ax.axhline(report["target_ratio"], color="r", ls=":", lw=1, label="target: ≥ 0.9 × ANN / T")
     ax.set_xticks(x, labels, fontsize=7)

@@ -106,3 +106,64 @@ def test_peak_memory_of_a_fresh_process_is_its_own():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     )
     assert ballast.sum() > 0 and child < 250
+
+
+class _CaptureFails:
+    """An ONNX Runtime session whose IO-bound runs fail, as a CUDA graph capture can."""
+
+    def __init__(self, session):
+        self._session, self.calls = session, 0
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def run_with_iobinding(self, binding, options=None):
+        self.calls += 1
+        raise RuntimeError("CUDA failure 901: operation not permitted when stream is capturing\nmore")
+
+
+def test_a_cuda_graph_that_fails_at_capture_falls_back_to_plain_runs(pair, caplog):
+    """Capture happens at the first runs, after the session was created: exercised on the CPU
+    with a session whose bound runs fail, standing in for a graph session."""
+    session = Session(pair[1], provider="cpu")
+    expected = session.run(random_feeds(session.inputs, 3))["y"]
+    failing = _CaptureFails(session._session)
+    plain = session._session
+    session._session, session.cuda_graph, session._plain_session = failing, True, lambda: plain
+    run = session.bound_runner(random_feeds(session.inputs, 3), "cpu")
+    with caplog.at_level(logging.WARNING, logger="icsnn_onnx"):
+        run()
+    assert failing.calls == 1 and not session.cuda_graph and session._session is plain
+    assert "CUDA graph capture failed (CUDA failure 901: operation not permitted" in caplog.text
+    np.testing.assert_allclose(run.outputs()["y"], expected, rtol=1e-6)
+    run()  # bound to the plain session from now on
+    np.testing.assert_allclose(run.outputs()["y"], expected, rtol=1e-6)
+
+
+def test_a_failing_run_without_a_graph_raises(pair):
+    session = Session(pair[1], provider="cpu")
+    session._session = _CaptureFails(session._session)
+    run = session.bound_runner(random_feeds(session.inputs, 3), "cpu")
+    with pytest.raises(RuntimeError, match="CUDA failure 901"):
+        run()
+
+
+def test_plain_runs_of_a_graph_session_skip_the_graph(pair):
+    """A graph replays the addresses it captured; ``Session.run`` copies feeds anew each time."""
+    session = Session(pair[1], provider="cpu")
+    seen = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(plain, name)
+
+        def run(self, names, feeds, options=None):
+            seen.append(None if options is None else options.get_run_config_entry("gpu_graph_id"))
+            return plain.run(names, feeds, options)
+
+    plain, feeds = session._session, random_feeds(session.inputs, 2)
+    session._session = Recording()
+    session.run(feeds)
+    session.cuda_graph = True
+    session.run(feeds)
+    assert seen == [None, "-1"]

@@ -42,3 +42,29 @@ def test_gpu_throughput_keeps_cpu_figures_out_of_the_results(tmp_path):
         timeout=120,
     )
     assert done.returncode != 0 and "--out" in done.stderr
+
+
+def test_gpu_throughput_reports_a_failed_mode_beside_the_other():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "benchmarks" / "gpu_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plain = {
+        "ann": {"median_s": 0.001},
+        "snn": {"median_s": 0.0045},
+        "ratio_to_dense_bound": 1.125,
+        "cuda_graph": False,
+    }
+    row = {
+        "model": "m",
+        "T": 4,
+        "layout": "step-major",
+        "plain": plain,
+        "cuda_graph": {"error": "RuntimeError: capture failed"},
+        "agreement": {"snn": {"same_class": 1.0, "max_abs_diff": 0.0}},
+    }
+    assert "| 1.00 ms | 4.50 ms | 1.12 (no graph) | failed | failed | failed | 100.0%" in module.table(
+        {"rows": [row]}
+    )
+    assert "cuda_graph: RuntimeError: capture failed" in module.summary(row)

@@ -132,21 +132,32 @@ def _metadata(model: str | bytes | onnx.ModelProto) -> dict[str, str]:
 
 class BoundRun:
     """One IO-bound run, repeatable: ``run()`` executes, ``run.outputs()`` copies the results to
-    the host. It owns the device buffers, which must outlive every replay."""
+    the host. It owns the device buffers, which must outlive every replay.
+
+    ``on_failure`` (given while a CUDA graph is to be captured) is asked once, when a run fails,
+    for a session without the graph; the run is then bound to it and repeated."""
 
     def __init__(
         self,
         session: ort.InferenceSession,
-        binding: ort.IOBinding,
-        options: ort.RunOptions,
+        bind: Callable[[ort.InferenceSession], tuple[ort.IOBinding, ort.RunOptions]],
         output_names: list[str],
         buffers: list[ort.OrtValue],
+        on_failure: Callable[[Exception], ort.InferenceSession] | None = None,
     ) -> None:
-        self._session, self._binding, self._options = session, binding, options
+        self._session, self._bind, self._on_failure = session, bind, on_failure
+        self._binding, self._options = bind(session)
         self._output_names, self._buffers = output_names, buffers
 
     def __call__(self) -> None:
-        self._session.run_with_iobinding(self._binding, self._options)
+        try:
+            self._session.run_with_iobinding(self._binding, self._options)
+        except Exception as err:
+            if self._on_failure is None:
+                raise
+            self._session, self._on_failure = self._on_failure(err), None
+            self._binding, self._options = self._bind(self._session)
+            self._session.run_with_iobinding(self._binding, self._options)
         self._binding.synchronize_outputs()
 
     def outputs(self) -> dict[str, np.ndarray]:
@@ -193,11 +204,16 @@ class Session:
             options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         providers = resolve_providers(provider)
         self.cuda_graph = False
+        self._plain_session: Callable[[], ort.InferenceSession] | None = None
         if cuda_graph and providers[0] == CUDA:
             try:
                 graph_providers = [(CUDA, {"enable_cuda_graph": "1"}), CPU]
                 self._session = ort.InferenceSession(model, options, providers=graph_providers)
                 self.cuda_graph = True
+                # Capture happens at the first runs; if it fails there, run without the graph.
+                self._plain_session = functools.partial(
+                    ort.InferenceSession, model, options, providers=providers
+                )
             except Exception as err:  # e.g. nodes that must run on the CPU
                 logger.warning(
                     "CUDA graph capture not possible (%s); running without it", str(err).splitlines()[0]
@@ -223,13 +239,29 @@ class Session:
     def batch_axis(self, output: str) -> int:
         return self._batch_axis.get(output, 0)
 
+    def _drop_cuda_graph(self, err: Exception) -> ort.InferenceSession:
+        """A CUDA graph failed at capture or replay: the same model without it, from now on."""
+        if self._plain_session is None:  # not a graph session: nothing to fall back to
+            raise err
+        logger.warning(
+            "CUDA graph capture failed (%s); running without it",
+            (str(err).strip() or repr(err)).splitlines()[0],
+        )
+        self._session, self._plain_session, self.cuda_graph = self._plain_session(), None, False
+        return self._session
+
     def run(
         self, feeds: Mapping[str, np.ndarray] | np.ndarray, outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         if isinstance(feeds, np.ndarray):
             feeds = {self.inputs[0].name: feeds}
         names = outputs or self.output_names
-        return dict(zip(names, self._session.run(names, dict(feeds)), strict=True))
+        options = None
+        if self.cuda_graph:
+            # A graph replays fixed device addresses; plain runs copy feeds anew, so skip it.
+            options = ort.RunOptions()
+            options.add_run_config_entry("gpu_graph_id", "-1")
+        return dict(zip(names, self._session.run(names, dict(feeds), options), strict=True))
 
     def runner(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
         """A zero-argument callable that runs the model on ``feeds`` again and again.
@@ -268,30 +300,39 @@ class Session:
         pre-allocated there at :meth:`output_shapes`, so every run reads and writes the same
         buffers. A CUDA graph replays exactly those addresses, so without known output shapes it
         is skipped for these runs (logged) rather than replayed into buffers nobody reads."""
-        binding = self._session.io_binding()
-        buffers = [
-            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device, 0)
-            for value in feeds.values()
-        ]
-        for name, value in zip(feeds, buffers, strict=True):
-            binding.bind_ortvalue_input(name, value)
-        run_options = ort.RunOptions()
+        inputs = {
+            name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device, 0)
+            for name, value in feeds.items()
+        }
         shapes = self.output_shapes(feeds)
-        if shapes is None:
-            for name in self.output_names:
-                binding.bind_output(name, device, 0)
-            if self.cuda_graph:
-                logger.warning("output shapes unknown before the first run; CUDA graph not used")
-                run_options.add_run_config_entry("gpu_graph_id", "-1")
-        else:
-            types = {
-                o.name: np.dtype(_ORT_TYPES.get(o.type, np.float32)) for o in self._session.get_outputs()
+        if shapes is None and self.cuda_graph:
+            logger.warning("output shapes unknown before the first run; CUDA graph not used")
+        types = {o.name: np.dtype(_ORT_TYPES.get(o.type, np.float32)) for o in self._session.get_outputs()}
+        outputs = (
+            {}
+            if shapes is None
+            else {
+                name: ort.OrtValue.ortvalue_from_shape_and_type(shapes[name], types[name], device, 0)
+                for name in self.output_names
             }
+        )
+
+        def bind(session: ort.InferenceSession) -> tuple[ort.IOBinding, ort.RunOptions]:
+            binding, run_options = session.io_binding(), ort.RunOptions()
+            for name, value in inputs.items():
+                binding.bind_ortvalue_input(name, value)
             for name in self.output_names:
-                out = ort.OrtValue.ortvalue_from_shape_and_type(shapes[name], types[name], device, 0)
-                binding.bind_ortvalue_output(name, out)
-                buffers.append(out)
-        return BoundRun(self._session, binding, run_options, self.output_names, buffers)
+                if name in outputs:
+                    binding.bind_ortvalue_output(name, outputs[name])
+                else:
+                    binding.bind_output(name, device, 0)
+            if shapes is None and self.cuda_graph:
+                run_options.add_run_config_entry("gpu_graph_id", "-1")
+            return binding, run_options
+
+        on_failure = self._drop_cuda_graph if self.cuda_graph else None
+        buffers = [*inputs.values(), *outputs.values()]
+        return BoundRun(self._session, bind, self.output_names, buffers, on_failure)
 
     def iter_run(
         self,
