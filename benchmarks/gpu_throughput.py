@@ -172,7 +172,7 @@ def main() -> None:
         "provider": args.provider,
         "target_ratio": round(TARGET_RATIO, 4),
         "machine": f"{platform.machine()}, onnxruntime {ort.__version__}, {gpu_name()}",
-        "repeats": "interleaved ANN/SNN pairs filling min_seconds (>= 5), IO-bound; per (model, T, layout) a process of its own",
+        "repeats": "rounds of one SNN run and T back-to-back ANN runs filling min_seconds (>= 5), IO-bound; per (model, T, layout) a process of its own",
         "min_seconds": args.min_seconds,
         "rows": [],
         "skipped": [],

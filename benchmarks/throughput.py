@@ -187,7 +187,7 @@ def main() -> None:
     report: dict = {
         "benchmark": "throughput",
         "batch": BATCH,
-        "repeats": "icsnn-onnx: interleaved ANN/SNN pairs filling ~3 s (>= 5); SpikingJelly: 5 rounds (3 when one takes > 10 s) of its two step modes, interleaved, in a process of its own",
+        "repeats": "icsnn-onnx: rounds of one SNN run and T back-to-back ANN runs, filling ~3 s (>= 5); SpikingJelly: 5 rounds (3 when one takes > 10 s) of its two step modes, interleaved, in a process of its own",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, onnxruntime {ort.__version__} CPU",
         "models": {k: v for k, v in kept.items() if k not in args.models},  # remeasure only these
     }

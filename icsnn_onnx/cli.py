@@ -310,7 +310,10 @@ def _bench(args: argparse.Namespace) -> int:
         print(json.dumps(r.as_dict(), indent=2))
         return 0
     graph = " with CUDA graphs" if r.cuda_graph else ""
-    print(f"batch {r.batch}, {r.provider}{graph}, median of {len(r.ann.runs_s)} interleaved runs")
+    print(
+        f"batch {r.batch}, {r.provider}{graph}, median of {len(r.snn.runs_s)} SNN runs, each after a "
+        f"block of T={r.T} ANN runs"
+    )
     print(f"ANN  {1000 * r.ann.median_s:9.2f} ms  {r.ann.images_per_s:10.1f} images/s")
     print(f"SNN  {1000 * r.snn.median_s:9.2f} ms  {r.snn.images_per_s:10.1f} images/s  (T={r.T})")
     print(

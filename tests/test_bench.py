@@ -167,3 +167,24 @@ def test_plain_runs_of_a_graph_session_skip_the_graph(pair):
     session.cuda_graph = True
     session.run(feeds)
     assert seen == [None, "-1"]
+
+
+def test_the_dense_bound_is_timed_as_t_ann_passes_in_a_row(pair, monkeypatch):
+    """Each SNN run alternates with a block of T ANN runs; one sample per block."""
+    calls: list[str] = []
+    runner = Session.runner
+
+    def counting_runner(self, feeds):
+        run, kind = runner(self, feeds), "snn" if "icsnn.T" in self.metadata else "ann"
+
+        def counted():
+            calls.append(kind)
+            run()
+
+        return counted
+
+    monkeypatch.setattr(Session, "runner", counting_runner)
+    result = bench(*pair, batch=4, repeats=3, warmup=1)
+    # SNN alone twice (its own peak memory), then warm-up and 3 rounds: [ANN × T, SNN] each.
+    assert calls == ["snn", "snn"] + (["ann"] * 4 + ["snn"]) * 4
+    assert len(result.ann.runs_s) == len(result.snn.runs_s) == 3
