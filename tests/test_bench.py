@@ -188,3 +188,21 @@ def test_the_dense_bound_is_timed_as_t_ann_passes_in_a_row(pair, monkeypatch):
     # SNN alone twice (its own peak memory), then warm-up and 3 rounds: [ANN × T, SNN] each.
     assert calls == ["snn", "snn"] + (["ann"] * 4 + ["snn"]) * 4
     assert len(result.ann.runs_s) == len(result.snn.runs_s) == 3
+
+
+def test_each_bound_runner_of_a_graph_session_replays_a_graph_of_its_own(pair):
+    """A CUDA graph is captured for one batch's shapes and buffers; another batch size on the
+    same session must not replay it."""
+    session = Session(pair[1], provider="cpu")
+    session.cuda_graph = True  # stands in for a graph session: only the run options are read
+    ids = [
+        session.bound_runner(random_feeds(session.inputs, n), "cpu")._options.get_run_config_entry(
+            "gpu_graph_id"
+        )
+        for n in (2, 3, 2)
+    ]
+    assert ids == ["0", "1", "2"]
+    session.cuda_graph = False
+    plain = session.bound_runner(random_feeds(session.inputs, 2), "cpu")._options
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        plain.get_run_config_entry("gpu_graph_id")

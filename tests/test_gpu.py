@@ -63,3 +63,15 @@ def test_bench_on_cuda_keeps_batches_on_the_device(compiled):
         compiled["ann"], compiled["step-major"], batch=64, provider="cuda", cuda_graph=True, repeats=5
     )
     assert graph.cuda_graph and graph.snn.median_s > 0
+
+
+def test_graphs_of_two_batch_sizes_on_one_session_each_replay_their_own(compiled):
+    session = Session(compiled["step-major"], provider="cuda", cuda_graph=True)
+    plain = Session(compiled["step-major"], provider="cuda")
+    runs = {n: session.bound_runner(random_feeds(session.inputs, n, seed=n), "cuda") for n in (8, 24)}
+    for _ in range(3):  # captures, then replays, alternating
+        for n, run in runs.items():
+            run()
+            expected = plain.run(random_feeds(session.inputs, n, seed=n))["y"]
+            np.testing.assert_allclose(run.outputs()["y"], expected, rtol=1e-5, atol=1e-5)
+    assert session.cuda_graph

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -205,6 +206,7 @@ class Session:
         providers = resolve_providers(provider)
         self.cuda_graph = False
         self._plain_session: Callable[[], ort.InferenceSession] | None = None
+        self._graph_ids = itertools.count()  # one CUDA graph per bound runner (its shapes, buffers)
         if cuda_graph and providers[0] == CUDA:
             try:
                 graph_providers = [(CUDA, {"enable_cuda_graph": "1"}), CPU]
@@ -298,8 +300,10 @@ class Session:
     def bound_runner(self, feeds: Mapping[str, np.ndarray], device: str) -> BoundRun:
         """:meth:`runner` with IO binding on ``device``: inputs copied there once, outputs
         pre-allocated there at :meth:`output_shapes`, so every run reads and writes the same
-        buffers. A CUDA graph replays exactly those addresses, so without known output shapes it
-        is skipped for these runs (logged) rather than replayed into buffers nobody reads."""
+        buffers. A CUDA graph replays exactly those addresses and shapes: each bound runner
+        captures a graph of its own (``gpu_graph_id``), so runners of other batch sizes on the
+        same session stay correct; without known output shapes the graph is skipped for these runs
+        (logged) rather than replayed into buffers nobody reads."""
         inputs = {
             name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device, 0)
             for name, value in feeds.items()
@@ -307,6 +311,7 @@ class Session:
         shapes = self.output_shapes(feeds)
         if shapes is None and self.cuda_graph:
             logger.warning("output shapes unknown before the first run; CUDA graph not used")
+        graph_id = "-1" if shapes is None else str(next(self._graph_ids))
         types = {o.name: np.dtype(_ORT_TYPES.get(o.type, np.float32)) for o in self._session.get_outputs()}
         outputs = (
             {}
@@ -326,8 +331,8 @@ class Session:
                     binding.bind_ortvalue_output(name, outputs[name])
                 else:
                     binding.bind_output(name, device, 0)
-            if shapes is None and self.cuda_graph:
-                run_options.add_run_config_entry("gpu_graph_id", "-1")
+            if self.cuda_graph:  # read at each binding: False once a failed capture fell back
+                run_options.add_run_config_entry("gpu_graph_id", graph_id)
             return binding, run_options
 
         on_failure = self._drop_cuda_graph if self.cuda_graph else None
