@@ -5,9 +5,10 @@ The GPU check of the fast-execution issue: batch 256, T ∈ {4, 16}, the models 
 target's 1×1-convolution neurons are exact only in float32, and a GPU may convolve in TF32).
 Target: SNN throughput ≥ 0.9 × ANN throughput / T, i.e. SNN / (T × ANN) ≤ 1/0.9 ≈ 1.11.
 
-Each row also checks that the SNN computes on the GPU what it computes on the CPU (TF32
-convolutions may move a membrane potential across θ): max |Δ| of the outputs and the share of
-equal predicted classes on 32 images, for the ANN and the SNN.
+Each row also checks that the SNN computes on the GPU what it computes on the CPU: max |Δ| of the
+outputs and the share of equal predicted classes on 32 images, for the ANN and the SNN, with
+ONNX Runtime's default TF32 convolutions (which may move a membrane potential across θ) and
+without them (``use_tf32=0``).
 
 Each (model, T, layout) is timed in a process of its own (IO binding, outputs pre-allocated; the
 ANN and SNN interleaved, median), plain CUDA first, then with a CUDA graph. Rows run T=4 first,
@@ -67,12 +68,13 @@ def gpu_memory_mib() -> float | None:
     return None
 
 
-def agreement(path: str, provider: str) -> dict:
+def agreement(path: str, provider: str, cuda_options: dict[str, str] | None = None) -> dict:
     """The model's outputs on ``provider`` against the same model on the CPU."""
     from icsnn_onnx.runtime import Session
     from icsnn_onnx.runtime.bench import random_feeds
 
-    here, cpu = Session(path, provider=provider), Session(path, provider="cpu")
+    here = Session(path, provider=provider, cuda_options=cuda_options)
+    cpu = Session(path, provider="cpu")
     feeds = random_feeds(here.inputs, AGREEMENT_BATCH, seed=1)
     name = here.output_names[0]
     a, b = here.run(feeds)[name], cpu.run(feeds)[name]
@@ -115,7 +117,15 @@ def worker(ann: str, snn: str, provider: str, batch: int, min_seconds: float) ->
         result[key] = {**timing.as_dict(), "wall_s": round(time.perf_counter() - start, 2)}
         result[key]["gpu_memory_mib"] = gpu_memory_mib()
     try:
-        result["agreement"] = {"ann": agreement(ann, provider), "snn": agreement(snn, provider)}
+        # ONNX Runtime's CUDA convolutions default to TF32 (10-bit significands); without it they
+        # differ from the CPU's only by summation order.
+        fp32 = {"use_tf32": "0"}
+        result["agreement"] = {
+            "ann": agreement(ann, provider),
+            "snn": agreement(snn, provider),
+            "ann_no_tf32": agreement(ann, provider, fp32),
+            "snn_no_tf32": agreement(snn, provider, fp32),
+        }
     except Exception as err:
         result["agreement"] = {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"}
     return result
@@ -236,8 +246,10 @@ def _ratio(mode: dict) -> str:
 
 
 def _same_class(row: dict) -> str:
-    snn = row["agreement"].get("snn")
-    return "n/a" if snn is None else f"{snn['same_class']:.1%} (max|Δ| {snn['max_abs_diff']:.2g})"
+    shares = [row["agreement"].get(k) for k in ("snn", "snn_no_tf32")]
+    if None in shares:
+        return "n/a"
+    return " / ".join(f"{a['same_class']:.1%} (max|Δ| {a['max_abs_diff']:.2g})" for a in shares)
 
 
 def summary(row: dict) -> str:
@@ -258,7 +270,7 @@ def _ms(mode: dict, net: str) -> str:
 def table(report: dict) -> str:
     """Markdown table of the rows: ms per batch, ratio to T × ANN, with and without CUDA graphs."""
     lines = [
-        "| model | T | layout | ANN | SNN | SNN / (T × ANN) | ANN, graph | SNN, graph | SNN / (T × ANN), graph | SNN vs CPU: same class |",
+        "| model | T | layout | ANN | SNN | SNN / (T × ANN) | ANN, graph | SNN, graph | SNN / (T × ANN), graph | SNN vs CPU, same class: TF32 on / off |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in report["rows"]:

@@ -62,9 +62,13 @@ def test_gpu_throughput_reports_a_failed_mode_beside_the_other():
         "layout": "step-major",
         "plain": plain,
         "cuda_graph": {"error": "RuntimeError: capture failed"},
-        "agreement": {"snn": {"same_class": 1.0, "max_abs_diff": 0.0}},
+        "agreement": {
+            "snn": {"same_class": 1.0, "max_abs_diff": 0.0},
+            "snn_no_tf32": {"same_class": 0.5, "max_abs_diff": 1.0},
+        },
     }
-    assert "| 1.00 ms | 4.50 ms | 1.12 (no graph) | failed | failed | failed | 100.0%" in module.table(
-        {"rows": [row]}
+    assert (
+        "| 1.00 ms | 4.50 ms | 1.12 (no graph) | failed | failed | failed | 100.0% (max|Δ| 0) / 50.0% (max|Δ| 1) |"
+        in module.table({"rows": [row]})
     )
     assert "cuda_graph: RuntimeError: capture failed" in module.summary(row)

@@ -61,3 +61,34 @@ def test_predicted_labels():
     assert predicted_labels(np.array([[0.1, 0.9], [2.0, 1.0]])).tolist() == [1, 0]
     with pytest.raises(icsnn_onnx.DataError):
         predicted_labels(np.array([0.5, 0.2]))
+
+
+def test_cuda_options_reach_the_cuda_provider_and_are_ignored_off_cuda(monkeypatch):
+    import onnxruntime as ort
+
+    from icsnn_onnx.runtime import session as session_module
+
+    seen, real = [], ort.InferenceSession
+
+    class Recording:
+        def __init__(self, model, options, providers):
+            seen.append(providers)
+            self._session = real(model, options, providers=["CPUExecutionProvider"])
+
+        def __getattr__(self, name):
+            return getattr(self._session, name)
+
+    model = models.mlp_opset9().SerializeToString()
+    monkeypatch.setattr(session_module.ort, "InferenceSession", Recording)
+    Session(model, provider="cpu", cuda_options={"device_id": 1})
+    assert seen[-1] == ["CPUExecutionProvider"]
+    monkeypatch.setattr(
+        session_module, "resolve_providers", lambda p: [session_module.CUDA, session_module.CPU]
+    )
+    Session(model, provider="cuda", cuda_options={"device_id": 1, "use_tf32": "0"})
+    assert seen[-1] == [(session_module.CUDA, {"device_id": "1", "use_tf32": "0"}), "CPUExecutionProvider"]
+    Session(model, provider="cuda", cuda_graph=True, cuda_options={"use_tf32": "0"})
+    assert seen[-1] == [
+        (session_module.CUDA, {"use_tf32": "0", "enable_cuda_graph": "1"}),
+        "CPUExecutionProvider",
+    ]

@@ -171,7 +171,8 @@ class Session:
     Tuned for throughput: all graph optimizations, one intra-op thread per available core,
     memory-pattern planning. On CUDA, :meth:`runner` keeps inputs and outputs on the device (IO
     binding) and, with ``cuda_graph=True``, replays a captured CUDA graph; if capture is not
-    possible the session falls back to plain CUDA execution and logs why.
+    possible the session falls back to plain CUDA execution and logs why. ``cuda_options`` go to
+    ONNX Runtime's CUDA provider as they are (``device_id``, ``use_tf32``, …); ignored off CUDA.
     """
 
     def __init__(
@@ -181,6 +182,7 @@ class Session:
         threads: int | None = None,
         cuda_graph: bool = False,
         spin: bool = True,
+        cuda_options: Mapping[str, str] | None = None,
     ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -203,13 +205,19 @@ class Session:
             # portable neurons fare worse that way (ResNet-18 1.2 → 2.6 GiB), so they keep the
             # default order.
             options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-        providers = resolve_providers(provider)
+        names = resolve_providers(provider)
+        on_cuda = names[0] == CUDA
+        # e.g. {"device_id": "1"}, {"use_tf32": "0"}: ONNX Runtime's CUDA provider options.
+        cuda_options = {k: str(v) for k, v in (cuda_options or {}).items()}
+        providers: list[str | tuple[str, dict[str, str]]] = list(names)
+        if on_cuda:
+            providers[0] = (CUDA, cuda_options)
         self.cuda_graph = False
         self._plain_session: Callable[[], ort.InferenceSession] | None = None
         self._graph_ids = itertools.count()  # one CUDA graph per bound runner (its shapes, buffers)
-        if cuda_graph and providers[0] == CUDA:
+        if cuda_graph and on_cuda:
             try:
-                graph_providers = [(CUDA, {"enable_cuda_graph": "1"}), CPU]
+                graph_providers = [(CUDA, {**cuda_options, "enable_cuda_graph": "1"}), CPU]
                 self._session = ort.InferenceSession(model, options, providers=graph_providers)
                 self.cuda_graph = True
                 # Capture happens at the first runs; if it fails there, run without the graph.
@@ -221,7 +229,7 @@ class Session:
                     "CUDA graph capture not possible (%s); running without it", str(err).splitlines()[0]
                 )
         elif cuda_graph:
-            logger.info("CUDA graphs need the CUDA provider; running on %s without them", providers[0])
+            logger.info("CUDA graphs need the CUDA provider; running on %s without them", names[0])
         if not self.cuda_graph:
             self._session = ort.InferenceSession(model, options, providers=providers)
         self.provider = self._session.get_providers()[0]
