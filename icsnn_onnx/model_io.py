@@ -20,8 +20,11 @@ from icsnn_onnx.errors import ModelLoadError, OutputExistsError
 _PROTOBUF_LIMIT = 2**31 - 1 - 2**24  # leave headroom under protobuf's 2 GiB limit
 
 
-def load_model(source: str | Path | bytes | onnx.ModelProto) -> onnx.ModelProto:
-    """Load a model (external data included) without modifying the source."""
+def load_model(
+    source: str | Path | bytes | onnx.ModelProto, *, external_data: bool = True
+) -> onnx.ModelProto:
+    """Load a model (external data included unless ``external_data=False``) without modifying
+    the source."""
     if isinstance(source, onnx.ModelProto):
         return source
     if isinstance(source, bytes):
@@ -33,7 +36,7 @@ def load_model(source: str | Path | bytes | onnx.ModelProto) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not a file")
     if not os.access(path, os.R_OK):
         raise ModelLoadError(f"{path}: not readable")
-    return _parse(lambda: onnx.load(str(path)), str(path))
+    return _parse(lambda: onnx.load(str(path), load_external_data=external_data), str(path))
 
 
 def _parse(read: object, where: str) -> onnx.ModelProto:

@@ -148,6 +148,35 @@ def test_not_onnx(files, capsys):
     assert not (tmp / "o.onnx").exists()
 
 
+@pytest.mark.parametrize("command", ["eval", "bench", "inspect"])
+def test_commands_that_run_a_model_report_a_missing_or_broken_one_in_one_line(files, capsys, command):
+    tmp, model = files
+    (tmp / "text.onnx").write_text("this is not a model\n" * 20)
+    for bad, fragment in (("nope.onnx", "no such file"), ("text.onnx", "not an ONNX model")):
+        args = {
+            "eval": [str(tmp / bad), "--data", str(tmp / "test.npz")],
+            "bench": [str(model), str(tmp / bad)],
+            "inspect": [str(tmp / bad)],
+        }[command]
+        _one_line_error(capsys, main([command, *args, "-q"]), bad, fragment)
+
+
+def test_a_model_onnx_runtime_cannot_load_is_a_user_error(files, capsys):
+    tmp, _ = files
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp / "odd.onnx"
+    )
+    np.savez(tmp / "one.npz", x=np.zeros((2, 1), np.float32))
+    code = main(["eval", str(tmp / "odd.onnx"), "--data", str(tmp / "one.npz"), "-q"])
+    _one_line_error(capsys, code, "odd.onnx", "ONNX Runtime cannot load it", "NoSuchOp")
+
+
 def test_truncated_file(files, capsys):
     tmp, model = files
     data = model.read_bytes()

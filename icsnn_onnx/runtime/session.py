@@ -23,7 +23,8 @@ from onnx import TensorProto, helper
 
 from icsnn_onnx.contract import PER_STEP_OUTPUTS_KEY
 from icsnn_onnx.data import Dataset, InputSpec
-from icsnn_onnx.errors import ProviderUnavailableError
+from icsnn_onnx.errors import ModelLoadError, ProviderUnavailableError
+from icsnn_onnx.model_io import load_model
 from icsnn_onnx.progress import ProgressFactory, silent
 
 logger = logging.getLogger(__name__)
@@ -123,12 +124,19 @@ def target_mismatch(metadata: Mapping[str, str], provider: str) -> str | None:
 
 
 def _metadata(model: str | bytes | onnx.ModelProto) -> dict[str, str]:
-    """A model's ``metadata_props`` before ONNX Runtime loads it (external data not read)."""
-    if isinstance(model, bytes):
-        model = onnx.load_from_string(model)
-    elif not isinstance(model, onnx.ModelProto):
-        model = onnx.load(model, load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+    """A model's ``metadata_props`` before ONNX Runtime loads it (external data not read); a
+    missing or broken file is a :class:`ModelLoadError`."""
+    proto = load_model(model, external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+# What ONNX Runtime raises for a model it cannot load (a bad graph, an op it lacks), as opposed to
+# a provider failing.
+_ORT_LOAD_ERRORS = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in ("InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NotImplemented", "Fail")
+    if hasattr(ort.capi.onnxruntime_pybind11_state, name)
+)
 
 
 class BoundRun:
@@ -231,7 +239,13 @@ class Session:
         elif cuda_graph:
             logger.info("CUDA graphs need the CUDA provider; running on %s without them", names[0])
         if not self.cuda_graph:
-            self._session = ort.InferenceSession(model, options, providers=providers)
+            try:
+                self._session = ort.InferenceSession(model, options, providers=providers)
+            except _ORT_LOAD_ERRORS as err:
+                where = "the given model" if isinstance(model, bytes) else model
+                raise ModelLoadError(
+                    f"{where}: ONNX Runtime cannot load it: {str(err).strip().splitlines()[0]}"
+                ) from err
         self.provider = self._session.get_providers()[0]
         _log_provider_once(self.provider)
         self.inputs = [
