@@ -140,6 +140,19 @@ def test_a_cuda_graph_that_fails_at_capture_falls_back_to_plain_runs(pair, caplo
     np.testing.assert_allclose(run.outputs()["y"], expected, rtol=1e-6)
 
 
+def test_runners_whose_captures_fail_share_one_plain_session(pair):
+    session = Session(pair[1], provider="cpu")
+    expected = {n: session.run(random_feeds(session.inputs, n))["y"] for n in (2, 3)}
+    plain, built = session._session, []
+    session._session, session.cuda_graph = _CaptureFails(plain), True
+    session._plain_session = lambda: built.append(1) or plain
+    runs = {n: session.bound_runner(random_feeds(session.inputs, n), "cpu") for n in (2, 3)}
+    for n, run in runs.items():  # the second runner was bound to the graph session too
+        run()
+        np.testing.assert_allclose(run.outputs()["y"], expected[n], rtol=1e-6)
+    assert built == [1] and session._session is plain and not session.cuda_graph
+
+
 def test_a_failing_run_without_a_graph_raises(pair):
     session = Session(pair[1], provider="cpu")
     session._session = _CaptureFails(session._session)

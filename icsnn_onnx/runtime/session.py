@@ -264,14 +264,14 @@ class Session:
         return self._batch_axis.get(output, 0)
 
     def _drop_cuda_graph(self, err: Exception) -> ort.InferenceSession:
-        """A CUDA graph failed at capture or replay: the same model without it, from now on."""
-        if self._plain_session is None:  # not a graph session: nothing to fall back to
-            raise err
+        """A bound runner's CUDA graph failed at capture or replay: the same model without
+        graphs, from now on (built at the first failure, shared by every runner that fails)."""
         logger.warning(
             "CUDA graph capture failed (%s); running without it",
             (str(err).strip() or repr(err)).splitlines()[0],
         )
-        self._session, self._plain_session, self.cuda_graph = self._plain_session(), None, False
+        if self._plain_session is not None:
+            self._session, self._plain_session, self.cuda_graph = self._plain_session(), None, False
         return self._session
 
     def run(
