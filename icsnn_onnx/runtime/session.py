@@ -139,6 +139,11 @@ _ORT_LOAD_ERRORS = tuple(
 )
 
 
+def _first_line(err: Exception) -> str:
+    """An exception's message for one log line (ONNX Runtime's run to many; some are empty)."""
+    return (str(err).strip() or repr(err)).splitlines()[0]
+
+
 class BoundRun:
     """One IO-bound run, repeatable: ``run()`` executes, ``run.outputs()`` copies the results to
     the host. It owns the device buffers, which must outlive every replay.
@@ -233,9 +238,7 @@ class Session:
                     ort.InferenceSession, model, options, providers=providers
                 )
             except Exception as err:  # e.g. nodes that must run on the CPU
-                logger.warning(
-                    "CUDA graph capture not possible (%s); running without it", str(err).splitlines()[0]
-                )
+                logger.warning("CUDA graph capture not possible (%s); running without it", _first_line(err))
         elif cuda_graph:
             logger.info("CUDA graphs need the CUDA provider; running on %s without them", names[0])
         if not self.cuda_graph:
@@ -243,9 +246,7 @@ class Session:
                 self._session = ort.InferenceSession(model, options, providers=providers)
             except _ORT_LOAD_ERRORS as err:
                 where = "the given model" if isinstance(model, bytes) else model
-                raise ModelLoadError(
-                    f"{where}: ONNX Runtime cannot load it: {str(err).strip().splitlines()[0]}"
-                ) from err
+                raise ModelLoadError(f"{where}: ONNX Runtime cannot load it: {_first_line(err)}") from err
         self.provider = self._session.get_providers()[0]
         _log_provider_once(self.provider)
         self.inputs = [
@@ -268,7 +269,7 @@ class Session:
         graphs, from now on (built at the first failure, shared by every runner that fails)."""
         logger.warning(
             "CUDA graph capture failed (%s); running without it",
-            (str(err).strip() or repr(err)).splitlines()[0],
+            _first_line(err),
         )
         if self._plain_session is not None:
             self._session, self._plain_session, self.cuda_graph = self._plain_session(), None, False
