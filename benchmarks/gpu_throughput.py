@@ -50,18 +50,23 @@ TARGET_RATIO = 1 / 0.9  # SNN ≥ 0.9 × ANN / T  ⇔  SNN time ≤ T × ANN tim
 AGREEMENT_BATCH = 32
 
 
-def gpu_memory_mib() -> float | None:
-    """GPU memory this process holds (nvidia-smi), or None where that cannot be read."""
+def nvidia_smi(query: str) -> str:
+    """``nvidia-smi --QUERY --format=csv,noheader,nounits``'s output; "" where it cannot run."""
     try:
         done = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            ["nvidia-smi", f"--{query}", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=20,
         )
     except (OSError, subprocess.SubprocessError):
-        return None
-    for line in done.stdout.splitlines():
+        return ""
+    return done.stdout.strip()
+
+
+def gpu_memory_mib() -> float | None:
+    """GPU memory this process holds (nvidia-smi), or None where that cannot be read."""
+    for line in nvidia_smi("query-compute-apps=pid,used_memory").splitlines():
         pid, _, used = line.partition(",")
         if pid.strip() == str(os.getpid()):
             return float(used)
@@ -112,7 +117,7 @@ def worker(ann: str, snn: str, provider: str, batch: int, min_seconds: float) ->
                 ann, snn, batch=batch, provider=provider, cuda_graph=cuda_graph, min_seconds=min_seconds
             )
         except Exception as err:
-            result[key] = {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"}
+            result[key] = {"error": _error(err)}
             continue
         result[key] = {**timing.as_dict(), "wall_s": round(time.perf_counter() - start, 2)}
         result[key]["gpu_memory_mib"] = gpu_memory_mib()
@@ -127,21 +132,13 @@ def worker(ann: str, snn: str, provider: str, batch: int, min_seconds: float) ->
             "snn_no_tf32": agreement(snn, provider, fp32),
         }
     except Exception as err:
-        result["agreement"] = {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"}
+        result["agreement"] = {"error": _error(err)}
     return result
 
 
-def in_subprocess(*args: str, timeout: float) -> dict:
-    try:
-        done = subprocess.run(
-            [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit {done.returncode}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def _error(err: Exception) -> str:
+    message = (str(err).strip() or "(no message)").splitlines()[0]
+    return f"{type(err).__name__}: {message[:300]}"
 
 
 def main() -> None:
@@ -181,7 +178,7 @@ def main() -> None:
         "batch": args.batch,
         "provider": args.provider,
         "target_ratio": round(TARGET_RATIO, 4),
-        "machine": f"{platform.machine()}, onnxruntime {ort.__version__}, {gpu_name()}",
+        "machine": f"{platform.machine()}, onnxruntime {ort.__version__}, {nvidia_smi('query-gpu=name') or 'no GPU'}",
         "repeats": "rounds of one SNN run and T back-to-back ANN runs filling min_seconds (>= 5), IO-bound; per (model, T, layout) a process of its own",
         "min_seconds": args.min_seconds,
         "rows": [],
@@ -203,12 +200,13 @@ def main() -> None:
                 compile_s = time.perf_counter() - start
                 snn_path = CACHE / f"{name}.T{T}.{layout}.snn.onnx"
                 icsnn_onnx.save_model(snn, snn_path, force=True)
-                measured = in_subprocess(
+                measured = throughput.in_subprocess(
                     str(anns[name]),
                     str(snn_path),
                     args.provider,
                     str(args.batch),
                     str(args.min_seconds),
+                    script=__file__,
                     timeout=max(60.0, args.budget_s + 180 - elapsed),
                 )
                 row = {
@@ -227,16 +225,6 @@ def main() -> None:
     if report["rows"]:
         plot(report, out.with_suffix(".png"))
     print(table(report))
-
-
-def gpu_name() -> str:
-    try:
-        done = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
-        )
-        return done.stdout.strip() or "no GPU"
-    except OSError:
-        return "no GPU"
 
 
 def _ratio(mode: dict) -> str:

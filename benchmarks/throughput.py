@@ -146,10 +146,15 @@ def worker_spikingjelly(name: str, T: int) -> dict:
     }
 
 
-def in_subprocess(*args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, timeout=3000
-    )
+def in_subprocess(*args: str, script: str = __file__, timeout: float = 3000) -> dict:
+    """``script --worker ARGS`` in a fresh process: the JSON of its last output line, or
+    ``{"error": ...}`` (its last stderr line, or the timeout)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, script, "--worker", *args], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
     if done.returncode != 0:
         return {
             "error": done.stderr.strip().splitlines()[-1]
