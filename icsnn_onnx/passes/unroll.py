@@ -42,7 +42,7 @@ import onnx_graphsurgeon as gs
 from icsnn_onnx import neuron
 from icsnn_onnx.contract import PER_STEP_OUTPUTS_KEY, PER_STEP_SUFFIX
 from icsnn_onnx.errors import ConversionError
-from icsnn_onnx.options import TARGETS
+from icsnn_onnx.options import LAYOUTS, TARGETS
 from icsnn_onnx.passes import Pass, PassResult, require
 from icsnn_onnx.passes.graph_utils import detach
 from icsnn_onnx.passes.insert_neurons import is_neuron
@@ -52,7 +52,6 @@ from icsnn_onnx.program import ActivationKind, EncodingKind, InputEncoder, Progr
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("auto", "time-batched", "step-major")
 # ONNX Runtime's CPU provider blocks channels by 8 (AVX2) or 16 (AVX-512); a channel count it
 # cannot block would run the channelwise neuron's Convs unblocked, slower than elementwise ops.
 CHANNEL_BLOCK = 16
