@@ -7,8 +7,14 @@ prices each operator an IF neuron can be built from on a tensor the size of the 
 layer at batch 64 (64 × 32 × 28 × 28 floats). Same models and weights as throughput.py, 2 threads,
 no spinning.
 
+It also measures a floor: the same compiled SNNs with every neuron's body (the model-local
+``icsnn`` function each neuron calls) replaced by one ``Add`` of its state and its input — less
+work than any IF neuron can do, fused kernel or not, since one must at least read both and write
+its state — timed against the ANN pass, interleaved, median of several rounds. What that floor
+costs per step over one ANN pass bounds, from below, every neuron implementation on these kernels.
+
     pip install -e ".[bench]"
-    python benchmarks/step_cost.py           # ~1 min on 2 CPU cores
+    python benchmarks/step_cost.py           # ~1.5 min on 2 CPU cores
 
 Writes benchmarks/results/step_cost.{json,png}.
 """
@@ -139,6 +145,58 @@ def operator_costs() -> dict[str, float]:
     return {op: round(ms, 4) for op, ms in per_op.items()}
 
 
+FLOOR_ROUNDS = 7
+
+
+def neuron_floor_model(path: str) -> bytes:
+    """The model at ``path`` with each ``icsnn`` neuron function's body replaced by
+    ``v_next = v + z; out = v_next``: the least any stateful neuron does per step."""
+    import onnx
+    from onnx import helper
+
+    from icsnn_onnx.neuron import DOMAIN
+
+    model = onnx.load(path)
+    replaced = 0
+    for function in model.functions:
+        if function.domain != DOMAIN:
+            continue
+        del function.node[:]
+        function.node.extend(
+            [
+                helper.make_node("Add", ["v", "z"], ["v_next"], name="integrate_only"),
+                helper.make_node("Identity", ["v_next"], ["out"], name="out"),
+            ]
+        )
+        replaced += 1
+    if not replaced:
+        raise ValueError(f"{path} calls no {DOMAIN} neuron function")
+    return model.SerializeToString()
+
+
+def neuron_floor(ann: str, snns: dict[str, str], feeds: dict) -> dict:
+    """Per-step time of each SNN, real and with :func:`neuron_floor_model`'s neurons, over one
+    ANN pass: each round times every model once (ANN first), the median round is reported."""
+    sessions = {"ANN": session(ann)}
+    for name, path in snns.items():
+        sessions[name] = session(path)
+        sessions[f"{name}, one-Add neurons"] = session(neuron_floor_model(path))
+    rounds: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(FLOOR_ROUNDS):
+        ann_ms = 1000 * median_run_s(sessions["ANN"], feeds, 15)
+        rounds["ANN"].append(ann_ms)
+        for name, sess in sessions.items():
+            if name != "ANN":
+                rounds[name].append(1000 * median_run_s(sess, feeds, 5) / T / ann_ms)
+    return {
+        "ann_pass_ms": round(statistics.median(rounds["ANN"]), 3),
+        "step_over_ann_pass": {
+            name: round(statistics.median(ratios), 2) for name, ratios in rounds.items() if name != "ANN"
+        },
+        "rounds": FLOOR_ROUNDS,
+    }
+
+
 def main() -> None:
     import onnxruntime as ort
     import torch
@@ -161,6 +219,7 @@ def main() -> None:
         ann_ops = by_operator(ann, feeds)
         snn_ops = {op: round(ms / T, 4) for op, ms in by_operator(snn, feeds).items()}
         snn_cpu_ops = {op: round(ms / T, 4) for op, ms in by_operator(snn_cpu, feeds).items()}
+        floor = neuron_floor(ann, {"portable": snn, "cpu target": snn_cpu}, feeds)
     report = {
         "benchmark": "step_cost",
         "model": "mnist_cnn (throughput.py's, random weights), batch 64",
@@ -175,11 +234,20 @@ def main() -> None:
         "profiler_note": "profiled times include the profiler's own overhead; compare shares",
         "operator_ms_on_first_if_layer": operator_costs(),
         "operator_tensor_shape": LAYER,
+        "neuron_floor": floor,
+        "neuron_floor_note": (
+            "SNN step time over one ANN pass, interleaved, median of rounds; 'one-Add neurons' "
+            "replaces each neuron's body by v_next = v + z (less than any IF neuron does)"
+        ),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "step_cost.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, RESULTS / "step_cost.png")
-    print(json.dumps({k: report[k] for k in ("ann_pass_ms", "snn_step_ms", "snn_cpu_target_step_ms")}))
+    print(
+        json.dumps(
+            {k: report[k] for k in ("ann_pass_ms", "snn_step_ms", "snn_cpu_target_step_ms", "neuron_floor")}
+        )
+    )
 
 
 def plot(report: dict, path: Path) -> None:
@@ -188,7 +256,7 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110, width_ratios=(1.3, 1))
+    fig, (left, right, floor) = plt.subplots(1, 3, figsize=(15, 3.8), dpi=110, width_ratios=(1.3, 1, 0.9))
     columns = {
         "ANN pass": report["ann_pass_by_operator_ms"],
         "SNN step": report["snn_step_by_operator_ms"],
@@ -210,6 +278,13 @@ def plot(report: dict, path: Path) -> None:
     right.set_ylabel("ms per operator")
     right.set_title("one operator on a 64×32×28×28 tensor")
     right.tick_params(axis="x", labelrotation=30, labelsize=7)
+    ratios = report["neuron_floor"]["step_over_ann_pass"]
+    floor.bar([name.replace(", ", ",\n") for name in ratios], list(ratios.values()))
+    floor.axhline(1.0, color="k", linestyle="--", linewidth=1, label="dense bound (T × ANN)")
+    floor.set_ylabel("SNN step / ANN pass")
+    floor.set_title("real neurons vs one Add per neuron")
+    floor.tick_params(axis="x", labelsize=7)
+    floor.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
 

@@ -1,5 +1,6 @@
-"""The GPU benchmark runs blind on a lent GPU whose minutes are few: its code path is run here,
-on the CPU provider, so that it cannot break unnoticed."""
+"""Benchmark code that must not rot unnoticed: the GPU benchmark runs blind on a lent GPU whose
+minutes are few, so its code path is run here on the CPU provider; step_cost's neuron floor is
+only a bound if its stand-in neurons are what ONNX Runtime runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,11 +49,7 @@ def test_gpu_throughput_keeps_cpu_figures_out_of_the_results(tmp_path):
 
 
 def test_gpu_throughput_reports_a_failed_mode_beside_the_other():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "benchmarks" / "gpu_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_benchmark("gpu_throughput")
     plain = {
         "ann": {"median_s": 0.001},
         "snn": {"median_s": 0.0045},
@@ -72,3 +72,42 @@ def test_gpu_throughput_reports_a_failed_mode_beside_the_other():
         in module.table({"rows": [row]})
     )
     assert "cuda_graph: RuntimeError: capture failed" in module.summary(row)
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("target", ["portable", "cpu"])
+def test_step_cost_floor_replaces_every_neuron_by_one_add(tmp_path, target):
+    import onnx
+    import onnxruntime as ort
+
+    import icsnn_onnx
+    from tests.models import cnn_bn
+
+    step_cost = _load_benchmark("step_cost")
+    ann = cnn_bn()
+    x = np.random.default_rng(0).random((64, 1, 8, 8)).astype(np.float32)
+    path = tmp_path / "snn.onnx"
+    icsnn_onnx.save_model(icsnn_onnx.convert(ann, x, T=4, target=target), path)
+
+    floor = onnx.load_from_string(step_cost.neuron_floor_model(str(path)))
+    neurons = [f for f in floor.functions if f.domain == "icsnn"]
+    assert neurons and all([n.op_type for n in f.node] == ["Add", "Identity"] for f in neurons)
+    onnx.checker.check_model(floor)
+    run = {
+        name: ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for name, model in (("real", str(path)), ("floor", floor.SerializeToString()))
+    }
+    assert not np.allclose(run["real"], run["floor"])  # ONNX Runtime ran the stand-in
+
+    ann_path = tmp_path / "ann.onnx"
+    onnx.save(ann, ann_path)
+    with pytest.raises(ValueError, match="no icsnn neuron"):
+        step_cost.neuron_floor_model(str(ann_path))
