@@ -14,7 +14,7 @@ its state — timed against the ANN pass, interleaved, median of several rounds.
 costs per step over one ANN pass bounds, from below, every neuron implementation on these kernels.
 
     pip install -e ".[bench]"
-    python benchmarks/step_cost.py           # ~1.5 min on 2 CPU cores
+    python benchmarks/step_cost.py           # ~40 s on 2 CPU cores
 
 Writes benchmarks/results/step_cost.{json,png}.
 """
