@@ -154,8 +154,10 @@ def neuron_floor_model(path: str) -> bytes:
     import onnx
     from onnx import helper
 
-    from icsnn_onnx.neuron import DOMAIN
+    from icsnn_onnx.neuron import DOMAIN, STEP_INPUTS, STEP_OUTPUTS
 
+    v, z = STEP_INPUTS[:2]  # every neuron function takes (v, z, …) and returns (out, v_next)
+    out, v_next = STEP_OUTPUTS
     model = onnx.load(path)
     replaced = 0
     for function in model.functions:
@@ -164,8 +166,8 @@ def neuron_floor_model(path: str) -> bytes:
         del function.node[:]
         function.node.extend(
             [
-                helper.make_node("Add", ["v", "z"], ["v_next"], name="integrate_only"),
-                helper.make_node("Identity", ["v_next"], ["out"], name="out"),
+                helper.make_node("Add", [v, z], [v_next], name="integrate_only"),
+                helper.make_node("Identity", [v_next], [out], name=out),
             ]
         )
         replaced += 1

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -23,3 +28,19 @@ def run(model: onnx.ModelProto, x: np.ndarray | dict, outputs: list[str] | None 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).mean() / np.abs(b).mean())
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (not a package: imported by path, with the folder on
+    ``sys.path`` while it loads, for the sibling modules it imports at the top)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,7 +51,7 @@ def test_gpu_throughput_keeps_cpu_figures_out_of_the_results(tmp_path):
 
 
 def test_gpu_throughput_reports_a_failed_mode_beside_the_other():
-    module = _load_benchmark("gpu_throughput")
+    module = load_benchmark("gpu_throughput")
     plain = {
         "ann": {"median_s": 0.001},
         "snn": {"median_s": 0.0045},
@@ -74,15 +76,6 @@ def test_gpu_throughput_reports_a_failed_mode_beside_the_other():
     assert "cuda_graph: RuntimeError: capture failed" in module.summary(row)
 
 
-def _load_benchmark(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("target", ["portable", "cpu"])
 def test_step_cost_floor_replaces_every_neuron_by_one_add(tmp_path, target):
     import onnx
@@ -91,7 +84,7 @@ def test_step_cost_floor_replaces_every_neuron_by_one_add(tmp_path, target):
     import icsnn_onnx
     from tests.models import cnn_bn
 
-    step_cost = _load_benchmark("step_cost")
+    step_cost = load_benchmark("step_cost")
     ann = cnn_bn()
     x = np.random.default_rng(0).random((64, 1, 8, 8)).astype(np.float32)
     path = tmp_path / "snn.onnx"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -91,11 +93,7 @@ def test_results_table_is_the_committed_measurement():
 
 def test_throughput_table_is_the_committed_measurement():
     """README's speed table is what `python benchmarks/throughput.py --table` prints."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
-    throughput = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(throughput)
+    throughput = load_benchmark("throughput")
     report = json.loads((ROOT / "benchmarks" / "results" / "throughput.json").read_text())
     table = re.search(r"<!-- results: throughput -->\n(.*?)\n\n", README, re.S).group(1)
     assert table == throughput.table(report)
@@ -103,18 +101,7 @@ def test_throughput_table_is_the_committed_measurement():
 
 def test_fidelity_table_is_the_committed_measurement():
     """README's fidelity table is what `python benchmarks/mnist_fidelity.py --table` prints."""
-    import importlib.util
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "mnist_fidelity", ROOT / "benchmarks" / "mnist_fidelity.py"
-        )
-        fidelity = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(fidelity)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    fidelity = load_benchmark("mnist_fidelity")
     report = json.loads((ROOT / "benchmarks" / "results" / "mnist_fidelity.json").read_text())
     table = re.search(r"<!-- results: mnist_fidelity -->\n(.*?)\n\n", README, re.S).group(1)
     assert table == fidelity.table(report)
