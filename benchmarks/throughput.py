@@ -1,7 +1,9 @@
 """Throughput: ANN vs SNN (both layouts, both targets) vs SpikingJelly, on the CPU, batch 64.
 
 Models: the MNIST CNN of benchmarks/mnist_convert.py, a CIFAR-shaped VGG-11 with BN and a
-ResNet-18, built in torch with random weights (speed does not need trained weights). For
+ResNet-18, built in torch with random weights (speed does not need trained weights), and a
+784-512-512-10 MNIST MLP, whose first layer — hoisted out of the steps under direct coding — is
+most of the ANN's work (it shows what hoisting buys where a network's cost allows it). For
 T ∈ {4, 8, 16, 32}: ANN time, SNN time for each layout with the portable target and step-major
 with ``--target cpu`` (each interleaved with the ANN, median), the
 ratio SNN / (T × ANN), SpikingJelly's converted model (ann2snn RateCodingRecipe, 99.9%) on the
@@ -11,7 +13,7 @@ process of its own).
 
     pip install -e ".[bench]"
     pip install --no-deps spikingjelly==2.0.0 && pip install loguru requests scipy
-    python benchmarks/throughput.py          # ~20 min on 2 CPU cores
+    python benchmarks/throughput.py          # ~35 min on 2 CPU cores
 
 Writes benchmarks/results/throughput.{json,png}.
 """
@@ -44,7 +46,12 @@ VARIANTS = (("step-major", "portable"), ("time-batched", "portable"), ("step-maj
 # SpikingJelly rounds (each: single-step, then multi-step); 3 when a round takes over 10 s.
 # The ONNX Runtime harness picks its own count (>= 5, ~3 s).
 REPEATS = 5
-SHAPES = {"mnist_cnn": (1, 28, 28), "vgg11_bn": (3, 32, 32), "resnet18": (3, 32, 32)}
+SHAPES = {
+    "mnist_cnn": (1, 28, 28),
+    "mnist_mlp": (1, 28, 28),
+    "vgg11_bn": (3, 32, 32),
+    "resnet18": (3, 32, 32),
+}
 
 
 def build(name: str):
@@ -53,7 +60,13 @@ def build(name: str):
     from mnist_convert import build as mnist_cnn
 
     torch.manual_seed(0)
-    model = {"mnist_cnn": mnist_cnn, "vgg11_bn": zoo.vgg11_bn, "resnet18": zoo.resnet18}[name]()
+    builders = {
+        "mnist_cnn": mnist_cnn,
+        "mnist_mlp": zoo.mnist_mlp,
+        "vgg11_bn": zoo.vgg11_bn,
+        "resnet18": zoo.resnet18,
+    }
+    model = builders[name]()
     return zoo.randomize_batchnorm(model)
 
 
@@ -249,6 +262,12 @@ def main() -> None:
     plot(report, RESULTS / "throughput.png")
 
 
+def _ms(seconds: float) -> str:
+    """Milliseconds to two significant figures below 10 ms, whole above."""
+    ms = 1000 * seconds
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
 def table(report: dict) -> str:
     """The README table: per model and T, times in ms per batch and ratios to T × ANN."""
     lines = [
@@ -268,10 +287,10 @@ def table(report: dict) -> str:
             snn_s = cpu["snn"]["median_s"]
             lines.append(
                 f"| {name} | {T} | {1000 * step['ann']['median_s']:.1f} ms "
-                f"| {1000 * step['snn']['median_s']:.0f} ms | {1000 * snn_s:.0f} ms "
-                f"| {1000 * batched['snn']['median_s']:.0f} ms "
+                f"| {_ms(step['snn']['median_s'])} | {_ms(snn_s)} "
+                f"| {_ms(batched['snn']['median_s'])} "
                 f"| {step['ratio_to_dense_bound']:.2f}, {cpu['ratio_to_dense_bound']:.2f} "
-                f"| {'n/a' if peer is None else f'{1000 * peer:.0f} ms'} "
+                f"| {'n/a' if peer is None else _ms(peer)} "
                 f"| {'n/a' if peer is None else f'{peer / snn_s:.1f}×'} "
                 f"| {step['snn_peak_rss_mib']:.0f} / {cpu['snn_peak_rss_mib']:.0f}, "
                 f"{batched['snn_peak_rss_mib']:.0f} MiB |"

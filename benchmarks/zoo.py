@@ -68,6 +68,19 @@ def resnet18(num_classes: int = 10) -> nn.Module:
     return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes))
 
 
+def mnist_mlp(num_classes: int = 10) -> nn.Module:
+    """A plain MNIST MLP, 784-512-512-10: its first layer carries most of the ANN's work, which
+    the SNN runs once under direct coding (hoisted), not T times."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(28 * 28, 512),
+        nn.ReLU(),
+        nn.Linear(512, 512),
+        nn.ReLU(),
+        nn.Linear(512, num_classes),
+    )
+
+
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics so folding is exercised; eval mode."""
     g = torch.Generator().manual_seed(seed)
