@@ -263,7 +263,7 @@ def main() -> None:
 
 
 def _ms(seconds: float) -> str:
-    """Milliseconds to two significant figures below 10 ms, whole above."""
+    """Milliseconds to one decimal below 10 ms, whole above."""
     ms = 1000 * seconds
     return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
 
