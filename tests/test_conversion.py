@@ -222,3 +222,16 @@ def test_external_data_model(digits, tmp_path):
     snn = icsnn_onnx.convert(tmp_path / "ext.onnx", digits[0][:200], T=64, threshold="max")
     (out,) = run(snn, digits[0][200:400])
     assert relative_error(out, ann) < 0.05
+
+
+def test_ir3_model_with_weights_listed_as_inputs_converts(digits):
+    """IR version 3 (the ONNX model zoo's opset-9 graphs): every initializer is also a graph
+    input. They become constants, and the model must then say IR 4 for the version converter."""
+    model = models.mlp_opset9()
+    model.ir_version = 3
+    onnx.checker.check_model(model)
+    x = digits[0].reshape(len(digits[0]), -1)
+    snn = icsnn_onnx.convert(model, x[:64], T=64)
+    (ann,), (out,) = run(model, x), run(snn, x)
+    assert [i.name for i in snn.graph.input] == ["x"]
+    assert (out.argmax(1) == ann.argmax(1)).mean() > 0.97

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 #: The one opset every pass works in (and the converted model is written in).
 CANONICAL_OPSET = 21
 
+#: The first IR version in which an initializer need not be listed among the graph inputs.
+_IR_INITIALIZERS_NOT_INPUTS = 4
+
 G_LOGGER.module_severity = G_LOGGER.ERROR  # graphsurgeon logs folding failures loudly
 
 
@@ -75,12 +78,18 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _initializers_are_not_inputs(model: onnx.ModelProto) -> None:
-    """Opset <= 9 exporters list weights as graph inputs; they are constants here."""
+    """Opset <= 9 exporters list weights as graph inputs; they are constants here.
+
+    IR version 3 requires every initializer to be a graph input (the version converter then
+    reports the weights as undefined), so a model that no longer lists them says IR 4, the
+    first version where initializers need not be inputs.
+    """
     weights = {init.name for init in model.graph.initializer}
     kept = [i for i in model.graph.input if i.name not in weights]
     if len(kept) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(kept)
+        model.ir_version = max(model.ir_version, _IR_INITIALIZERS_NOT_INPUTS)
 
 
 class Canonicalize(Pass):
