@@ -7,12 +7,24 @@ numpy reference simulator. Each entry follows the ONNX operator specification (o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 
 Array = np.ndarray
+
+#: ONNX tensor element types that are floating point.
+FLOAT_TENSOR_TYPES = frozenset(
+    {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+    }
+)
 OpImpl = Callable[[Sequence[Array | None], Mapping[str, Any]], Array]
 
 
@@ -29,6 +41,23 @@ def _clip(inputs: Sequence[Array | None], attrs: Mapping[str, Any]) -> Array:
     if hi is not None:
         x = np.minimum(x, hi)
     return x
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _cast(inputs: Sequence[Array | None], attrs: Mapping[str, Any]) -> Array:
+    return np.asarray(inputs[0]).astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
+
+
+def _gelu(inputs: Sequence[Array | None], attrs: Mapping[str, Any]) -> Array:
+    x = inputs[0]
+    approximate = attrs.get("approximate", "none")
+    if isinstance(approximate, bytes):
+        approximate = approximate.decode()
+    if approximate == "tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
 
 
 def _reduce_variadic(fn: Callable[[Array, Array], Array]) -> OpImpl:
@@ -79,13 +108,32 @@ NUMPY_OPS: dict[str, OpImpl] = {
     "ThresholdedRelu": lambda i, a: np.where(i[0] > a.get("alpha", 1.0), i[0], 0),
     "HardSigmoid": lambda i, a: np.clip(a.get("alpha", 0.2) * i[0] + a.get("beta", 0.5), 0, 1),
     "HardSwish": _unary(lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+    "Softsign": _unary(lambda x: x / (1 + np.abs(x))),
+    "Mish": _unary(lambda x: x * np.tanh(np.logaddexp(0, x))),
+    "Gelu": _gelu,
+    "Erf": _unary(_erf),
+    "Exp": _unary(np.exp),
+    "Log": _unary(np.log),
+    "Sqrt": _unary(np.sqrt),
+    "Reciprocal": _unary(np.reciprocal),
+    "Pow": _binary(np.power),
+    "Greater": _binary(np.greater),
     "GreaterOrEqual": _binary(np.greater_equal),
+    "Less": _binary(np.less),
+    "LessOrEqual": _binary(np.less_equal),
+    "Equal": _binary(np.equal),
+    "Not": _unary(np.logical_not),
+    "And": _binary(np.logical_and),
+    "Or": _binary(np.logical_or),
+    "Xor": _binary(np.logical_xor),
+    "Where": lambda i, a: np.where(i[0], i[1], i[2]),
     "CastLike": lambda i, a: i[0].astype(i[1].dtype),
-    "Cast": lambda i, a: i[0],  # only float-to-float casts reach here; values unchanged
+    "Cast": _cast,
 }
 
-# Operators that are affine in their single non-constant input; everything else in NUMPY_OPS is
-# treated as (potentially) nonlinear when recognizing activation chains.
+# Operators that are affine in their non-constant inputs (a Mul or Div of two of them is not:
+# activation recognition checks that separately); everything else in NUMPY_OPS is treated as
+# (potentially) nonlinear when recognizing activations.
 AFFINE_ELEMENTWISE = frozenset({"Identity", "Add", "Sub", "Mul", "Div", "Neg", "Cast"})
 
 

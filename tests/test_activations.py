@@ -220,3 +220,172 @@ def test_two_layer_qcfs_net_is_reproduced_exactly_at_T_equal_L(digits):
     assert np.allclose(out, ann, atol=1e-4 * np.abs(ann).max())
     (plain,) = run(icsnn_onnx.convert(model, None, T=4, compensation=False), x)
     assert not np.allclose(plain, ann, atol=1e-2 * np.abs(ann).max())
+
+
+# DAG forms: single-input elementwise regions that are not chains.
+STE_NODES = [  # λ·(x_c + (q(x_c) − x_c)), x_c = clip(x/λ, 0, 1): torch's export of a QAT activation
+    helper.make_node("Div", ["x", "lam"], ["u"]),
+    helper.make_node("Clip", ["u", "zero", "one"], ["xc"]),
+    helper.make_node("Mul", ["xc", "L"], ["v"]),
+    helper.make_node("Add", ["v", "half"], ["w"]),
+    helper.make_node("Floor", ["w"], ["f"]),
+    helper.make_node("Div", ["f", "L"], ["q"]),
+    helper.make_node("Sub", ["q", "xc"], ["d"]),  # (q − x_c).detach() exports as nothing
+    helper.make_node("Add", ["xc", "d"], ["s"]),
+    helper.make_node("Mul", ["s", "lam"], ["y"]),
+]
+STE_INITS = {"lam": S(2.5), "L": S(4.0), "half": S(0.5), "zero": S(0.0), "one": S(1.0)}
+
+DAG_CASES = {
+    "(x+|x|)/2": (
+        [
+            helper.make_node("Abs", ["x"], ["a"]),
+            helper.make_node("Add", ["x", "a"], ["s"]),
+            helper.make_node("Div", ["s", "two"], ["y"]),
+        ],
+        {"two": S(2)},
+        TransferFunction(ActivationKind.RELU),
+    ),
+    "x*(x>0)": (
+        [
+            helper.make_node("Greater", ["x", "zero"], ["g"]),
+            helper.make_node("Cast", ["g"], ["m"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", ["x", "m"], ["y"]),
+        ],
+        {"zero": S(0)},
+        TransferFunction(ActivationKind.RELU),
+    ),
+    "where(x>0,x,0)": (
+        [
+            helper.make_node("Greater", ["x", "zero"], ["g"]),
+            helper.make_node("Where", ["g", "x", "zero"], ["y"]),
+        ],
+        {"zero": S(0)},
+        TransferFunction(ActivationKind.RELU),
+    ),
+    "relu(x)-relu(x-lam)": (
+        [
+            helper.make_node("Relu", ["x"], ["r1"]),
+            helper.make_node("Sub", ["x", "lam"], ["d"]),
+            helper.make_node("Relu", ["d"], ["r2"]),
+            helper.make_node("Sub", ["r1", "r2"], ["y"]),
+        ],
+        {"lam": S(1.5)},
+        TransferFunction(ActivationKind.CLIPPED, upper_bound=1.5),
+    ),
+    "leakyrelu-alpha0": (
+        [helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.0)],
+        {},
+        TransferFunction(ActivationKind.RELU),
+    ),
+    "prelu-slope0-per-channel": (
+        [helper.make_node("PRelu", ["x", "slope"], ["y"])],
+        {"slope": np.zeros(16, np.float32)},
+        TransferFunction(ActivationKind.RELU),
+    ),
+    "ste-quantized": (STE_NODES, STE_INITS, TransferFunction(ActivationKind.QUANTIZED, 2.5, 4, 0.5)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAG_CASES))
+def test_dag_forms_are_recognized_as_one_site(case):
+    nodes, inits, expected = DAG_CASES[case]
+    model = _elementwise(nodes, inits)
+    program = _sites(model)
+    (site,) = program.sites.values()
+    assert not program.rejected
+    assert (site.input, site.output) == ("x", "y")
+    assert sorted(site.nodes) == sorted(program_node_names(program, nodes))
+    assert site.transfer.kind == expected.kind and site.transfer.levels == expected.levels
+    if expected.upper_bound is not None:
+        assert site.transfer.upper_bound == pytest.approx(expected.upper_bound)
+    x = np.linspace(-5, 5, 16 * 40, dtype=np.float32).reshape(-1, 16)
+    (ann,) = run(model, x)
+    assert np.allclose(site.transfer(x), ann, atol=1e-6)
+
+
+def program_node_names(program, nodes):
+    """The names Canonicalize gave the test's nodes (found by their output tensors)."""
+    by_output = {n.outputs[0].name: n.name for n in program.graph.nodes}
+    return [by_output[n.output[0]] for n in nodes]
+
+
+def test_a_nonlinear_dag_is_rejected_with_every_nonlinear_node_named():
+    """SiLU written as x·sigmoid(x): one region, not a ReLU; both its nonlinear nodes named."""
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["s"], name="sig"),
+        helper.make_node("Mul", ["x", "s"], ["y"], name="silu"),
+    ]
+    program = _sites(_elementwise(nodes, {}))
+    assert not program.sites
+    assert sorted(program.rejected) == ["sig", "silu"]
+    assert "f(" in program.rejected["silu"]
+
+
+def test_a_relu_read_twice_is_a_site_and_its_consumers_stay_outside():
+    """Relu → (Mul by 2 → Relu) and Relu → output: the first Relu's output leaves the region,
+    so it is its own site; the second chain is another."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="r1"),
+        helper.make_node("Mul", ["a", "two"], ["b"], name="scale"),
+        helper.make_node("Relu", ["b"], ["c"], name="r2"),
+        helper.make_node("Add", ["a", "c"], ["y"], name="sum"),
+    ]
+    program = _sites(_elementwise(nodes, {"two": S(2)}))
+    assert sorted(program.sites) == ["r1", "r2"]
+    assert program.sites["r2"].input == "b"
+
+
+def test_sibling_branches_of_one_input_are_separate_sites():
+    nodes = [
+        helper.make_node("Abs", ["x"], ["a"], name="abs"),
+        helper.make_node("Relu", ["a"], ["b"], name="relu"),
+        helper.make_node("Clip", ["a", "zero", "six"], ["c"], name="clip"),
+        helper.make_node("Add", ["b", "c"], ["y"], name="sum"),
+    ]
+    program = _sites(_elementwise(nodes, {"zero": S(0), "six": S(6)}))
+    assert sorted(program.sites) == ["clip", "relu"]
+    assert "abs" in program.rejected
+
+
+def _ste_mlp(dynamo: bool):
+    """A two-layer QAT MLP whose activations are quantized with a straight-through estimator."""
+    import torch
+
+    class STEQuant(torch.nn.Module):  # QCFS with a straight-through estimator, as QAT code writes it
+        def __init__(self, levels: int, lam: float) -> None:
+            super().__init__()
+            self.levels, self.lam = levels, torch.nn.Parameter(torch.tensor(lam))
+
+        def forward(self, x):
+            xc = torch.clamp(x / self.lam, 0, 1)
+            q = torch.floor(xc * self.levels + 0.5) / self.levels
+            return (xc + (q - xc).detach()) * self.lam
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 48),
+        STEQuant(4, 1.5),
+        torch.nn.Linear(48, 32),
+        STEQuant(4, 2.0),
+        torch.nn.Linear(32, 10),
+    ).eval()
+    return models.torch_export(net, np.zeros((1, 1, 8, 8), np.float32), dynamo=dynamo)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_ste_quantized_torch_net_is_reproduced_exactly_at_T_equal_L(digits, dynamo):
+    """As the chain-form QCFS net above: with T = L and v(0) = θ/2 (data-free) the first layer's
+    spike counts are its quantized activations and the read-out layer is compensated exactly."""
+    model = _ste_mlp(dynamo)
+    program = _sites(model)
+    assert len(program.sites) == 2 and not program.rejected
+    assert all(s.transfer.kind is ActivationKind.QUANTIZED for s in program.sites.values())
+    assert {s.transfer.levels for s in program.sites.values()} == {4}
+    x = digits[0]
+    (ann,) = run(model, x)
+    (out,) = run(icsnn_onnx.convert(model, None, T=4), x)
+    assert np.allclose(out, ann, atol=1e-4 * np.abs(ann).max())
+    (plain,) = run(icsnn_onnx.convert(model, None, T=4, compensation=False), x)
+    assert not np.allclose(plain, ann, atol=1e-2 * np.abs(ann).max())

@@ -1,19 +1,18 @@
 """Recognize activation sites by what they compute, not by operator name.
 
-A candidate is a maximal chain of elementwise nodes, each with exactly one non-constant input
-(the previous link) and only scalar constants besides, whose intermediate tensors are read
-nowhere else. The chain's scalar transfer function ``f`` is evaluated numerically on a grid
-(:mod:`icsnn_onnx.elementwise`) and fitted to one of
+A candidate is a single-input elementwise region (:mod:`.regions`): a chain or a DAG of scalar
+elementwise nodes computing ``y = f(x)``. Its scalar transfer function ``f`` is evaluated
+numerically on a grid and fitted to one of
 
 - ReLU:            f(x) = max(x, 0)
 - clipped ReLU:    f(x) = min(max(x, 0), λ)                     (ReLU6, Hardtanh(0, λ), Clip)
 - quantized clip:  f(x) = (λ/L)·clip(floor(x·L/λ + φ), 0, L)    (QCFS-style clip-floor)
 
-If the whole chain does not fit, it is segmented: the longest span that fits becomes a site and
-the parts before and after it are segmented in turn (``relu(2x)`` is a ``Mul`` then a ReLU;
-``sigmoid(relu(x))`` is a ReLU site then a Sigmoid). Nonlinear links left outside every site
-are recorded with the reason, which the support analysis reports if they sit between spiking
-layers.
+If the whole region does not fit, it is segmented along its series of blocks: the longest span
+that fits becomes a site and the parts before and after it are segmented in turn (``relu(2x)``
+is a ``Mul`` then a ReLU; ``sigmoid(relu(x))`` is a ReLU site then a Sigmoid). Nonlinear nodes
+left outside every site are recorded with the reason, which the support analysis reports if
+they sit between spiking layers.
 """
 
 from __future__ import annotations
@@ -21,52 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import onnx
-import onnx_graphsurgeon as gs
 
-from icsnn_onnx.elementwise import AFFINE_ELEMENTWISE, NUMPY_OPS, evaluate
 from icsnn_onnx.passes import Pass, PassResult
-from icsnn_onnx.passes.graph_utils import is_empty, is_graph_output
+from icsnn_onnx.passes.regions import Block, Region, find_regions, is_affine, transfer_of
 from icsnn_onnx.program import ActivationKind, ActivationSite, Program, TransferFunction
 
-_ELEMENTWISE = frozenset(NUMPY_OPS) - {"GreaterOrEqual", "CastLike"}
-_FLOAT_TYPES = frozenset(
-    {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-)
 _MAX_LEVELS = 4096
-
-
-def chain_input(node: gs.Node) -> gs.Variable | None:
-    """The single non-constant input of a scalar elementwise node, else ``None``."""
-    if node.op not in _ELEMENTWISE or (node.domain or "") not in ("", "ai.onnx") or len(node.outputs) != 1:
-        return None
-    if node.op == "Cast" and node.attrs.get("to") not in _FLOAT_TYPES:
-        return None
-    variables = [t for t in node.inputs if isinstance(t, gs.Variable) and not is_empty(t)]
-    constants = [t for t in node.inputs if isinstance(t, gs.Constant)]
-    if len(variables) != 1 or any(np.asarray(c.values).size != 1 for c in constants):
-        return None
-    return variables[0]
-
-
-def transfer_of(chain: list[gs.Node]) -> Callable[[np.ndarray], np.ndarray]:
-    """The scalar function the chain computes, as a numpy function of a 1-D grid."""
-
-    def f(x: np.ndarray) -> np.ndarray:
-        value = x
-        for node in chain:
-            args: list[np.ndarray | None] = []
-            for t in node.inputs:
-                if is_empty(t):
-                    args.append(None)
-                elif isinstance(t, gs.Constant):
-                    args.append(np.asarray(t.values, dtype=np.float64).reshape(()))
-                else:
-                    args.append(value)
-            value = evaluate(node.op, args, node.attrs).astype(np.float64)
-        return np.broadcast_to(value, x.shape)
-
-    return f
 
 
 def fit_transfer(f: Callable[[np.ndarray], np.ndarray]) -> TransferFunction | str:
@@ -130,54 +89,31 @@ def _fit_quantized(
     return fitted
 
 
-def find_chains(graph: gs.Graph) -> list[list[gs.Node]]:
-    """Maximal chains of scalar elementwise nodes linked through otherwise-unused tensors."""
+def segment(blocks: tuple[Block, ...]) -> tuple[list[tuple[int, int, TransferFunction]], dict[int, str]]:
+    """Split a region's blocks into activation sites: the longest span that fits, then the parts
+    around it.
 
-    def linked_next(node: gs.Node) -> gs.Node | None:
-        out = node.outputs[0]
-        if is_graph_output(graph, out) or len(out.outputs) != 1:
-            return None
-        nxt = out.outputs[0]
-        return nxt if chain_input(nxt) is out else None
-
-    members = [n for n in graph.nodes if chain_input(n) is not None]
-    has_prev = {id(nxt) for n in members if (nxt := linked_next(n)) is not None}
-    chains = []
-    for start in members:
-        if id(start) in has_prev:
-            continue
-        chain, node = [start], linked_next(start)
-        while node is not None:
-            chain.append(node)
-            node = linked_next(node)
-        chains.append(chain)
-    return chains
-
-
-def segment_chain(chain: list[gs.Node]) -> tuple[list[tuple[int, int, TransferFunction]], dict[int, str]]:
-    """Split a chain into activation sites: the longest span that fits, then the parts around it.
-
-    Returns the sites as ``(start, end, transfer)`` and, for nonlinear links left outside every
-    site, why they are not an activation (index → reason).
+    Returns the sites as ``(start, end, transfer)`` block spans and, for nonlinear blocks left
+    outside every site, why they are not an activation (block index → reason).
     """
-    nonlinear = [i for i, n in enumerate(chain) if n.op not in AFFINE_ELEMENTWISE]
+    nonlinear = [i for i, b in enumerate(blocks) if not b.affine]
     if not nonlinear:
         return [], {}
     spans = [
         (s, e)
-        for s in range(len(chain))
-        for e in range(s + 1, len(chain) + 1)
+        for s in range(len(blocks))
+        for e in range(s + 1, len(blocks) + 1)
         if any(s <= i < e for i in nonlinear)
     ]
     spans.sort(key=lambda span: (span[0] - span[1], span[0]))
     reason = ""
     for s, e in spans:
-        fitted = fit_transfer(transfer_of(chain[s:e]))
+        fitted = fit_transfer(transfer_of(blocks[s:e]))
         if isinstance(fitted, str):
             reason = reason or fitted
             continue
-        left_sites, left_rejected = segment_chain(chain[:s])
-        right_sites, right_rejected = segment_chain(chain[e:])
+        left_sites, left_rejected = segment(blocks[:s])
+        right_sites, right_rejected = segment(blocks[e:])
         sites = [*left_sites, (s, e, fitted), *[(a + e, b + e, t) for a, b, t in right_sites]]
         return sites, {**left_rejected, **{i + e: r for i, r in right_rejected.items()}}
     return [], {i: reason for i in nonlinear}
@@ -189,18 +125,32 @@ class RecognizeActivations(Pass):
     def call(self, program: Program) -> PassResult:
         program.sites.clear()
         program.rejected.clear()
-        for chain in find_chains(program.graph):
-            sites, rejected = segment_chain(chain)
-            for s, e, transfer in sites:
-                nodes = chain[s:e]
-                anchor = next(n for n in nodes if n.op not in AFFINE_ELEMENTWISE)
-                program.sites[anchor.name] = ActivationSite(
-                    name=anchor.name,
-                    input=chain_input(nodes[0]).name,
-                    output=nodes[-1].outputs[0].name,
-                    nodes=tuple(n.name for n in nodes),
-                    transfer=transfer,
-                )
-            for i, reason in rejected.items():
-                program.rejected[chain[i].name] = f"transfer function is not a ReLU: {reason}"
+        for region in find_regions(program.graph):
+            self._record(program, region, chains=False)
         return PassResult(program, False)
+
+    def _record(self, program: Program, region: Region, chains: bool) -> None:
+        sites, rejected = segment(region.blocks)
+        for s, e, transfer in sites:
+            nodes = [n for block in region.blocks[s:e] for n in block.nodes]
+            anchor = next(n for n in nodes if not is_affine(n))
+            program.sites[anchor.name] = ActivationSite(
+                name=anchor.name,
+                input=region.blocks[s].input.name,
+                output=region.blocks[e - 1].output.name,
+                nodes=tuple(n.name for n in nodes),
+                transfer=transfer,
+            )
+        for i, reason in rejected.items():
+            block = region.blocks[i]
+            for node in block.nodes:
+                if not is_affine(node):
+                    program.rejected[node.name] = f"transfer function is not a ReLU: {reason}"
+            if not chains and len(block.nodes) > 1:
+                # A DAG block that is no activation as a whole may hold chains that are, joined
+                # by ops of two streams (relu(x) + relu(2·relu(x)) is two sites and an Add).
+                for inner in find_regions(program.graph, block.nodes, chains=True):
+                    self._record(program, inner, chains=True)
+                for site in program.sites.values():
+                    for name in site.nodes:
+                        program.rejected.pop(name, None)
