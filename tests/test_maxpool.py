@@ -172,3 +172,144 @@ def test_inspect_reports_the_policy_of_every_maxpool():
         report = icsnn_onnx.inspect_model(model, maxpool=policy)
         assert dict(report.maxpools) == {"pool": policy, "tail": "read-out"}
         assert report.convertible
+
+
+def inception_block() -> onnx.ModelProto:
+    """A GoogLeNet-style block: Conv-ReLU stem, a padded 3×3/s1 MaxPool of a padded MaxPool of
+    it, then an Inception module whose pool branch is a padded MaxPool of the Concat of neuron
+    outputs; the pool never reads a neuron directly."""
+    rng = np.random.default_rng(11)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))).astype(np.float32)
+
+    pad3 = {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["h0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h0"], ["a0"]),
+        helper.make_node(
+            "MaxPool",
+            ["a0"],
+            ["m0"],
+            name="stem_pool",
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[0, 0, 1, 1],
+            ceil_mode=1,
+        ),
+        helper.make_node("MaxPool", ["m0"], ["m1"], name="pool_of_pool", **pad3),
+        helper.make_node("Conv", ["m1", "w1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["b1"]),
+        helper.make_node("Conv", ["m1", "w2"], ["h2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h2"], ["b2"]),
+        helper.make_node("Concat", ["b1", "b2"], ["cat"], axis=1),
+        helper.make_node("MaxPool", ["cat"], ["pc"], name="concat_pool", **pad3),
+        helper.make_node("Conv", ["pc", "w3"], ["h3"]),
+        helper.make_node("Relu", ["h3"], ["b3"]),
+        helper.make_node("Concat", ["b1", "b2", "b3"], ["out"], axis=1),
+        helper.make_node("GlobalAveragePool", ["out"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
+    inits = {
+        "w0": w(6, 1, 3, 3),
+        "w1": w(4, 6, 1, 1),
+        "w2": w(4, 6, 3, 3),
+        "w3": w(4, 8, 1, 1),
+        "fc": w(10, 12),
+    }
+    return models.make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10])
+
+
+def test_padded_maxpools_of_a_concat_or_a_maxpool_decompose_exactly(digits):
+    model = inception_block()
+    rewritten, policies = _ann_after_front_end(model, "decompose")
+    assert policies == {"stem_pool": "decompose", "pool_of_pool": "decompose", "concat_pool": "decompose"}
+    x = digits[0][:300]
+    (ann,), (out,) = run(model, x), run(rewritten, x)
+    assert np.allclose(out, ann, rtol=1e-5, atol=1e-5)
+    errors = {}
+    for T in (16, 64):
+        (snn,) = run(icsnn_onnx.convert(model, digits[0][:300], T=T, threshold="max"), digits[0][300:500])
+        errors[T] = relative_error(snn, run(model, digits[0][300:500])[0])
+    assert errors[64] < errors[16] and errors[64] < 0.1, errors
+
+
+def _pool_between(op: str, **attrs) -> onnx.ModelProto:
+    """Conv-ReLU (4×4 maps) → op → Flatten-Gemm-ReLU → Gemm: the pool feeds a neuron."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["h0"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["h0"], ["a0"]),
+        helper.make_node(op, ["a0"], ["p"], name="pool", **attrs),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "w1"], ["h1"], transB=1),
+        helper.make_node("Relu", ["h1"], ["a1"]),
+        helper.make_node("Gemm", ["a1", "w2"], ["y"], transB=1),
+    ]
+    inits = {
+        "w0": (rng.standard_normal((6, 1, 3, 3)) * 0.5).astype(np.float32),
+        "w1": (rng.standard_normal((16, 6)) * 0.5).astype(np.float32),
+        "w2": (rng.standard_normal((10, 16)) * 0.3).astype(np.float32),
+    }
+    return models.make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10])
+
+
+@pytest.mark.parametrize("policy", ["decompose", "gate", "avg"])
+def test_global_max_pool_between_neurons_follows_the_policy(digits, policy):
+    model = _pool_between("GlobalMaxPool")
+    rewritten, policies = _ann_after_front_end(model, policy)
+    assert policies == {"pool": policy}
+    x = digits[0]
+    (ann,) = run(model, x[400:600])
+    if policy == "decompose":  # exact on the ANN side: the max of 16 values as 15 pairwise maxima
+        assert np.allclose(run(rewritten, x[400:600])[0], ann, atol=1e-5)
+        assert sum(n.op_type == "Relu" for n in rewritten.graph.node) == 2 + 15
+    errors = {}
+    for T in (8, 64):
+        snn = icsnn_onnx.convert(model, x[:400], T=T, maxpool=policy, threshold="max")
+        errors[T] = relative_error(run(snn, x[400:600])[0], ann)
+    if policy != "avg":
+        assert errors[64] < errors[8] and errors[64] < 0.15, errors
+
+
+def test_sign_inference_keeps_only_what_is_provably_non_negative():
+    from icsnn_onnx.passes.sign import nonnegative_tensors
+
+    c = lambda name, v: helper.make_tensor(name, onnx.TensorProto.FLOAT, [], [v])  # noqa: E731
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Concat", ["r", "r"], ["cat"], axis=1),
+        helper.make_node("Mul", ["cat", "pos"], ["scaled"]),
+        helper.make_node("Mul", ["cat", "neg"], ["flipped"]),
+        helper.make_node("Pad", ["scaled", "pads"], ["padded"]),
+        helper.make_node("Pad", ["scaled", "pads", "minus"], ["padded_neg"]),
+        helper.make_node("Add", ["padded", "flipped_pad"], ["mixed"]),
+        helper.make_node("Pad", ["flipped", "pads"], ["flipped_pad"]),
+        helper.make_node("Max", ["flipped", "scaled"], ["max"]),
+        helper.make_node("Clip", ["x", "zero"], ["clipped"]),
+        helper.make_node("AveragePool", ["padded"], ["avg"], kernel_shape=[2]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 4])],
+        [
+            helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+            for t in ("mixed", "max", "clipped", "avg", "padded_neg")
+        ],
+        [
+            c("pos", 2.0),
+            c("neg", -1.0),
+            c("minus", -1.0),
+            c("zero", 0.0),
+            helper.make_tensor("pads", onnx.TensorProto.INT64, [6], [0, 0, 1, 0, 0, 1]),
+        ],
+    )
+    import onnx_graphsurgeon as gs
+
+    g = gs.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    g.toposort()
+    got = nonnegative_tensors(g, set())
+    assert {"r", "cat", "scaled", "padded", "max", "clipped", "avg"} <= got
+    assert not {"flipped", "padded_neg", "mixed", "flipped_pad", "x"} & got

@@ -7,12 +7,16 @@ exactly; it is left alone.
 - ``decompose`` (exact as T grows): ``max(a, b) = a + ReLU(b − a)``, applied as a balanced tree
   over the k window elements (each a strided ``Slice``); every ``ReLU(b − a)`` becomes an IF
   neuron site like any other, so the pooled rate converges to the max of the rates. Costs
-  ⌈log2 k⌉ extra neuron layers of latency (2 for a 2×2 window). Padding is exact only for a
-  non-negative input (a neuron's output), where the pad value 0 never wins.
+  ⌈log2 k⌉ extra neuron layers of latency (2 for a 2×2 window). Padding is exact only for an
+  input proven non-negative (:mod:`.sign`: a neuron's output, a Concat or MaxPool of such, …),
+  where the pad value 0 never wins.
 - ``gate``: the MaxPool stays; per step each window forwards the current spikes of the unit
   with the highest input accumulated so far (the unrolled graph keeps the accumulator as state
   and uses MaxPool's ``Indices``). The winner settles on the highest-rate unit as T grows.
 - ``avg``: replaced by an AveragePool of the same window (an approximation of the ANN).
+
+A GlobalMaxPool between neurons is first written as the MaxPool of one window over its whole
+(static) map, then follows the policy like any MaxPool.
 
 The ANN graph after this pass still runs in ONNX Runtime (calibration relies on it): decompose
 rewrites into plain ops; gate keeps the MaxPool and is realized only by the unroll pass.
@@ -30,6 +34,7 @@ import onnx_graphsurgeon as gs
 from icsnn_onnx.passes import Pass, PassResult, require
 from icsnn_onnx.passes.encoding import encoded_inputs
 from icsnn_onnx.passes.graph_utils import detach
+from icsnn_onnx.passes.sign import nonnegative_tensors
 from icsnn_onnx.passes.temporal import analyze, site_node_names
 from icsnn_onnx.program import ActivationKind, ActivationSite, Program, TransferFunction
 
@@ -60,17 +65,17 @@ class LowerMaxPool(Pass):
             encoded_inputs(program.graph, program.options.encoding),
         )
         blocked_names = {b.name for b in blocked}
-        site_outputs = {s.output for s in program.sites.values()}
+        nonnegative = nonnegative_tensors(program.graph, {s.output for s in program.sites.values()})
         modified = False
         for node in list(program.graph.nodes):
-            if node.op != "MaxPool":
+            if node.op not in ("MaxPool", "GlobalMaxPool"):
                 continue
             if node.name not in blocked_names:
                 program.maxpools[node.name] = "read-out"  # no neuron downstream: exact, once
                 continue
-            reason = _unsupported(node)
+            reason = _unsupported(node) if node.op == "MaxPool" else _to_window(node)
             if reason is None and self.policy == "decompose":
-                reason = self._decompose(program, node, nonnegative=node.inputs[0].name in site_outputs)
+                reason = self._decompose(program, node, nonnegative=node.inputs[0].name in nonnegative)
             elif reason is None and self.policy == "avg":
                 _to_average_pool(node)
             if reason is not None:
@@ -95,7 +100,8 @@ class LowerMaxPool(Pass):
         if any(pads):
             if not nonnegative:
                 return (
-                    "padding is exact only for a non-negative input (a neuron's output); try --maxpool gate"
+                    "padding is exact only for an input proven non-negative (built from neuron "
+                    "outputs by sign-keeping ops); try --maxpool gate"
                 )
             spatial = len(kernel)
             begin, end = pads[:spatial], pads[spatial:]
@@ -170,6 +176,15 @@ class LowerMaxPool(Pass):
         )
         program.sites[site.name] = site
         return result
+
+
+def _to_window(node: gs.Node) -> str | None:
+    """A GlobalMaxPool as the MaxPool of one window over the whole (static) map."""
+    x = node.inputs[0]
+    if x.shape is None or not all(isinstance(d, int) and d > 0 for d in x.shape[2:]):
+        return "a global max over a map of unknown size (the spatial dimensions must be static)"
+    node.op, node.attrs = "MaxPool", {"kernel_shape": list(x.shape[2:])}
+    return None
 
 
 def _unsupported(node: gs.Node) -> str | None:

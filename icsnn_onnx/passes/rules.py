@@ -113,8 +113,6 @@ def _float_cast(node: gs.Node, streams: Sequence[bool]) -> str | None:
 
 @rule("MaxPool", "GlobalMaxPool")
 def _max_pool(node: gs.Node, streams: Sequence[bool]) -> str | None:
-    if node.op == "GlobalMaxPool":
-        return "a global max is not linear and has no spiking policy (use GlobalAveragePool)"
     return "max over a window is not linear (see --maxpool for its spiking policies)"
 
 
