@@ -258,11 +258,13 @@ def _inspect(args: argparse.Namespace) -> int:
     for op, behaviour, count in report.op_behaviour:
         print(f"  {op:<22} {count:>4}  {behaviour}")
     if report.blockers:
-        print(f"blocking conversion: {len(report.blockers)}")
+        print(
+            f"blocking conversion: {len(report.blockers)}{'' if report.sites else ' (no ReLU-like activation)'}"
+        )
         for b in report.blockers:
             print(f"  {b}")
     elif not report.sites:
-        print("nothing to convert: no ReLU-like activation")
+        print("nothing to convert: the model has no nonlinear activation")
     else:
         calib = " (needs --calib for ReLU thresholds)" if report.needs_calibration else ""
         print(f"convertible{calib}")

@@ -22,7 +22,7 @@ from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
 from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
 from icsnn_onnx.passes.maxpool import LowerMaxPool
-from icsnn_onnx.passes.temporal import CheckSupport, analyze, site_node_names
+from icsnn_onnx.passes.temporal import CheckSupport, analyze, nonlinear_nodes, site_node_names
 from icsnn_onnx.passes.thresholds import NormalizeThresholds
 from icsnn_onnx.passes.unroll import Unroll
 from icsnn_onnx.program import ActivationKind, ActivationSite, Program
@@ -171,6 +171,8 @@ def inspect_model(
         program.rejected,
         encoded_inputs(program.graph, encoding),
     )
+    if not program.sites:
+        blocked = nonlinear_nodes(program)
     blocked_names = {b.name for b in blocked}
     counts: Counter[tuple[str, str]] = Counter()
     for node in program.graph.nodes:

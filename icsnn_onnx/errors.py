@@ -27,20 +27,23 @@ class UnsupportedNode:
     name: str
     op_type: str
     reason: str
+    output: str = ""  # the tensor it writes: how a user finds a node an exporter left unnamed
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.op_type}): {self.reason}"
+        writes = f" → {self.output}" if self.output and self.output != self.name else ""
+        return f"{self.name} ({self.op_type}{writes}): {self.reason}"
 
 
 class UnsupportedOperatorError(ConversionError):
     """One or more nodes cannot be made spiking; lists all of them at once."""
 
-    def __init__(self, nodes: list[UnsupportedNode]) -> None:
+    def __init__(self, nodes: list[UnsupportedNode], headline: str = "") -> None:
         if not nodes:
             raise ValueError("UnsupportedOperatorError needs at least one node")
         self.nodes = list(nodes)
         listed = "; ".join(str(n) for n in self.nodes)
-        super().__init__(f"{len(self.nodes)} node(s) cannot be converted to spiking: {listed}")
+        lead = f"{headline}; " if headline else ""
+        super().__init__(f"{lead}{len(self.nodes)} node(s) cannot be converted to spiking: {listed}")
 
 
 class CalibrationError(IcsnnError):

@@ -201,7 +201,7 @@ def test_unsupported_op_exits_2_names_the_node_and_writes_nothing(files, capsys)
     onnx.save(models.make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10]), tmp / "lppool.onnx")
     out = tmp / "lppool.snn.onnx"
     code = main(["convert", str(tmp / "lppool.onnx"), "--calib", str(tmp / "calib.npz"), "-o", str(out)])
-    _one_line_error(capsys, code, "the_lppool (LpPool)")
+    _one_line_error(capsys, code, "the_lppool (LpPool → p)")
     assert not out.exists()
     assert list(tmp.glob("*.tmp")) == []
 
@@ -277,7 +277,7 @@ def test_inspect_reports_blockers(files, capsys):
     onnx.save(models.make_model(nodes, {"w": models._w(16, 16)}, ["N", 16], ["N", 16]), tmp / "tanh.onnx")
     assert main(["inspect", str(tmp / "tanh.onnx")]) == 0
     out = capsys.readouterr().out
-    assert "blocking conversion: 1" in out and "squash (Tanh)" in out and "BLOCKS" in out
+    assert "blocking conversion: 1" in out and "squash (Tanh → t)" in out and "BLOCKS" in out
 
 
 def test_tune_finds_the_smallest_T_within_the_drop(capsys):

@@ -121,7 +121,9 @@ def test_unsupported_ops_are_all_reported_at_once(digits):
     names = {n.name for n in info.value.nodes}
     assert names == {"gate", "pool", "square"}
     message = str(info.value)
-    assert "gate (Sigmoid)" in message and "pool (LpPool)" in message and "square (Mul)" in message
+    assert (
+        "gate (Sigmoid → s)" in message and "pool (LpPool → m)" in message and "square (Mul → sq)" in message
+    )
 
 
 def test_leaky_relu_between_neurons_is_reported_with_its_transfer_function(digits):
@@ -132,7 +134,7 @@ def test_leaky_relu_between_neurons_is_reported_with_its_transfer_function(digit
         ]
     )
     with pytest.raises(
-        UnsupportedOperatorError, match=r"leaky \(LeakyRelu\): transfer function is not a ReLU"
+        UnsupportedOperatorError, match=r"leaky \(LeakyRelu → e\): transfer function is not a ReLU"
     ):
         icsnn_onnx.convert(model, digits[0][:50], T=4)
 
@@ -162,8 +164,41 @@ def test_nonlinear_ops_outside_the_spiking_part_are_allowed(digits):
 def test_model_without_activation_is_rejected(digits):
     nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"], transB=1)]
     model = models.make_model(nodes, {"w": models._w(10, 64)}, ["N", 1, 8, 8], ["N", 10])
-    with pytest.raises(icsnn_onnx.ConversionError, match="no ReLU-like activation"):
+    with pytest.raises(icsnn_onnx.ConversionError, match="no nonlinear activation"):
         icsnn_onnx.convert(model, digits[0][:10], T=4)
+
+
+@pytest.mark.parametrize(
+    "activation,names",
+    [
+        ([helper.make_node("Sigmoid", ["h"], ["a"], name="sig")], ["sig"]),
+        (  # SiLU as EfficientNet exports it: x·sigmoid(x)
+            [
+                helper.make_node("Sigmoid", ["h"], ["s"], name="sig"),
+                helper.make_node("Mul", ["h", "s"], ["a"], name="silu"),
+            ],
+            ["sig", "silu"],
+        ),
+        ([helper.make_node("Gelu", ["h"], ["a"], name="gelu")], ["gelu"]),
+    ],
+    ids=["sigmoid", "silu", "gelu"],
+)
+def test_a_model_without_relu_names_the_nonlinear_nodes_that_are_the_reason(digits, activation, names):
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"]),
+        helper.make_node("Gemm", ["f", "w"], ["h"], transB=1),
+        *activation,
+        helper.make_node("Gemm", ["a", "w2"], ["y"], transB=1),
+    ]
+    model = models.make_model(
+        nodes, {"w": models._w(16, 64), "w2": models._w(10, 16)}, ["N", 1, 8, 8], ["N", 10]
+    )
+    with pytest.raises(icsnn_onnx.UnsupportedOperatorError, match="no ReLU-like activation found") as info:
+        icsnn_onnx.convert(model, digits[0][:10], T=4)
+    assert [n.name for n in info.value.nodes] == names
+    assert all("not a ReLU" in n.reason for n in info.value.nodes)
+    report = icsnn_onnx.inspect_model(model)
+    assert [b.name for b in report.blockers] == names and not report.convertible
 
 
 def test_missing_calibration_is_reported():

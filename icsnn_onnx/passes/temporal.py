@@ -74,7 +74,9 @@ def analyze(
             continue
         reason = check(node, flags)
         if reason is not None:
-            nonlinear[node.name] = UnsupportedNode(node.name, node.op, rejected.get(node.name, reason))
+            nonlinear[node.name] = UnsupportedNode(
+                node.name, node.op, rejected.get(node.name, reason), _output_name(node)
+            )
         stream_nodes.append(node)
         streams.update(t.name for t in node.outputs)
 
@@ -117,12 +119,37 @@ def site_node_names(program: Program) -> frozenset[str]:
     return frozenset(name for site in program.sites.values() for name in site.nodes)
 
 
+def _output_name(node: gs.Node) -> str:
+    return node.outputs[0].name if node.outputs else ""
+
+
+def nonlinear_nodes(program: Program) -> list[UnsupportedNode]:
+    """Why a model has no activation site: its elementwise nonlinearities that are not ReLU-like
+    (``program.rejected``), or else every op that is not affine in its data input."""
+    graph = program.graph
+    found = [
+        UnsupportedNode(n.name, n.op, program.rejected[n.name], _output_name(n))
+        for n in graph.nodes
+        if n.name in program.rejected
+    ]
+    if found:
+        return found
+    return [
+        UnsupportedNode(n.name, n.op, reason, _output_name(n))
+        for n in graph.nodes
+        if n.inputs and (reason := check(n, [True] + [False] * (len(n.inputs) - 1))) is not None
+    ]
+
+
 class CheckSupport(Pass):
     """Fail early, listing every node that cannot be made spiking."""
 
     def call(self, program: Program) -> PassResult:
         if not program.sites:
-            raise ConversionError("no ReLU-like activation found: there is nothing to make spiking")
+            nodes = nonlinear_nodes(program)
+            if nodes:
+                raise UnsupportedOperatorError(nodes, headline="no ReLU-like activation found")
+            raise ConversionError("the model has no nonlinear activation: there is nothing to make spiking")
         in_sites = site_node_names(program)
         _, blocked = analyze(
             program.graph,
