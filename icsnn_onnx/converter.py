@@ -27,6 +27,7 @@ from icsnn_onnx.passes.thresholds import NormalizeThresholds
 from icsnn_onnx.passes.unroll import Unroll
 from icsnn_onnx.program import ActivationKind, ActivationSite, Program
 from icsnn_onnx.progress import ProgressFactory, silent
+from icsnn_onnx.quiet import quiet_dependencies
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def front_end(maxpool: str) -> list[Pass]:
     return [Canonicalize(), RecognizeActivations(), FoldBatchNorm(), LowerMaxPool(maxpool)]
 
 
+@quiet_dependencies()
 def convert(
     model: ModelSource,
     calib: DataSource | None = None,
@@ -156,6 +158,7 @@ class Inspection:
         return any(s.transfer.kind is ActivationKind.RELU for s in self.sites)
 
 
+@quiet_dependencies()
 def inspect_model(
     model: ModelSource, *, maxpool: str = DEFAULT_MAXPOOL, encoding: str = "direct"
 ) -> Inspection:

@@ -15,7 +15,6 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import version_converter
-from onnx_graphsurgeon.logger import G_LOGGER
 
 from icsnn_onnx.errors import ModelLoadError
 from icsnn_onnx.options import ConversionOptions
@@ -30,8 +29,6 @@ CANONICAL_OPSET = 21
 
 #: The first IR version in which an initializer need not be listed among the graph inputs.
 _IR_INITIALIZERS_NOT_INPUTS = 4
-
-G_LOGGER.module_severity = G_LOGGER.ERROR  # graphsurgeon logs folding failures loudly
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -26,22 +26,13 @@ from icsnn_onnx.data import Dataset, InputSpec
 from icsnn_onnx.errors import ModelLoadError, ProviderUnavailableError
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.progress import ProgressFactory, silent
+from icsnn_onnx.quiet import ORT_SILENT, ort_log_severity
 
 logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 PROVIDERS = {"cpu": CPU, "cuda": CUDA}
-_DEFAULT_LOG_SEVERITY = 2  # ORT's default: warnings and above
-
-
-@contextlib.contextmanager
-def _quiet_ort() -> Iterator[None]:
-    ort.set_default_logger_severity(4)
-    try:
-        yield
-    finally:
-        ort.set_default_logger_severity(_DEFAULT_LOG_SEVERITY)
 
 
 def _probe_model() -> bytes:
@@ -60,13 +51,13 @@ def cuda_available() -> bool:
     """Whether the CUDA provider really runs here (probed once, without logging errors)."""
     if CUDA not in ort.get_available_providers():
         return False
-    with _quiet_ort():
+    with ort_log_severity(ORT_SILENT):
         if importlib.util.find_spec("nvidia") is not None and hasattr(ort, "preload_dlls"):
             with contextlib.suppress(Exception):
                 ort.preload_dlls()  # CUDA/cuDNN from NVIDIA's pip wheels ([cuda] extra)
         try:
             options = ort.SessionOptions()
-            options.log_severity_level = 4
+            options.log_severity_level = ORT_SILENT
             session = ort.InferenceSession(_probe_model(), options, providers=[CUDA])
             return session.get_providers()[0] == CUDA
         except Exception:
