@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from icsnn_onnx.calibration import stream_tensors
+from icsnn_onnx.contract import step_name
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.neuron import IFParams, constant_input_rate, simulate
@@ -90,8 +91,8 @@ class CalibrateInitialPotential(Pass):
         order = _topological_sites(program)
         for site in order:
             snn = self._trial_snn(program, program.v_init)
-            stream = any(o == f"{site.input}@1" for n in snn.graph.node for o in n.output)
-            currents = [f"{site.input}@{t}" for t in range(1, self.T + 1)] if stream else [site.input]
+            stream = any(o == step_name(site.input, 1) for n in snn.graph.node for o in n.output)
+            currents = [step_name(site.input, t) for t in range(1, self.T + 1)] if stream else [site.input]
             theta = np.asarray(program.thresholds[site.name], np.float64)
             errors = None
             batches = zip(

@@ -40,7 +40,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx import neuron
-from icsnn_onnx.contract import PER_STEP_OUTPUTS_KEY, PER_STEP_SUFFIX
+from icsnn_onnx.contract import PER_STEP_OUTPUTS_KEY, PER_STEP_SUFFIX, step_name
 from icsnn_onnx.errors import ConversionError
 from icsnn_onnx.options import LAYOUTS, TARGETS
 from icsnn_onnx.passes import Pass, PassResult, require
@@ -219,15 +219,21 @@ class _Emitter:
             if acc is None:
                 acc_t = x_t
             else:
-                acc_t = gs.Variable(f"{node.name}.acc@{t}", x_t.dtype, x_t.shape)
-                self._add("Add", f"{node.name}.acc@{t}", [acc, x_t], [acc_t])
-            pooled = gs.Variable(f"{node.name}.acc_max@{t}", y.dtype, y.shape)
-            winner = gs.Variable(f"{node.name}.winner@{t}", np.int64, y.shape)
-            self._add("MaxPool", f"{node.name}.winner@{t}", [acc_t], [pooled, winner], attrs=dict(node.attrs))
-            flat = gs.Variable(f"{node.name}.flat@{t}", x_t.dtype, None)
-            self._add("Reshape", f"{node.name}.flat@{t}", [x_t, flat_shape], [flat])
-            out = gs.Variable(f"{y.name}@{t}", y.dtype, y.shape)
-            self._add("Gather", f"{node.name}@{t}", [flat, winner], [out], attrs={"axis": 0})
+                acc_t = gs.Variable(step_name(f"{node.name}.acc", t), x_t.dtype, x_t.shape)
+                self._add("Add", step_name(f"{node.name}.acc", t), [acc, x_t], [acc_t])
+            pooled = gs.Variable(step_name(f"{node.name}.acc_max", t), y.dtype, y.shape)
+            winner = gs.Variable(step_name(f"{node.name}.winner", t), np.int64, y.shape)
+            self._add(
+                "MaxPool",
+                step_name(f"{node.name}.winner", t),
+                [acc_t],
+                [pooled, winner],
+                attrs=dict(node.attrs),
+            )
+            flat = gs.Variable(step_name(f"{node.name}.flat", t), x_t.dtype, None)
+            self._add("Reshape", step_name(f"{node.name}.flat", t), [x_t, flat_shape], [flat])
+            out = gs.Variable(step_name(y.name, t), y.dtype, y.shape)
+            self._add("Gather", step_name(node.name, t), [flat, winner], [out], attrs={"axis": 0})
             outs.append(out)
             acc = acc_t
         return outs
@@ -250,14 +256,16 @@ class _Emitter:
             self.channelwise_sites.append(name)
         outs = []
         for t, z_t in enumerate(currents, start=1):
-            out = gs.Variable(f"{y.name}@{t}", y.dtype, y.shape)
-            v_t = gs.Variable(f"{name}.v@{t}", y.dtype, y.shape)
+            out = gs.Variable(step_name(y.name, t), y.dtype, y.shape)
+            v_t = gs.Variable(step_name(f"{name}.v", t), y.dtype, y.shape)
             if channelwise is None:
-                self._add(neuron.OP_TYPE, f"{name}@{t}", [v, z_t, theta], [out, v_t], domain=neuron.DOMAIN)
+                self._add(
+                    neuron.OP_TYPE, step_name(name, t), [v, z_t, theta], [out, v_t], domain=neuron.DOMAIN
+                )
             else:
                 self._add(
                     neuron.CHANNELWISE_OP_TYPE,
-                    f"{name}@{t}",
+                    step_name(name, t),
                     [v, z_t, *constants],
                     [out, v_t],
                     attrs={"channels": y.shape[1]},
@@ -301,10 +309,10 @@ class _Emitter:
         constants = [
             self._const(f"{name}.{key}", parameters[key], np.float32) for key in neuron.CHANNELWISE_INPUTS[2:]
         ]
-        v0_full = gs.Variable(f"{name}.v@0", y.dtype, y.shape)
+        v0_full = gs.Variable(step_name(f"{name}.v", 0), y.dtype, y.shape)
         self._add(
             "Conv",
-            f"{name}.v@0",
+            step_name(f"{name}.v", 0),
             [
                 z_1,
                 self._const(f"{name}.v0_weight", np.zeros((channels, 1, 1, 1)), np.float32),
@@ -347,24 +355,29 @@ class _Emitter:
             noise = rng.random((self.T, 1, *sample)).astype(dtype)
             steps = []
             for t in range(1, self.T + 1):
-                fired = gs.Variable(f"{x.name}.fired@{t}", np.bool_, x.shape)
+                fired = gs.Variable(step_name(f"{x.name}.fired", t), np.bool_, x.shape)
                 self._add(
                     "Less",
-                    f"{x.name}.fired@{t}",
-                    [gs.Constant(f"{x.name}.noise@{t}", noise[t - 1]), rate],
+                    step_name(f"{x.name}.fired", t),
+                    [gs.Constant(step_name(f"{x.name}.noise", t), noise[t - 1]), rate],
                     [fired],
                 )
-                s_t = gs.Variable(f"{x.name}.spikes@{t}", x.dtype, x.shape)
-                self._add("CastLike", f"{x.name}.spikes@{t}", [fired, rate], [s_t])
+                s_t = gs.Variable(step_name(f"{x.name}.spikes", t), x.dtype, x.shape)
+                self._add("CastLike", step_name(f"{x.name}.spikes", t), [fired, rate], [s_t])
                 steps.append(s_t)
         values = []
         for t, s_t in enumerate(steps, start=1):
-            scaled = gs.Variable(f"{x.name}.scaled@{t}", x.dtype, x.shape)
+            scaled = gs.Variable(step_name(f"{x.name}.scaled", t), x.dtype, x.shape)
             self._add(
-                "Mul", f"{x.name}.scaled@{t}", [s_t, self._const(f"{x.name}.span", span, dtype)], [scaled]
+                "Mul",
+                step_name(f"{x.name}.scaled", t),
+                [s_t, self._const(f"{x.name}.span", span, dtype)],
+                [scaled],
             )
-            x_t = gs.Variable(f"{x.name}@{t}", x.dtype, x.shape)
-            self._add("Add", f"{x.name}@{t}", [scaled, self._const(f"{x.name}.low", enc.low, dtype)], [x_t])
+            x_t = gs.Variable(step_name(x.name, t), x.dtype, x.shape)
+            self._add(
+                "Add", step_name(x.name, t), [scaled, self._const(f"{x.name}.low", enc.low, dtype)], [x_t]
+            )
             values.append(x_t)
         return values
 
@@ -377,21 +390,21 @@ class _Emitter:
         spike counts (docs/method.md §5).
         """
         dtype = np.dtype(cut.dtype or np.float32)
-        value = cut if t == self.T else gs.Variable(f"{cut.name}.mean@{t}", cut.dtype, cut.shape)
+        value = cut if t == self.T else gs.Variable(step_name(f"{cut.name}.mean", t), cut.dtype, cut.shape)
         self.prefix_means[(cut.name, t)] = value
-        inv = self._const(f"{cut.name}.inv@{t}", 1.0 / t, dtype)
+        inv = self._const(step_name(f"{cut.name}.inv", t), 1.0 / t, dtype)
         transfer = self.readout.get(cut.name)
         if transfer is None:
-            self._add("Mul", f"{cut.name}.mean@{t}", [total, inv], [value])
+            self._add("Mul", step_name(f"{cut.name}.mean", t), [total, inv], [value])
             return
         v_t, v_0 = self.membranes[(cut.name, t)], self.membranes[(cut.name, 0)]
-        residual = gs.Variable(f"{cut.name}.residual@{t}", cut.dtype, cut.shape)
-        self._add("Sub", f"{cut.name}.residual@{t}", [v_t, v_0], [residual])
-        integrated = gs.Variable(f"{cut.name}.integrated@{t}", cut.dtype, cut.shape)
-        self._add("Add", f"{cut.name}.integrated@{t}", [total, residual], [integrated])
-        mean = gs.Variable(f"{cut.name}.membrane_mean@{t}", cut.dtype, cut.shape)
-        self._add("Mul", f"{cut.name}.membrane_mean@{t}", [integrated, inv], [mean])
-        self._emit_transfer(transfer, mean, value, f"{cut.name}.readout@{t}", dtype)
+        residual = gs.Variable(step_name(f"{cut.name}.residual", t), cut.dtype, cut.shape)
+        self._add("Sub", step_name(f"{cut.name}.residual", t), [v_t, v_0], [residual])
+        integrated = gs.Variable(step_name(f"{cut.name}.integrated", t), cut.dtype, cut.shape)
+        self._add("Add", step_name(f"{cut.name}.integrated", t), [total, residual], [integrated])
+        mean = gs.Variable(step_name(f"{cut.name}.membrane_mean", t), cut.dtype, cut.shape)
+        self._add("Mul", step_name(f"{cut.name}.membrane_mean", t), [integrated, inv], [mean])
+        self._emit_transfer(transfer, mean, value, step_name(f"{cut.name}.readout", t), dtype)
 
     def _emit_transfer(
         self, transfer: TransferFunction, x: gs.Tensor, y: gs.Tensor, name: str, dtype: np.dtype
@@ -436,7 +449,7 @@ class _Emitter:
             if t < self.T:
                 for node in head:
                     inputs = [values.get(i.name, i) for i in node.inputs]
-                    outputs = self._clone(node, inputs, list(node.outputs), f".after@{t}")
+                    outputs = self._clone(node, inputs, list(node.outputs), step_name(".after", t))
                     values.update({o.name: c for o, c in zip(node.outputs, outputs, strict=True)})
             per_t.append(values)
         names = []
@@ -446,8 +459,8 @@ class _Emitter:
             slices = []
             for t, value in enumerate(steps, start=1):
                 shape = None if value.shape is None else [1, *value.shape]
-                s = gs.Variable(f"{y.name}.step@{t}", y.dtype, shape)
-                self._add("Unsqueeze", f"{y.name}.step@{t}", [value, axes], [s])
+                s = gs.Variable(step_name(f"{y.name}.step", t), y.dtype, shape)
+                self._add("Unsqueeze", step_name(f"{y.name}.step", t), [value, axes], [s])
                 slices.append(s)
             shape = None if y.shape is None else [self.T, *y.shape]
             stacked = gs.Variable(f"{y.name}{PER_STEP_SUFFIX}", y.dtype, shape)
@@ -485,7 +498,7 @@ class _StepMajor(_Emitter):
                 copies.update({(y.name, t): out for t, out in enumerate(outs, start=1)})
                 continue
             for t in range(1, self.T + 1):
-                clones = self._clone(node, [at(i, t) for i in inputs], outputs, f"@{t}")
+                clones = self._clone(node, [at(i, t) for i in inputs], outputs, step_name("", t))
                 copies.update({(o.name, t): c for o, c in zip(outputs, clones, strict=True)})
         for name in self.plan.structural:  # shape queries read step 1
             node = self.by_name[name]
@@ -504,8 +517,8 @@ class _StepMajor(_Emitter):
         total = steps[0]
         for t in range(1, self.T + 1):
             if t > 1:
-                prefix = gs.Variable(f"{cut.name}.sum@{t}", cut.dtype, cut.shape)
-                self._add("Add", f"{cut.name}.sum@{t}", [total, steps[t - 1]], [prefix])
+                prefix = gs.Variable(step_name(f"{cut.name}.sum", t), cut.dtype, cut.shape)
+                self._add("Add", step_name(f"{cut.name}.sum", t), [total, steps[t - 1]], [prefix])
                 total = prefix
             self._finish_read_out(cut, t, total)
 
@@ -536,7 +549,8 @@ class _TimeBatched(_Emitter):
                 z, y = inputs[0], outputs[0]
                 if z.name in stacked:
                     currents = [
-                        gs.Variable(f"{node.name}.input@{t}", z.dtype, z.shape) for t in range(1, self.T + 1)
+                        gs.Variable(step_name(f"{node.name}.input", t), z.dtype, z.shape)
+                        for t in range(1, self.T + 1)
                     ]
                     self._add(
                         "Split",
@@ -594,10 +608,11 @@ class _TimeBatched(_Emitter):
             "CumSum", f"{cut.name}.cumsum", [by_step, self._const(f"{cut.name}.cumsum_axis", 0)], [sums]
         )
         parts = [
-            gs.Variable(f"{cut.name}.prefix@{t}", cut.dtype, [1, *cut.shape]) for t in range(1, self.T + 1)
+            gs.Variable(step_name(f"{cut.name}.prefix", t), cut.dtype, [1, *cut.shape])
+            for t in range(1, self.T + 1)
         ]
         self._add("Split", f"{cut.name}.prefix", [sums], parts, attrs={"axis": 0, "num_outputs": self.T})
         for t, part in enumerate(parts, start=1):
-            total = gs.Variable(f"{cut.name}.sum@{t}", cut.dtype, cut.shape)
-            self._add("Squeeze", f"{cut.name}.sum@{t}", [part, axis0], [total])
+            total = gs.Variable(step_name(f"{cut.name}.sum", t), cut.dtype, cut.shape)
+            self._add("Squeeze", step_name(f"{cut.name}.sum", t), [part, axis0], [total])
             self._finish_read_out(cut, t, total)
