@@ -22,26 +22,12 @@ import onnx
 
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.progress import ProgressFactory, silent
+from icsnn_onnx.runtime.instrument import expose
 from icsnn_onnx.runtime.session import Session
 
 logger = logging.getLogger(__name__)
 
 BINS = 2048
-
-
-def _expose(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are exactly ``tensors``."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    known = {
-        v.name: v for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)
-    }
-    del exposed.graph.output[:]
-    for name in tensors:
-        value = known.get(name)
-        elem = value.type.tensor_type.elem_type if value is not None else onnx.TensorProto.FLOAT
-        exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
-    return exposed
 
 
 def stream_tensors(
@@ -53,7 +39,7 @@ def stream_tensors(
     desc: str = "calibrating",
 ) -> Iterator[dict[str, np.ndarray]]:
     """Run ``model`` on ``data`` batch by batch, yielding the named (intermediate) tensors."""
-    session = Session(_expose(model, tensors), provider="cpu")
+    session = Session(expose(model, tensors), provider="cpu")
     yield from session.iter_run(data, batch_size, list(tensors), progress, desc)
 
 

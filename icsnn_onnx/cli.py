@@ -36,6 +36,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _step_list(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected step counts like 8,32,128, got {text!r}") from None
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"step counts must be positive integers, got {text!r}")
+    return steps
+
+
 def _threshold(text: str) -> str:
     try:
         parse_threshold_method(text)
@@ -149,6 +159,20 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--warmup", type=int, default=1)
     be.add_argument("--cuda-graph", action="store_true", help="capture and replay CUDA graphs (CUDA only)")
     be.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    di = sub.add_parser(
+        "diagnose", parents=[common], help="per-layer error of an SNN against its ANN at each step count"
+    )
+    di.add_argument("snn", type=Path, help="the SNN (any layout or target)")
+    di.add_argument("--ann", type=Path, required=True, help="the ANN it was converted from")
+    di.add_argument("--data", type=Path, required=True, help="inputs (.npz with x, or .npy); labels unused")
+    di.add_argument(
+        "--steps", type=_step_list, help="step counts to trace, e.g. 8,32,128 (default 1,2,4,…,T)"
+    )
+    di.add_argument("--samples", type=_positive_int, help="use only the first N samples")
+    di.add_argument("--batch-size", type=_positive_int, default=16)
+    di.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+    di.add_argument("--json", action="store_true", help="print the result as JSON")
 
     ins = sub.add_parser("inspect", parents=[common], help="activation sites, op coverage, blockers")
     ins.add_argument("model", type=Path)
@@ -325,7 +349,61 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"convert": _convert, "eval": _eval, "inspect": _inspect, "tune": _tune, "bench": _bench}
+def _diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    from icsnn_onnx.data import load_dataset
+    from icsnn_onnx.runtime import Session
+    from icsnn_onnx.runtime.diagnose import diagnose
+
+    specs = Session(args.ann, provider="cpu").inputs
+    data = load_dataset(args.data, specs, what=str(args.data)).head(args.samples)
+    d = diagnose(
+        args.snn, args.ann, data, args.steps, args.batch_size, args.provider, _progress_factory(args.quiet)
+    )
+    if args.json:
+        print(json.dumps(d.as_dict(), indent=2))
+        return 0
+
+    def pct(x: float | None) -> str:
+        return "    -" if x is None else f"{100 * x:5.1f}"
+
+    def err(x: float | None) -> str:
+        return "     -" if x is None else f"{x:6.3f}"
+
+    agree = d.agreement.get(d.T)
+    print(
+        f"{args.snn}: T={d.T}, {d.samples} samples; output relative error {err(d.output_error.get(d.T)).strip()}"
+        + (f", agreement {100 * agree:.2f}%" if agree is not None else "")
+    )
+    if len(d.output_error) > 1:
+        print(
+            "  output error after t steps: " + "  ".join(f"{t}: {e:.3f}" for t, e in d.output_error.items())
+        )
+    width = max(len(layer.name) for layer in d.layers)
+    steps = "".join(f"{'t=' + str(t):>7}" for t in d.steps)
+    print(f"{'layer':<{width}} {steps}  | at T: input  local  sat%  over%  >θ%")
+    for layer in d.layers:
+        row = "".join(f" {err(layer.by_step[t].output_error)}" for t in d.steps)
+        last = layer.by_step[d.T] if d.T in layer.by_step else layer.by_step[d.steps[-1]]
+        print(
+            f"{layer.name:<{width}} {row}  | {err(last.input_error)} {err(last.local_error)} "
+            f"{pct(last.saturated)} {pct(last.overfired)} {pct(layer.above_threshold)}"
+        )
+    print("error: ‖rate·θ − ANN activation‖/‖ANN activation‖ after t steps; input: of the mean input")
+    print("current; local: what the layer adds to its input; sat: fired every step; over: fired with")
+    print("v(T) < 0; >θ: ANN activations above θ (docs/method.md §10)")
+    return 0
+
+
+COMMANDS = {
+    "convert": _convert,
+    "eval": _eval,
+    "inspect": _inspect,
+    "tune": _tune,
+    "bench": _bench,
+    "diagnose": _diagnose,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
