@@ -212,31 +212,31 @@ class _Emitter:
         """MaxPool ``gate`` policy: each window forwards the spikes of its unit with the highest
         input accumulated so far, ``acc(t) = Σ_{τ≤t} x(τ)`` (MaxPool's Indices on ``acc``, which
         index the flattened input)."""
-        flat_shape = self._const(f"{node.name}.flat_shape", [-1])
         acc = None
         outs = []
         for t, x_t in enumerate(xs, start=1):
-            if acc is None:
-                acc_t = x_t
-            else:
-                acc_t = gs.Variable(step_name(f"{node.name}.acc", t), x_t.dtype, x_t.shape)
-                self._add("Add", step_name(f"{node.name}.acc", t), [acc, x_t], [acc_t])
-            pooled = gs.Variable(step_name(f"{node.name}.acc_max", t), y.dtype, y.shape)
-            winner = gs.Variable(step_name(f"{node.name}.winner", t), np.int64, y.shape)
-            self._add(
-                "MaxPool",
-                step_name(f"{node.name}.winner", t),
-                [acc_t],
-                [pooled, winner],
-                attrs=dict(node.attrs),
-            )
-            flat = gs.Variable(step_name(f"{node.name}.flat", t), x_t.dtype, None)
-            self._add("Reshape", step_name(f"{node.name}.flat", t), [x_t, flat_shape], [flat])
-            out = gs.Variable(step_name(y.name, t), y.dtype, y.shape)
-            self._add("Gather", step_name(node.name, t), [flat, winner], [out], attrs={"axis": 0})
+            out, acc = self._gate_step(node, y, acc, x_t, lambda base, t=t: step_name(base, t))
             outs.append(out)
-            acc = acc_t
         return outs
+
+    def _gate_step(
+        self, node: gs.Node, y: gs.Tensor, acc: gs.Tensor | None, x_t: gs.Tensor, name: Callable[[str], str]
+    ) -> tuple[gs.Tensor, gs.Tensor]:
+        """One step of a gate: ``(out(t), acc(t))`` from ``acc(t-1)`` (``None`` at step 1)."""
+        flat_shape = self._const(f"{node.name}.flat_shape", [-1])
+        if acc is None:
+            acc_t = x_t
+        else:
+            acc_t = gs.Variable(name(f"{node.name}.acc"), x_t.dtype, x_t.shape)
+            self._add("Add", name(f"{node.name}.acc"), [acc, x_t], [acc_t])
+        pooled = gs.Variable(name(f"{node.name}.acc_max"), y.dtype, y.shape)
+        winner = gs.Variable(name(f"{node.name}.winner"), np.int64, y.shape)
+        self._add("MaxPool", name(f"{node.name}.winner"), [acc_t], [pooled, winner], attrs=dict(node.attrs))
+        flat = gs.Variable(name(f"{node.name}.flat"), x_t.dtype, None)
+        self._add("Reshape", name(f"{node.name}.flat"), [x_t, flat_shape], [flat])
+        out = gs.Variable(name(y.name), y.dtype, y.shape)
+        self._add("Gather", name(node.name), [flat, winner], [out], attrs={"axis": 0})
+        return out, acc_t
 
     def _site_steps(
         self, node: gs.Node, inputs: list[gs.Tensor], y: gs.Tensor, currents: list[gs.Tensor]
@@ -259,9 +259,7 @@ class _Emitter:
             out = gs.Variable(step_name(y.name, t), y.dtype, y.shape)
             v_t = gs.Variable(step_name(f"{name}.v", t), y.dtype, y.shape)
             if channelwise is None:
-                self._add(
-                    neuron.OP_TYPE, step_name(name, t), [v, z_t, theta], [out, v_t], domain=neuron.DOMAIN
-                )
+                self._neuron_step(step_name(name, t), v, z_t, theta, out, v_t)
             else:
                 self._add(
                     neuron.CHANNELWISE_OP_TYPE,
@@ -275,6 +273,12 @@ class _Emitter:
             self.membranes[(y.name, t)] = v_t
             v = v_t
         return outs
+
+    def _neuron_step(
+        self, name: str, v: gs.Tensor, z: gs.Tensor, theta: gs.Tensor, out: gs.Tensor, v_next: gs.Tensor
+    ) -> None:
+        """One step of portable IF neurons: ``(out(t), v(t)) = IFNeuron(v(t-1), z(t), θ)``."""
+        self._add(neuron.OP_TYPE, name, [v, z, theta], [out, v_next], domain=neuron.DOMAIN)
 
     def _channelwise_inputs(
         self, name: str, theta: gs.Tensor, v0: gs.Tensor, y: gs.Tensor, z_1: gs.Tensor
@@ -330,56 +334,64 @@ class _Emitter:
     def _encode(self, x: gs.Tensor, enc: InputEncoder) -> list[gs.Tensor]:
         """``x(t) = low + (high − low)·s(t)`` with ``s`` the spikes of ``x``'s encoder."""
         dtype = np.dtype(x.dtype or np.float32)
-        span = enc.high - enc.low
-        shifted = gs.Variable(f"{x.name}.shifted", x.dtype, x.shape)
-        self._add("Sub", f"{x.name}.shifted", [x, self._const(f"{x.name}.low", enc.low, dtype)], [shifted])
-        rate = gs.Variable(f"{x.name}.normalized", x.dtype, x.shape)
-        self._add(
-            "Mul",
-            f"{x.name}.normalized",
-            [shifted, self._const(f"{x.name}.inv_span", 1.0 / span, dtype)],
-            [rate],
-        )
+        rate = self._normalized(x, enc)
         if enc.kind is EncodingKind.RATE:
             spikes = gs.Variable(f"{x.name}.spikes", x.dtype, x.shape)
             theta = self._const(f"{x.name}.encoder_threshold", 1.0, dtype)
             v0 = self._const(f"{x.name}.encoder_v_init", enc.v_init, dtype)
             steps = self._neuron_steps(f"{x.name}.encoder", theta, v0, spikes, [rate] * self.T)
         else:
-            sample = list(x.shape[1:]) if x.shape is not None else None
-            if sample is None or not all(isinstance(d, int) and d > 0 for d in sample):
-                raise ConversionError(
-                    f"Poisson coding needs the non-batch dimensions of input {x.name} fixed"
-                )
-            rng = np.random.default_rng([enc.seed, zlib.crc32(x.name.encode())])
-            noise = rng.random((self.T, 1, *sample)).astype(dtype)
+            noise = self._poisson_noise(x, enc)
             steps = []
             for t in range(1, self.T + 1):
-                fired = gs.Variable(step_name(f"{x.name}.fired", t), np.bool_, x.shape)
-                self._add(
-                    "Less",
-                    step_name(f"{x.name}.fired", t),
-                    [gs.Constant(step_name(f"{x.name}.noise", t), noise[t - 1]), rate],
-                    [fired],
-                )
-                s_t = gs.Variable(step_name(f"{x.name}.spikes", t), x.dtype, x.shape)
-                self._add("CastLike", step_name(f"{x.name}.spikes", t), [fired, rate], [s_t])
-                steps.append(s_t)
-        values = []
-        for t, s_t in enumerate(steps, start=1):
-            scaled = gs.Variable(step_name(f"{x.name}.scaled", t), x.dtype, x.shape)
-            self._add(
-                "Mul",
-                step_name(f"{x.name}.scaled", t),
-                [s_t, self._const(f"{x.name}.span", span, dtype)],
-                [scaled],
-            )
-            x_t = gs.Variable(step_name(x.name, t), x.dtype, x.shape)
-            self._add(
-                "Add", step_name(x.name, t), [scaled, self._const(f"{x.name}.low", enc.low, dtype)], [x_t]
-            )
-            values.append(x_t)
-        return values
+                noise_t = gs.Constant(step_name(f"{x.name}.noise", t), noise[t - 1])
+                steps.append(self._poisson_spikes(x, rate, noise_t, lambda base, t=t: step_name(base, t)))
+        return [
+            self._decoded(x, enc, s_t, lambda base, t=t: step_name(base, t)) for t, s_t in enumerate(steps, 1)
+        ]
+
+    def _normalized(self, x: gs.Tensor, enc: InputEncoder) -> gs.Tensor:
+        """``(x − low)/(high − low)``: the encoder's constant input, computed once."""
+        dtype = np.dtype(x.dtype or np.float32)
+        shifted = gs.Variable(f"{x.name}.shifted", x.dtype, x.shape)
+        self._add("Sub", f"{x.name}.shifted", [x, self._const(f"{x.name}.low", enc.low, dtype)], [shifted])
+        rate = gs.Variable(f"{x.name}.normalized", x.dtype, x.shape)
+        inv_span = self._const(f"{x.name}.inv_span", 1.0 / (enc.high - enc.low), dtype)
+        self._add("Mul", f"{x.name}.normalized", [shifted, inv_span], [rate])
+        return rate
+
+    def _poisson_noise(self, x: gs.Tensor, enc: InputEncoder) -> np.ndarray:
+        """The seeded uniform noise ``[T, 1, *sample]`` a Poisson encoder compares against."""
+        sample = list(x.shape[1:]) if x.shape is not None else None
+        if sample is None or not all(isinstance(d, int) and d > 0 for d in sample):
+            raise ConversionError(f"Poisson coding needs the non-batch dimensions of input {x.name} fixed")
+        rng = np.random.default_rng([enc.seed, zlib.crc32(x.name.encode())])
+        return rng.random((self.T, 1, *sample)).astype(np.dtype(x.dtype or np.float32))
+
+    def _poisson_spikes(
+        self, x: gs.Tensor, rate: gs.Tensor, noise_t: gs.Tensor, name: Callable[[str], str]
+    ) -> gs.Tensor:
+        fired = gs.Variable(name(f"{x.name}.fired"), np.bool_, x.shape)
+        self._add("Less", name(f"{x.name}.fired"), [noise_t, rate], [fired])
+        s_t = gs.Variable(name(f"{x.name}.spikes"), x.dtype, x.shape)
+        self._add("CastLike", name(f"{x.name}.spikes"), [fired, rate], [s_t])
+        return s_t
+
+    def _decoded(
+        self, x: gs.Tensor, enc: InputEncoder, s_t: gs.Tensor, name: Callable[[str], str]
+    ) -> gs.Tensor:
+        """What the network receives from spikes ``s(t)``: ``low + (high − low)·s(t)``."""
+        dtype = np.dtype(x.dtype or np.float32)
+        scaled = gs.Variable(name(f"{x.name}.scaled"), x.dtype, x.shape)
+        self._add(
+            "Mul",
+            name(f"{x.name}.scaled"),
+            [s_t, self._const(f"{x.name}.span", enc.high - enc.low, dtype)],
+            [scaled],
+        )
+        x_t = gs.Variable(name(x.name), x.dtype, x.shape)
+        self._add("Add", name(x.name), [scaled, self._const(f"{x.name}.low", enc.low, dtype)], [x_t])
+        return x_t
 
     def _finish_read_out(self, cut: gs.Tensor, t: int, total: gs.Tensor) -> None:
         """The read-out of ``cut`` after ``t`` steps, from the sum of its first ``t`` steps.
@@ -393,18 +405,35 @@ class _Emitter:
         value = cut if t == self.T else gs.Variable(step_name(f"{cut.name}.mean", t), cut.dtype, cut.shape)
         self.prefix_means[(cut.name, t)] = value
         inv = self._const(step_name(f"{cut.name}.inv", t), 1.0 / t, dtype)
+        membranes = None
+        if cut.name in self.readout:
+            membranes = self.membranes[(cut.name, t)], self.membranes[(cut.name, 0)]
+        self._read_out_value(cut, total, inv, value, membranes, lambda base: step_name(base, t))
+
+    def _read_out_value(
+        self,
+        cut: gs.Tensor,
+        total: gs.Tensor,
+        inv: gs.Tensor,
+        value: gs.Tensor,
+        membranes: tuple[gs.Tensor, gs.Tensor] | None,
+        name: Callable[[str], str],
+    ) -> None:
+        """``value`` = the read-out of ``cut`` from the sum ``total`` of its first t steps and
+        ``inv`` = 1/t; ``membranes`` = (v(t), v(0)) of a compensated cut; ``name`` tags nodes."""
+        dtype = np.dtype(cut.dtype or np.float32)
         transfer = self.readout.get(cut.name)
         if transfer is None:
-            self._add("Mul", step_name(f"{cut.name}.mean", t), [total, inv], [value])
+            self._add("Mul", name(f"{cut.name}.mean"), [total, inv], [value])
             return
-        v_t, v_0 = self.membranes[(cut.name, t)], self.membranes[(cut.name, 0)]
-        residual = gs.Variable(step_name(f"{cut.name}.residual", t), cut.dtype, cut.shape)
-        self._add("Sub", step_name(f"{cut.name}.residual", t), [v_t, v_0], [residual])
-        integrated = gs.Variable(step_name(f"{cut.name}.integrated", t), cut.dtype, cut.shape)
-        self._add("Add", step_name(f"{cut.name}.integrated", t), [total, residual], [integrated])
-        mean = gs.Variable(step_name(f"{cut.name}.membrane_mean", t), cut.dtype, cut.shape)
-        self._add("Mul", step_name(f"{cut.name}.membrane_mean", t), [integrated, inv], [mean])
-        self._emit_transfer(transfer, mean, value, step_name(f"{cut.name}.readout", t), dtype)
+        v_t, v_0 = membranes
+        residual = gs.Variable(name(f"{cut.name}.residual"), cut.dtype, cut.shape)
+        self._add("Sub", name(f"{cut.name}.residual"), [v_t, v_0], [residual])
+        integrated = gs.Variable(name(f"{cut.name}.integrated"), cut.dtype, cut.shape)
+        self._add("Add", name(f"{cut.name}.integrated"), [total, residual], [integrated])
+        mean = gs.Variable(name(f"{cut.name}.membrane_mean"), cut.dtype, cut.shape)
+        self._add("Mul", name(f"{cut.name}.membrane_mean"), [integrated, inv], [mean])
+        self._emit_transfer(transfer, mean, value, name(f"{cut.name}.readout"), dtype)
 
     def _emit_transfer(
         self, transfer: TransferFunction, x: gs.Tensor, y: gs.Tensor, name: str, dtype: np.dtype
