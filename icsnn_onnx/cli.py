@@ -121,7 +121,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=LAYOUTS,
         default="step-major",
         help="step-major (default, fastest on CPU): per-step ops cloned T times; time-batched: "
-        "per-step ops once over all T steps (refused where not exact); auto: time-batched where exact",
+        "per-step ops once over all T steps (refused where not exact); auto: time-batched where exact; "
+        "loop: one ONNX Loop over the steps, the graph's size independent of T, for long simulations "
+        "(portable target; CUDA graphs cannot capture a Loop)",
     )
     conv.add_argument(
         "--target",

@@ -12,7 +12,7 @@ INIT_POLICIES: tuple[str, ...] = ("zero", "half", "calibrated")
 ENCODINGS: tuple[str, ...] = ("direct", "rate", "poisson")
 MAXPOOL_POLICIES: tuple[str, ...] = ("decompose", "gate", "avg")
 DEFAULT_MAXPOOL = "decompose"  # best held-out accuracy at T <= 8 in benchmarks/mnist_fidelity.py
-LAYOUTS: tuple[str, ...] = ("auto", "time-batched", "step-major")
+LAYOUTS: tuple[str, ...] = ("auto", "time-batched", "step-major", "loop")
 #: Where the SNN will run: ``portable`` emits the IF neuron in elementwise operators (exact on
 #: every execution provider); ``cpu`` emits it, where a site allows, in the operators ONNX
 #: Runtime's CPU provider keeps in its blocked layout (:data:`icsnn_onnx.neuron.CHANNELWISE_EQUATIONS`).
@@ -86,6 +86,8 @@ class ConversionOptions:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.layout == "loop" and self.target != "portable":
+            raise ValueError("the loop layout runs the portable neurons: use target 'portable' with it")
         if self.calib_samples is not None and self.calib_samples < 1:
             raise ValueError(f"calib_samples must be >= 1, got {self.calib_samples}")
         if self.batch_size < 1:

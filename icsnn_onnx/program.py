@@ -145,6 +145,7 @@ class Program:
         ONNX Runtime refuses).
         """
         model = gs.export_onnx(self.graph.copy(), do_type_check=False)
+        _share_outer_initializers(model.graph)
         del model.opset_import[:]
         opsets = {"": self.opset, **self.extra_opsets}
         used = {n.op_type for n in model.graph.node if n.domain == neuron.DOMAIN}
@@ -180,3 +181,18 @@ class Program:
             maxpools=dict(self.maxpools),
             metadata=dict(self.metadata),
         )
+
+
+def _share_outer_initializers(graph: onnx.GraphProto, outer: frozenset[str] = frozenset()) -> None:
+    """graphsurgeon exports a constant used both in a graph and in a subgraph (a ``Loop`` body
+    reading the layers' weights) twice; the subgraph reads the outer one by name instead."""
+    names = outer | {t.name for t in graph.initializer}
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                body = attribute.g
+                kept = [t for t in body.initializer if t.name not in names]
+                if len(kept) != len(body.initializer):
+                    del body.initializer[:]
+                    body.initializer.extend(kept)
+                _share_outer_initializers(body, names)

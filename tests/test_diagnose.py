@@ -131,3 +131,9 @@ def test_cli_diagnose_prints_a_table_and_json(tmp_path, digits, capsys):
         == 2
     )
     assert "not an SNN" in capsys.readouterr().err
+
+
+def test_a_loop_layout_is_refused_with_what_to_do(digits):
+    snn = icsnn_onnx.convert(models.cnn_bn(), digits[0][:32], T=4, layout="loop")
+    with pytest.raises(icsnn_onnx.ModelLoadError, match="unrolled layout"):
+        neuron_layers(snn)

@@ -91,3 +91,89 @@ def test_time_batched_hoists_the_input_layer(digits):
         first = [n for n in convs if "x" in n.input]
         assert len(first) == 1
         assert len(convs) == (1 + 8 if layout == "step-major" else 2)
+
+
+def _unoptimized(model, x):
+    """ONNX Runtime without graph optimizations: the layouts' own arithmetic, not its fusions."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})
+
+
+LOOP_CASES = {
+    "cnn_bn": (models.cnn_bn, {}),
+    "residual": (models.residual_block, {}),
+    "concat-calibrated": (models.concat_block, {"init": "calibrated"}),
+    "rate": (models.cnn_bn, {"encoding": "rate"}),
+    "poisson": (models.cnn_bn, {"encoding": "poisson", "seed": 3}),
+    "no-compensation": (models.residual_block, {"compensation": False}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOOP_CASES))
+def test_loop_layout_is_bit_identical_to_step_major(digits, case):
+    """Same steps, same order of sums (per-step outputs sum sequentially in both layouts)."""
+    build, kw = LOOP_CASES[case]
+    model, x = build(), digits[0][:64]
+    unrolled = icsnn_onnx.convert(model, x, T=6, per_step=True, **kw)
+    looped = icsnn_onnx.convert(model, x, T=6, per_step=True, layout="loop", **kw)
+    assert any(n.op_type == "Loop" for n in looped.graph.node)
+    for a, b in zip(_unoptimized(unrolled, x), _unoptimized(looped, x), strict=True):
+        assert a.shape == b.shape and np.array_equal(a, b)
+    # With ONNX Runtime's optimizations, and without per-step outputs (step-major then sums its
+    # steps in one variadic Sum), equal to float rounding.
+    (plain,) = run(icsnn_onnx.convert(model, x, T=6, **kw), x)
+    (loop,) = run(icsnn_onnx.convert(model, x, T=6, layout="loop", **kw), x)
+    assert np.allclose(plain, loop, rtol=1e-5, atol=1e-5)
+
+
+def test_loop_layout_size_does_not_grow_with_T(digits):
+    model, x = models.residual_block(), digits[0][:32]
+    sizes = {T: len(icsnn_onnx.convert(model, x, T=T, layout="loop").graph.node) for T in (4, 64)}
+    assert sizes[4] == sizes[64]
+    weights = {t.name for t in icsnn_onnx.convert(model, x, T=4, layout="loop").graph.initializer}
+    looped = icsnn_onnx.convert(model, x, T=4, layout="loop")
+    (loop,) = [n for n in looped.graph.node if n.op_type == "Loop"]
+    body = loop.attribute[0].g
+    assert not {t.name for t in body.initializer} & weights  # the body reads the outer weights
+    assert icsnn_onnx.convert(model, x, T=1, layout="loop").graph.node  # T = 1: nothing to loop
+
+
+def test_loop_layout_with_gates_and_a_shape_query_of_a_stream(digits):
+    from tests.test_maxpool import maxpool_cnn
+
+    model, x = maxpool_cnn(), digits[0][:64]
+    a = icsnn_onnx.convert(model, x, T=5, maxpool="gate", per_step=True)
+    b = icsnn_onnx.convert(model, x, T=5, maxpool="gate", per_step=True, layout="loop")
+    for p, q in zip(_unoptimized(a, x), _unoptimized(b, x), strict=True):
+        assert np.array_equal(p, q)
+    # Flatten written as Reshape(x, Concat(Shape(x)[0], -1)), torch's x.view(x.size(0), -1).
+    torch = pytest.importorskip("torch")
+
+    class ViewNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.c1, self.fc1, self.fc2 = (
+                torch.nn.Conv2d(1, 4, 3),
+                torch.nn.Linear(144, 16),
+                torch.nn.Linear(16, 10),
+            )
+
+        def forward(self, x):
+            h = torch.relu(self.c1(x))
+            return self.fc2(torch.relu(self.fc1(h.view(h.size(0), -1))))
+
+    model = models.torch_export(ViewNet().eval(), np.zeros((1, 1, 8, 8), np.float32), dynamo=False)
+    a = icsnn_onnx.convert(model, x, T=5, per_step=True)
+    b = icsnn_onnx.convert(model, x, T=5, per_step=True, layout="loop")
+    for p, q in zip(_unoptimized(a, x), _unoptimized(b, x), strict=True):
+        assert np.array_equal(p, q)
+
+
+def test_loop_layout_refuses_the_cpu_target():
+    with pytest.raises(ValueError, match="portable"):
+        icsnn_onnx.ConversionOptions(layout="loop", target="cpu")

@@ -96,7 +96,7 @@ class Unroll(Pass):
         readout = {}
         if self.compensation:
             readout = {s.output: s.transfer for s in program.sites.values() if s.output in plan.cuts}
-        emitter = (_TimeBatched if layout == "time-batched" else _StepMajor)(
+        emitter = _emitter_class(layout)(
             graph, plan, self.T, self.per_step, readout, program.encoders, gates, self.target == "cpu"
         )
         emitter.run()
@@ -109,8 +109,10 @@ class Unroll(Pass):
         return PassResult(program, True)
 
     def _choose_layout(self, graph: gs.Graph, plan: TemporalPlan) -> str:
-        if self.layout == "step-major":
+        if self.layout == "step-major" or (self.layout == "loop" and self.T == 1):
             return "step-major"
+        if self.layout == "loop":
+            return "loop"
         blockers = time_batch_blockers(graph, plan)
         if not blockers:
             return "time-batched"
@@ -118,6 +120,14 @@ class Unroll(Pass):
             raise ConversionError(f"time-batched layout not applicable: {'; '.join(blockers)}")
         logger.warning("using the step-major layout: %s", blockers[0])
         return "step-major"
+
+
+def _emitter_class(layout: str) -> type[_Emitter]:
+    if layout == "loop":
+        from icsnn_onnx.passes.unroll_loop import Loop  # it builds on this module's emitter
+
+        return Loop
+    return _TimeBatched if layout == "time-batched" else _StepMajor
 
 
 def time_batch_blockers(graph: gs.Graph, plan: TemporalPlan) -> list[str]:

@@ -64,6 +64,11 @@ def neuron_layers(model: onnx.ModelProto) -> list[NeuronLayer]:
             steps.setdefault(parsed[0], {})[parsed[1]] = node
     if not steps:
         raise ModelLoadError("no IF neuron steps found: not an SNN written by icsnn-onnx")
+    if any(node.op_type == "Loop" for node in model.graph.node):
+        raise ModelLoadError(
+            "the SNN runs its steps in an ONNX Loop (--layout loop): convert it with an unrolled "
+            "layout (step-major or time-batched) to trace its neurons"
+        )
     layers = []
     for name, by_t in steps.items():
         T = max(by_t)
