@@ -23,3 +23,13 @@ def parse_step_name(name: str) -> tuple[str, int] | None:
     if not sep or not step.isdigit():
         return None
     return base, int(step)
+
+
+#: The ``--layout loop`` body's step: tensors and nodes are named ``name@t`` with a literal ``t``
+#: (every step's, no step number; :func:`parse_step_name` does not take it for a step).
+LOOP_STEP = "t"
+
+
+def loop_step_name(name: str) -> str:
+    """The name of tensor or node ``name`` inside the ``--layout loop`` body (steps 2…T)."""
+    return f"{name}{STEP_SEPARATOR}{LOOP_STEP}"

@@ -133,7 +133,15 @@ def test_cli_diagnose_prints_a_table_and_json(tmp_path, digits, capsys):
     assert "not an SNN" in capsys.readouterr().err
 
 
-def test_a_loop_layout_is_refused_with_what_to_do(digits):
-    snn = icsnn_onnx.convert(models.cnn_bn(), digits[0][:32], T=4, layout="loop")
-    with pytest.raises(icsnn_onnx.ModelLoadError, match="unrolled layout"):
-        neuron_layers(snn)
+def test_a_loop_layout_is_traced_after_step_1_and_after_T_as_step_major_is(digits):
+    model, x = models.residual_block(), digits[0][:64]
+    data = Dataset({"x": x})
+    unrolled = diagnose(icsnn_onnx.convert(model, x, T=16), model, data, steps=[1, 16], provider="cpu")
+    looped = diagnose(icsnn_onnx.convert(model, x, T=16, layout="loop"), model, data, provider="cpu")
+    assert looped.steps == (1, 16)
+    for a, b in zip(unrolled.layers, looped.layers, strict=True):
+        for t in (1, 16):
+            assert a.by_step[t].output_error == pytest.approx(b.by_step[t].output_error, rel=1e-4)
+            assert a.by_step[t].overfired == pytest.approx(b.by_step[t].overfired, abs=0.01)
+    with pytest.raises(icsnn_onnx.DataError, match="after step 1 and after T"):
+        diagnose(icsnn_onnx.convert(model, x, T=16, layout="loop"), model, data, steps=[4], provider="cpu")

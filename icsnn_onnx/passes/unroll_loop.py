@@ -21,21 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from icsnn_onnx.contract import PER_STEP_SUFFIX, step_name
+from icsnn_onnx.contract import PER_STEP_SUFFIX, loop_step_name, step_name
 from icsnn_onnx.passes.insert_neurons import is_neuron
 from icsnn_onnx.passes.unroll import _Emitter
 from icsnn_onnx.program import EncodingKind
 
 LOOP_NODE = "icsnn_steps"
-#: A body tensor is ``name@t`` with a literal ``t``: it is every step's (no step number).
-BODY_STEP = "t"
 
 Wiring = list[tuple[gs.Node, list[gs.Tensor], list[gs.Tensor]]]
 Key = tuple[str, str]  # (kind of state, what it belongs to)
-
-
-def body_name(name: str) -> str:
-    return f"{name}@{BODY_STEP}"
 
 
 @dataclass
@@ -143,9 +137,9 @@ class Loop(_Emitter):
         carried["iteration"] = iteration
         body.inputs = [iteration, cond_in, *(carried[k] for k in keys)]
         self.graph = body
-        cond_out = gs.Variable(body_name(f"{LOOP_NODE}.condition"), np.bool_, [])
-        self._add("Identity", body_name(f"{LOOP_NODE}.condition"), [cond_in], [cond_out])
-        step = self._emit_step(wiring, carried, body_name)
+        cond_out = gs.Variable(loop_step_name(f"{LOOP_NODE}.condition"), np.bool_, [])
+        self._add("Identity", loop_step_name(f"{LOOP_NODE}.condition"), [cond_in], [cond_out])
+        step = self._emit_step(wiring, carried, loop_step_name)
         scans = self._body_read_outs(step, first, iteration) if self.per_step else {}
         body.outputs = [cond_out, *(step.state[k] for k in keys), *scans.values()]
         self.graph = outer
@@ -175,10 +169,10 @@ class Loop(_Emitter):
     def _body_read_outs(self, step: _Step, first: _Step, iteration: gs.Tensor) -> dict[str, gs.Tensor]:
         """Inside the body: each graph output after t = iteration + 2 steps (the head applied to
         the read-out of the first t steps)."""
-        count = gs.Variable(body_name(f"{LOOP_NODE}.step_count"), np.int64, [])
+        count = gs.Variable(loop_step_name(f"{LOOP_NODE}.step_count"), np.int64, [])
         self._add(
             "Add",
-            body_name(f"{LOOP_NODE}.step_count"),
+            loop_step_name(f"{LOOP_NODE}.step_count"),
             [iteration, self._const(f"{LOOP_NODE}.two", 2)],
             [count],
         )
@@ -188,33 +182,33 @@ class Loop(_Emitter):
             tensor = self.tensors[cut]
             dtype = np.dtype(tensor.dtype or np.float32)
             if dtype not in inverse:
-                as_float = gs.Variable(body_name(f"{LOOP_NODE}.step_count_{dtype}"), dtype, [])
+                as_float = gs.Variable(loop_step_name(f"{LOOP_NODE}.step_count_{dtype}"), dtype, [])
                 self._add(
                     "CastLike",
-                    body_name(f"{LOOP_NODE}.step_count_{dtype}"),
+                    loop_step_name(f"{LOOP_NODE}.step_count_{dtype}"),
                     [count, self._const(f"{LOOP_NODE}.one_{dtype}", 1.0, dtype)],
                     [as_float],
                 )
-                inverse[dtype] = gs.Variable(body_name(f"{LOOP_NODE}.inverse_{dtype}"), dtype, [])
+                inverse[dtype] = gs.Variable(loop_step_name(f"{LOOP_NODE}.inverse_{dtype}"), dtype, [])
                 self._add(
-                    "Reciprocal", body_name(f"{LOOP_NODE}.inverse_{dtype}"), [as_float], [inverse[dtype]]
+                    "Reciprocal", loop_step_name(f"{LOOP_NODE}.inverse_{dtype}"), [as_float], [inverse[dtype]]
                 )
-            value = gs.Variable(body_name(f"{cut}.mean"), tensor.dtype, tensor.shape)
+            value = gs.Variable(loop_step_name(f"{cut}.mean"), tensor.dtype, tensor.shape)
             membranes = (step.state[("v", cut)], first.v0[cut]) if cut in self.readout else None
             self._read_out_value(
-                tensor, step.state[("sum", cut)], inverse[dtype], value, membranes, body_name
+                tensor, step.state[("sum", cut)], inverse[dtype], value, membranes, loop_step_name
             )
             values[cut] = value
         for node in (self.by_name[n] for n in self.plan.head):
             inputs = [values.get(i.name, i) for i in node.inputs]
-            clones = self._clone(node, inputs, list(node.outputs), body_name(".after"))
+            clones = self._clone(node, inputs, list(node.outputs), loop_step_name(".after"))
             values.update({o.name: c for o, c in zip(node.outputs, clones, strict=True)})
         scans = {}
         for y in self.graph_outputs:
             value = values.get(y.name, y)
             if value is y:  # an output that does not depend on time: the same at every step
-                value = gs.Variable(body_name(f"{y.name}.after"), y.dtype, y.shape)
-                self._add("Identity", body_name(f"{y.name}.after"), [y], [value])
+                value = gs.Variable(loop_step_name(f"{y.name}.after"), y.dtype, y.shape)
+                self._add("Identity", loop_step_name(f"{y.name}.after"), [y], [value])
             scans[y.name] = value
         return scans
 

@@ -106,7 +106,10 @@ def diagnose(
     snn_model, ann_model = load_model(snn), load_model(ann)
     layers = neuron_layers(snn_model)
     T = max(layer.T for layer in layers)
-    steps = tuple(sorted(set(steps))) if steps else default_steps(T)
+    looped = any(layer.loop is not None for layer in layers)
+    steps = tuple(sorted(set(steps))) if steps else ((1, T) if looped else default_steps(T))
+    if looped and not set(steps) <= {1, T}:
+        raise DataError(f"an SNN with --layout loop is traced after step 1 and after T={T} only")
     if steps[0] < 1 or steps[-1] > T:
         raise DataError(f"steps must lie in 1..{T}, got {list(steps)}")
     traced = [layer for layer in layers if layer.T == T]  # rate encoders of other lengths aside

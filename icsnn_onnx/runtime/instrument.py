@@ -10,7 +10,7 @@ residual potentials after t steps without holding every step's tensors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,26 +18,35 @@ import onnx
 from onnx import helper, numpy_helper
 
 from icsnn_onnx import neuron
-from icsnn_onnx.contract import parse_step_name
+from icsnn_onnx.contract import loop_step_name, parse_step_name, step_name
 from icsnn_onnx.errors import ModelLoadError
 
 _STEP_OPS = (neuron.OP_TYPE, neuron.CHANNELWISE_OP_TYPE)
 
 
 @dataclass(frozen=True)
+class LoopStep:
+    """A layer's step inside a ``--layout loop`` body (steps 2…T)."""
+
+    output: str  # out(t)
+    current: str  # z(t)
+    membrane: str  # v(t), a loop-carried value
+    final_membrane: str  # v(T), the Loop node's output for it
+
+
+@dataclass(frozen=True)
 class NeuronLayer:
-    """One neuron site's T steps, as found in an SNN file."""
+    """One neuron site's T steps, as found in an SNN file: every step's tensors when unrolled;
+    step 1's and the loop body's under ``--layout loop``."""
 
     name: str
-    outputs: tuple[str, ...]  # out(t), t = 1..T: θ·s(t)
+    T: int
+    outputs: tuple[str, ...]  # out(t) of the unrolled steps: θ·s(t)
     currents: tuple[str, ...]  # z(t) (the same tensor at every step for a hoisted input layer)
     membranes: tuple[str, ...]  # v(t)
     v_init: str  # v(0)
     threshold: np.ndarray | None  # θ (portable neurons; None for the channelwise form)
-
-    @property
-    def T(self) -> int:
-        return len(self.outputs)
+    loop: LoopStep | None = None
 
     @property
     def tensor(self) -> str:
@@ -53,42 +62,60 @@ class NeuronLayer:
 
 
 def neuron_layers(model: onnx.ModelProto) -> list[NeuronLayer]:
-    """Every neuron site of an unrolled SNN, in graph order; a :class:`ModelLoadError` if none."""
+    """Every neuron site of an SNN, in graph order; a :class:`ModelLoadError` if none."""
     constants = {t.name: t for t in model.graph.initializer}
     steps: dict[str, dict[int, onnx.NodeProto]] = {}
     for node in model.graph.node:
-        if node.domain != neuron.DOMAIN or node.op_type not in _STEP_OPS or len(node.output) != 2:
-            continue
-        parsed = parse_step_name(node.name)
-        if parsed is not None:
+        if _is_step(node) and (parsed := parse_step_name(node.name)) is not None:
             steps.setdefault(parsed[0], {})[parsed[1]] = node
     if not steps:
         raise ModelLoadError("no IF neuron steps found: not an SNN written by icsnn-onnx")
-    if any(node.op_type == "Loop" for node in model.graph.node):
-        raise ModelLoadError(
-            "the SNN runs its steps in an ONNX Loop (--layout loop): convert it with an unrolled "
-            "layout (step-major or time-batched) to trace its neurons"
-        )
+    looped = _loop_steps(model, constants)
     layers = []
     for name, by_t in steps.items():
-        T = max(by_t)
-        if sorted(by_t) != list(range(1, T + 1)):
-            raise ModelLoadError(f"neuron {name}: steps {sorted(by_t)} are not 1..{T}")
-        nodes = [by_t[t] for t in range(1, T + 1)]
+        unrolled = max(by_t)
+        if sorted(by_t) != list(range(1, unrolled + 1)):
+            raise ModelLoadError(f"neuron {name}: steps {sorted(by_t)} are not 1..{unrolled}")
+        nodes = [by_t[t] for t in range(1, unrolled + 1)]
         theta = None
         if nodes[0].op_type == neuron.OP_TYPE and nodes[0].input[2] in constants:
             theta = numpy_helper.to_array(constants[nodes[0].input[2]])
+        loop, T = looped.get(name, (None, unrolled))
         layers.append(
             NeuronLayer(
                 name=name,
+                T=T,
                 outputs=tuple(n.output[0] for n in nodes),
                 currents=tuple(n.input[1] for n in nodes),
                 membranes=tuple(n.output[1] for n in nodes),
                 v_init=nodes[0].input[0],
                 threshold=theta,
+                loop=loop,
             )
         )
     return layers
+
+
+def _is_step(node: onnx.NodeProto) -> bool:
+    return node.domain == neuron.DOMAIN and node.op_type in _STEP_OPS and len(node.output) == 2
+
+
+def _loop_steps(model: onnx.ModelProto, constants: dict) -> dict[str, tuple[LoopStep, int]]:
+    """Each layer's step in a ``--layout loop`` body, and T (1 + the Loop's trip count)."""
+    found: dict[str, tuple[LoopStep, int]] = {}
+    for loop in (n for n in model.graph.node if n.op_type == "Loop"):
+        body = next(a.g for a in loop.attribute if a.name == "body")
+        if loop.input[0] not in constants:
+            raise ModelLoadError(f"Loop {loop.name}: its trip count is not a constant")
+        T = 1 + int(numpy_helper.to_array(constants[loop.input[0]]))
+        carried = {out.name: i - 1 for i, out in enumerate(body.output) if 0 < i < len(loop.input) - 1}
+        suffix = loop_step_name("")
+        for node in body.node:
+            if _is_step(node) and node.name.endswith(suffix) and node.output[1] in carried:
+                final = loop.output[carried[node.output[1]]]
+                step = LoopStep(node.output[0], node.input[1], node.output[1], final)
+                found[node.name.removesuffix(suffix)] = (step, T)
+    return found
 
 
 @dataclass(frozen=True)
@@ -122,6 +149,9 @@ def instrument(
     sums of its outputs and currents and its membrane v(t). The model's own outputs stay first."""
     taken = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
     taken |= {t.name for t in model.graph.initializer}
+    for loop in (n for n in model.graph.node if n.op_type == "Loop"):
+        body = next(a.g for a in loop.attribute if a.name == "body")
+        taken |= {o for n in body.node for o in n.output} | {i.name for i in body.input}
 
     def fresh(base: str) -> str:
         name, k = base, 1
@@ -138,6 +168,15 @@ def instrument(
     for layer in layers:
         if wanted and (wanted[0] < 1 or wanted[-1] > layer.T):
             raise ValueError(f"steps must lie in 1..{layer.T}, got {wanted}")
+        if layer.loop is not None:
+            if not set(wanted) <= {1, layer.T}:
+                raise ValueError(f"a --layout loop SNN is traced after step 1 and after T={layer.T} only")
+            output_sum, current_sum = _sum_over_loop(graph, layer, fresh, _float_type(model))
+            if 1 in wanted:
+                probes[(layer.name, 1)] = Probe(layer.outputs[0], layer.currents[0], layer.membranes[0])
+            if layer.T in wanted:
+                probes[(layer.name, layer.T)] = Probe(output_sum, current_sum, layer.loop.final_membrane)
+            continue
         sums = {}
         for kind, tensors in (("output", layer.outputs), ("current", layer.currents)):
             running = tensors[0]
@@ -156,6 +195,37 @@ def instrument(
         if name not in exposed:
             graph.output.append(helper.make_tensor_value_info(name, elem, None))
     return instrumented, probes
+
+
+def _sum_over_loop(
+    graph: onnx.GraphProto, layer: NeuronLayer, fresh: Callable[[str], str], elem: int
+) -> tuple[str, str]:
+    """Carry running sums of a looped layer's outputs and currents through the Loop (started at
+    step 1's); return the names of their values after step T."""
+    loop = next(n for n in graph.node if n.op_type == "Loop" and layer.loop.final_membrane in n.output)
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    carried = len(loop.input) - 2
+    body_in, body_out, initial, final = [], [], [], []
+    for kind, first, inner in (
+        ("output", layer.outputs[0], layer.loop.output),
+        ("current", layer.currents[0], layer.loop.current),
+    ):
+        previous = fresh(f"{layer.name}.{kind}_sum.previous")
+        total = fresh(loop_step_name(f"{layer.name}.{kind}_sum"))
+        body.node.append(helper.make_node("Add", [previous, inner], [total], name=total))
+        body_in.append(helper.make_tensor_value_info(previous, elem, None))
+        body_out.append(helper.make_tensor_value_info(total, elem, None))
+        initial.append(first)
+        final.append(fresh(step_name(f"{layer.name}.{kind}_sum", layer.T)))
+    inputs, outputs = list(body.input), list(body.output)
+    del body.input[:], body.output[:]
+    body.input.extend([*inputs, *body_in])
+    body.output.extend([*outputs[: 1 + carried], *body_out, *outputs[1 + carried :]])
+    loop_in, loop_out = list(loop.input), list(loop.output)
+    del loop.input[:], loop.output[:]
+    loop.input.extend([*loop_in, *initial])
+    loop.output.extend([*loop_out[:carried], *final, *loop_out[carried:]])
+    return final[0], final[1]
 
 
 def _float_type(model: onnx.ModelProto) -> int:
