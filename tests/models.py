@@ -310,3 +310,105 @@ def two_inputs() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
     onnx.checker.check_model(model)
     return model
+
+
+def torch_densenet_block():
+    """A DenseNet-style block: a stem Conv, then two pre-activation layers (BN → ReLU → 1×1 Conv
+    → BN → ReLU → 3×3 Conv) each concatenating its output to its input, a transition (BN → ReLU
+    → 1×1 Conv → AvgPool) and a BN → ReLU → global-average head. The BNs before each ReLU have
+    no convolution before them to fold into (they follow a Concat)."""
+    import torch
+    from torch import nn
+
+    class Dense(nn.Module):
+        def __init__(self, cin: int, growth: int) -> None:
+            super().__init__()
+            self.f = nn.Sequential(
+                nn.BatchNorm2d(cin),
+                nn.ReLU(),
+                nn.Conv2d(cin, 2 * growth, 1, bias=False),
+                nn.BatchNorm2d(2 * growth),
+                nn.ReLU(),
+                nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False),
+            )
+
+        def forward(self, x):
+            return torch.cat([x, self.f(x)], 1)
+
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False),
+        Dense(8, 4),
+        Dense(12, 4),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 8, 1, bias=False),
+        nn.AvgPool2d(2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+    return _with_random_bn(net).eval()
+
+
+def torch_inverted_residual():
+    """A MobileNetV2-style net: stem Conv-BN-ReLU6, then inverted residuals (1×1 expand → BN →
+    ReLU6 → 3×3 depthwise → BN → ReLU6 → 1×1 linear projection → BN, plus the input when the
+    shapes allow), a 1×1 Conv-BN-ReLU6 and a global-average head."""
+    from torch import nn
+
+    class Inverted(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, expand: int = 4) -> None:
+            super().__init__()
+            hidden = cin * expand
+            self.residual = stride == 1 and cin == cout
+            self.f = nn.Sequential(
+                nn.Conv2d(cin, hidden, 1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU6(),
+                nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU6(),
+                nn.Conv2d(hidden, cout, 1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+
+        def forward(self, x):
+            return x + self.f(x) if self.residual else self.f(x)
+
+    import torch
+
+    torch.manual_seed(2)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU6(),
+        Inverted(8, 8, 1),
+        Inverted(8, 12, 2),
+        Inverted(12, 12, 1),
+        nn.Conv2d(12, 16, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    return _with_random_bn(net).eval()
+
+
+def _with_random_bn(net):
+    """BN statistics of the digits a few train-mode passes would give, on noise-free random input."""
+    import torch
+
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        net.train()
+        g = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            net(torch.rand(64, 1, 8, 8, generator=g))
+    return net

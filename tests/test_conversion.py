@@ -28,7 +28,18 @@ BUILDERS = {
     "helper-linear-zoo": lambda d: (models.linear_zoo(), d[0]),
     "torch-legacy": lambda d: (models.torch_export(models.torch_cnn(), d[0][:2], dynamo=False), d[0]),
     "torch-dynamo": lambda d: (models.torch_export(models.torch_cnn(), d[0][:2], dynamo=True), d[0]),
+    "torch-densenet-block": lambda d: (
+        models.torch_export(models.torch_densenet_block(), d[0][:2], dynamo=False),
+        d[0],
+    ),
+    "torch-inverted-residual": lambda d: (
+        models.torch_export(models.torch_inverted_residual(), d[0][:2], dynamo=True),
+        d[0],
+    ),
 }
+
+
+FLUCTUATING = {"torch-densenet-block", "torch-inverted-residual"}
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))
@@ -43,7 +54,10 @@ def test_snn_converges_to_ann_as_T_grows(case):
     (ann,) = run(model, test)
     errors, agreement = {}, {}
     for T in (8, 32, 128, 512):
-        snn = icsnn_onnx.convert(model, calib, T=T, threshold="max")
+        # T = 512 in the loop layout: an unrolled graph that size takes ONNX Runtime long to load.
+        snn = icsnn_onnx.convert(
+            model, calib, T=T, threshold="max", layout="loop" if T > 128 else "step-major"
+        )
         (out,) = run(snn, test)
         assert out.shape == ann.shape and out.dtype == ann.dtype
         errors[T] = relative_error(out, ann)
@@ -51,9 +65,12 @@ def test_snn_converges_to_ann_as_T_grows(case):
     # Error shrinks, and like 1/T once θ/T is below the activations' scale (4x more steps
     # → ~4x less error; allow slack). A ReLU6 site has θ = 6 whatever its activations, so
     # its 1/T regime starts later than a calibrated ReLU's.
+    # In the deeper blocks part of the error comes from currents that fluctuate from step to step
+    # (spike trains of the layers before), which falls like 1/sqrt(T) (docs/method.md §10).
+    factor = 1.8 if name in FLUCTUATING else 2.5
     assert errors[8] > errors[32], errors
-    assert errors[128] < errors[32] / 2.5, errors
-    assert errors[512] < errors[128] / 2.5, errors
+    assert errors[128] < errors[32] / factor, errors
+    assert errors[512] < errors[128] / factor, errors
     assert errors[512] < 0.03, errors
     # Random-weight nets have small logit margins: the class agrees once the error is tiny.
     assert agreement[512] >= 0.98, (name, agreement)
