@@ -10,6 +10,7 @@ from icsnn_onnx.errors import (
     IcsnnError,
     ModelLoadError,
     OutputExistsError,
+    OutputPathError,
     ProviderUnavailableError,
     UnsupportedOperatorError,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "Inspection",
     "ModelLoadError",
     "OutputExistsError",
+    "OutputPathError",
     "ProviderUnavailableError",
     "Session",
     "UnsupportedOperatorError",

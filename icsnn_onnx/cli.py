@@ -7,32 +7,55 @@ line on stderr; 1 internal error. ``--debug`` shows tracebacks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from icsnn_onnx._version import __version__
-from icsnn_onnx.errors import DataError, IcsnnError
+from icsnn_onnx.errors import DataError, IcsnnError, OptionError
 from icsnn_onnx.options import (
-    DEFAULT_MAXPOOL,
     ENCODINGS,
     INIT_POLICIES,
     LAYOUTS,
     MAXPOOL_POLICIES,
     TARGETS,
+    ConversionOptions,
     parse_threshold_method,
 )
 from icsnn_onnx.progress import Progress, ProgressFactory, silent
 
+DEFAULTS = ConversionOptions()
 
-def _positive_int(text: str) -> int:
+
+def _integer(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _integer(text, 0)
+
+
+def _points(text: str) -> float:
+    """Accuracy points: a finite number in [0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected accuracy points in [0, 100], got {text!r}") from None
+    if not 0.0 <= value <= 100.0:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"expected accuracy points in [0, 100], got {text!r}")
     return value
 
 
@@ -54,12 +77,19 @@ def _threshold(text: str) -> str:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="icsnn-onnx",
         description="Compile an ONNX ANN into a low-latency spiking network (IC-SNN) for ONNX Runtime.",
         parents=[common],
@@ -67,12 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"icsnn-onnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    # What the SNN is made of: shared by convert and tune.
-    method = argparse.ArgumentParser(add_help=False)
+    # What the SNN is made of: shared by convert and tune; defaults are ConversionOptions' own.
+    method = _Parser(add_help=False)
+    method.add_argument("--calib", type=Path, help="calibration inputs (.npz with x, or .npy)")
+    method.add_argument(
+        "--calib-samples", type=_positive_int, help="use only the first N calibration samples"
+    )
     method.add_argument(
         "--threshold",
         type=_threshold,
-        default="auto",
+        default=DEFAULTS.threshold,
         help="threshold of unclipped ReLUs: mse (least squares for the levels of the compiled T), "
         "max, a percentile pNN.NN, or auto (default: mse up to T=16, p99.99 above)",
     )
@@ -80,59 +114,65 @@ def _parser() -> argparse.ArgumentParser:
     method.add_argument(
         "--init",
         choices=INIT_POLICIES,
-        default="half",
+        default=DEFAULTS.init,
         help="initial potential: half = θ/2 (default, Alg 1), zero, or calibrated on --calib data for this T (Alg 2)",
     )
     method.add_argument(
         "--compensation",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=DEFAULTS.compensation,
         help="coding compensation (Alg 3, default on): read out the last neurons' integrated membrane "
         "(spike count + residual) and round rate-coded input counts",
     )
     method.add_argument(
         "--encoding",
         choices=ENCODINGS,
-        default="direct",
+        default=DEFAULTS.encoding,
         help="input coding: direct (default; analog current), rate (IF encoder) or poisson (seeded)",
     )
-    method.add_argument("--seed", type=int, default=0, help="seed of the Poisson encoder's noise (default 0)")
+    method.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=DEFAULTS.seed,
+        help="seed of the Poisson encoder's noise (≥ 0, default 0)",
+    )
     method.add_argument(
         "--maxpool",
         choices=MAXPOOL_POLICIES,
-        default=DEFAULT_MAXPOOL,
+        default=DEFAULTS.maxpool,
         help=f"MaxPool between neurons: decompose (exact, max(a,b) = a + ReLU(b - a) in IF neurons), "
-        f"gate (forward the unit with the most input so far) or avg (approximate); default {DEFAULT_MAXPOOL}",
+        f"gate (forward the unit with the most input so far) or avg (approximate); default {DEFAULTS.maxpool}",
+    )
+    method.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=DEFAULTS.layout,
+        help="step-major (default, fastest on CPU): per-step ops cloned T times; time-batched: "
+        "per-step ops once over all T steps (refused where not exact); loop: one ONNX Loop over the "
+        "steps, the graph's size independent of T, for long simulations (portable target; CUDA graphs "
+        "cannot capture a Loop); auto: time-batched where exact, loop where the unrolled graph would "
+        "be too large",
+    )
+    method.add_argument(
+        "--target",
+        choices=TARGETS,
+        default=DEFAULTS.target,
+        help="portable (default): IF neurons in elementwise ops, exact on every provider; cpu: in "
+        "ops ONNX Runtime's CPU provider keeps in its blocked layout (faster there)",
+    )
+    method.add_argument(
+        "--batch-size", type=_positive_int, default=DEFAULTS.batch_size, help="calibration batch size"
     )
 
     conv = sub.add_parser("convert", parents=[common, method], help="convert an ANN into an unrolled SNN")
     conv.add_argument("model", type=Path, help="input ANN (.onnx); never modified")
     conv.add_argument("-o", "--output", type=Path, help="output SNN (default: IN with .snn.onnx)")
     conv.add_argument(
-        "-T", "--timesteps", dest="T", type=_positive_int, default=32, help="time steps (default 32)"
+        "-T", "--timesteps", dest="T", type=_positive_int, default=DEFAULTS.T, help="time steps (default 32)"
     )
-    conv.add_argument("--calib", type=Path, help="calibration inputs (.npz with x, or .npy)")
-    conv.add_argument("--calib-samples", type=_positive_int, help="use only the first N calibration samples")
     conv.add_argument(
         "--per-step", action="store_true", help="add y_per_step outputs [T, ...] for every output y"
     )
-    conv.add_argument(
-        "--layout",
-        choices=LAYOUTS,
-        default="step-major",
-        help="step-major (default, fastest on CPU): per-step ops cloned T times; time-batched: "
-        "per-step ops once over all T steps (refused where not exact); auto: time-batched where exact; "
-        "loop: one ONNX Loop over the steps, the graph's size independent of T, for long simulations "
-        "(portable target; CUDA graphs cannot capture a Loop)",
-    )
-    conv.add_argument(
-        "--target",
-        choices=TARGETS,
-        default="portable",
-        help="portable (default): IF neurons in elementwise ops, exact on every provider; cpu: in "
-        "ops ONNX Runtime's CPU provider keeps in its blocked layout (faster there)",
-    )
-    conv.add_argument("--batch-size", type=_positive_int, default=64, help="calibration batch size")
     conv.add_argument("--force", action="store_true", help="overwrite the output if it exists")
 
     ev = sub.add_parser("eval", parents=[common], help="accuracy of a model on labelled data")
@@ -147,10 +187,16 @@ def _parser() -> argparse.ArgumentParser:
         "tune", parents=[common, method], help="smallest T within --max-drop points of the ANN"
     )
     tu.add_argument("model", type=Path, help="the ANN")
-    tu.add_argument("--calib", type=Path, help="calibration inputs (as for convert)")
     tu.add_argument("--data", type=Path, required=True, help="held-out labelled data (.npz with x, y)")
-    tu.add_argument("--max-drop", type=float, default=0.5, help="accuracy points below the ANN allowed")
+    tu.add_argument(
+        "--max-drop",
+        type=_points,
+        default=0.5,
+        help="accuracy points below the ANN allowed (0–100, default 0.5)",
+    )
     tu.add_argument("--max-T", type=_positive_int, default=64)
+    tu.add_argument("-o", "--output", type=Path, help="also write the SNN at the chosen T here")
+    tu.add_argument("--force", action="store_true", help="overwrite the output if it exists")
 
     be = sub.add_parser("bench", parents=[common], help="time an SNN against its ANN")
     be.add_argument("ann", type=Path, help="the ANN")
@@ -158,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--batch", type=_positive_int, default=64)
     be.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
     be.add_argument("--repeats", type=_positive_int, help="timed runs of each (default: enough for ~3 s)")
-    be.add_argument("--warmup", type=int, default=1)
+    be.add_argument("--warmup", type=_non_negative_int, default=1, help="untimed runs first (≥ 0, default 1)")
     be.add_argument("--cuda-graph", action="store_true", help="capture and replay CUDA graphs (CUDA only)")
     be.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -178,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", parents=[common], help="activation sites, op coverage, blockers")
     ins.add_argument("model", type=Path)
-    ins.add_argument("--maxpool", choices=MAXPOOL_POLICIES, default=DEFAULT_MAXPOOL, help="as for convert")
+    ins.add_argument("--maxpool", choices=MAXPOOL_POLICIES, default=DEFAULTS.maxpool, help="as for convert")
     ins.add_argument("--encoding", choices=ENCODINGS, default="direct", help="as for convert")
     return parser
 
@@ -194,53 +240,52 @@ def _progress_factory(quiet: bool) -> ProgressFactory:
     return factory
 
 
+def _options(args: argparse.Namespace, **overrides: object) -> ConversionOptions:
+    """The one record of what to build, from the CLI's fields of the same names."""
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(ConversionOptions) if hasattr(args, f.name)
+    }
+    try:
+        return ConversionOptions(**{**values, **overrides})
+    except ValueError as err:
+        raise OptionError(str(err)) from None
+
+
 def _convert(args: argparse.Namespace) -> int:
     from icsnn_onnx.converter import convert
-    from icsnn_onnx.model_io import check_writable, save_model
+    from icsnn_onnx.model_io import check_output, save_model
 
+    options = _options(args)
     output = args.output or args.model.with_name(args.model.name.removesuffix(".onnx") + ".snn.onnx")
-    check_writable(output, args.force)  # fail before any work
-    model = convert(
-        args.model,
-        args.calib,
-        T=args.T,
-        threshold=args.threshold,
-        channel_wise=args.channel_wise,
-        init=args.init,
-        compensation=args.compensation,
-        encoding=args.encoding,
-        maxpool=args.maxpool,
-        seed=args.seed,
-        per_step=args.per_step,
-        layout=args.layout,
-        target=args.target,
-        calib_samples=args.calib_samples,
-        batch_size=args.batch_size,
-        progress=_progress_factory(args.quiet),
-    )
-    save_model(model, output, force=args.force)
+    inputs = (args.model, args.calib)
+    check_output(output, args.force, inputs)  # fail before any work
+    model = convert(args.model, args.calib, options=options, progress=_progress_factory(args.quiet))
+    save_model(model, output, force=args.force, inputs=inputs)
     meta = {p.key: p.value for p in model.metadata_props}
     print(
         f"{args.model} -> {output}: {meta['icsnn.sites']} activation site(s) as IF neurons, "
-        f"T={args.T}, init={args.init}, compensation {'on' if args.compensation else 'off'}, "
-        f"{args.encoding} coding, threshold={meta.get('icsnn.threshold_method', 'clip bounds')}"
-        f"{' (channel-wise)' if args.channel_wise else ''}, {meta['icsnn.layout']} layout, {args.target} target, "
-        f"{len(model.graph.node)} nodes"
+        f"T={options.T}, init={options.init}, compensation {'on' if options.compensation else 'off'}, "
+        f"{options.encoding} coding, threshold={meta.get('icsnn.threshold_method', 'clip bounds')}"
+        f"{' (channel-wise)' if options.channel_wise else ''}, {meta['icsnn.layout']} layout, "
+        f"{options.target} target, {len(model.graph.node)} nodes"
     )
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from icsnn_onnx.data import load_dataset
+    from icsnn_onnx.data import check_same_inputs, load_dataset
     from icsnn_onnx.runtime import Session, evaluate
 
     progress = _progress_factory(args.quiet)
     session = Session(args.model, provider=args.provider)
+    ann = None
+    if args.ann is not None:
+        ann = Session(args.ann, provider=args.provider)
+        check_same_inputs(session.inputs, ann.inputs, str(args.ann))
     data = load_dataset(args.data, session.inputs, what=str(args.data))
     result = evaluate(session, data, args.output, args.batch_size, progress)
     reference = None
-    if args.ann is not None:
-        ann = Session(args.ann, provider=args.provider)
+    if ann is not None:
         reference = evaluate(ann, data, args.output, args.batch_size, progress)
     if result.accuracy is None and reference is None:
         raise DataError(f"{args.data} has no labels 'y' to compute accuracy (and no --ann to compare)")
@@ -298,25 +343,26 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from icsnn_onnx.converter import convert
+    from icsnn_onnx.model_io import check_output, save_model
     from icsnn_onnx.tune import tune
 
+    options = _options(args)
+    inputs = (args.model, args.calib, args.data)
+    if args.output is not None:
+        check_output(args.output, args.force, inputs)  # fail before any work
+    progress = _progress_factory(args.quiet)
     r = tune(
         args.model,
         args.calib,
         args.data,
+        options=options,
         max_drop=args.max_drop,
-        init=args.init,
         max_T=args.max_T,
-        threshold=args.threshold,
-        channel_wise=args.channel_wise,
-        compensation=args.compensation,
-        encoding=args.encoding,
-        maxpool=args.maxpool,
-        seed=args.seed,
-        progress=_progress_factory(args.quiet),
+        progress=progress,
     )
     print(
-        f"ANN accuracy {100 * r.ann_accuracy:.2f}%; target ≥ {100 * r.ann_accuracy - r.max_drop:.2f}% (init {args.init})"
+        f"ANN accuracy {100 * r.ann_accuracy:.2f}%; target ≥ {100 * r.ann_accuracy - r.max_drop:.2f}% (init {options.init})"
     )
     for T, acc in sorted(r.accuracy_by_T.items()):
         mark = "  <- smallest T within target" if T == r.chosen_T else ""
@@ -325,6 +371,15 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"no T ≤ {args.max_T} is within {args.max_drop} points of the ANN")
         return 1
     print(f"chosen T = {r.chosen_T}")
+    if args.output is not None:
+        chosen = dataclasses.replace(options, T=r.chosen_T)
+        save_model(
+            convert(args.model, args.calib, options=chosen, progress=progress),
+            args.output,
+            force=args.force,
+            inputs=inputs,
+        )
+        print(f"{args.model} -> {args.output}: the SNN at T={r.chosen_T}")
     return 0
 
 

@@ -1,12 +1,62 @@
-"""Names that define the converted model's contract, shared by the compiler and the runtime."""
+"""Names that define the converted model's contract, shared by the compiler and the runtime.
+
+Every metadata key, every generated-name rule the runtime relies on, and the typed view of a
+converted model's metadata (:class:`SnnMetadata`) are here: the compiler writes them, the runtime
+reads them, and neither spells them on its own.
+"""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+#: Every key icsnn-onnx writes to ``metadata_props`` starts with this.
+METADATA_PREFIX = "icsnn."
+
+
+def metadata_key(name: str) -> str:
+    """The metadata key of ``name`` (a :class:`~icsnn_onnx.options.ConversionOptions` field or
+    one of the keys below)."""
+    return f"{METADATA_PREFIX}{name}"
+
+
+CONVERTER_VERSION_KEY = metadata_key("converter_version")
+SITES_KEY = metadata_key("sites")  # number of activation sites made IF neurons
+T_KEY = metadata_key("T")  # ConversionOptions.T
+TARGET_KEY = metadata_key("target")  # ConversionOptions.target
+LAYOUT_KEY = metadata_key("layout")  # the layout emitted (auto resolved)
+THRESHOLD_SOURCE_KEY = metadata_key("threshold_source")
+THRESHOLD_METHOD_KEY = metadata_key("threshold_method")  # the method at this T (auto resolved)
+INIT_CANDIDATES_KEY = metadata_key("init_candidates")
+INIT_FALLBACK_KEY = metadata_key("init_fallback")
+CHANNELWISE_SITES_KEY = metadata_key("channelwise_sites")
+
+
+def encoder_key(graph_input: str) -> str:
+    """The key describing the rate/Poisson encoder of ``graph_input``."""
+    return metadata_key(f"encoder.{graph_input}")
+
 
 #: For every output ``y``, ``--per-step`` adds ``y + PER_STEP_SUFFIX`` of shape ``[T, *shape(y)]``.
 PER_STEP_SUFFIX = "_per_step"
 
 #: Metadata key listing the per-step outputs (comma-separated); their batch axis is 1.
-PER_STEP_OUTPUTS_KEY = "icsnn.per_step_outputs"
+PER_STEP_OUTPUTS_KEY = metadata_key("per_step_outputs")
+
+#: Metadata key mapping each output to its per-step output, as JSON: ``y + PER_STEP_SUFFIX``
+#: unless the model already had a tensor of that name (then a free name is chosen).
+PER_STEP_OF_KEY = metadata_key("per_step_of")
+
+
+def per_step_outputs(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Output → its per-step output, from a model's metadata (files of earlier releases: the
+    suffix rule on the listed names)."""
+    if PER_STEP_OF_KEY in metadata:
+        return dict(json.loads(metadata[PER_STEP_OF_KEY]))
+    listed = filter(None, metadata.get(PER_STEP_OUTPUTS_KEY, "").split(","))
+    return {name.removesuffix(PER_STEP_SUFFIX): name for name in listed if name.endswith(PER_STEP_SUFFIX)}
+
 
 #: Separates a tensor's or node's name from its time step in the unrolled graph.
 STEP_SEPARATOR = "@"
@@ -33,3 +83,31 @@ LOOP_STEP = "t"
 def loop_step_name(name: str) -> str:
     """The name of tensor or node ``name`` inside the ``--layout loop`` body (steps 2…T)."""
     return f"{name}{STEP_SEPARATOR}{LOOP_STEP}"
+
+
+@dataclass(frozen=True)
+class SnnMetadata:
+    """What the runtime needs to know of an SNN file, read from its metadata."""
+
+    T: int
+    target: str
+    layout: str
+    converter_version: str
+    per_step: dict[str, str] = field(default_factory=dict)  # output → its per-step output
+
+    @classmethod
+    def read(cls, metadata: Mapping[str, str]) -> SnnMetadata | None:
+        """The SNN's metadata, or ``None`` for a model icsnn-onnx did not write."""
+        if CONVERTER_VERSION_KEY not in metadata or T_KEY not in metadata:
+            return None
+        try:
+            T = int(metadata[T_KEY])
+        except ValueError:
+            return None
+        return cls(
+            T=T,
+            target=metadata.get(TARGET_KEY, "portable"),
+            layout=metadata.get(LAYOUT_KEY, "step-major"),
+            converter_version=metadata[CONVERTER_VERSION_KEY],
+            per_step=per_step_outputs(metadata),
+        )

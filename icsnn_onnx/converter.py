@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 
 from icsnn_onnx._version import __version__
+from icsnn_onnx.contract import CONVERTER_VERSION_KEY, SITES_KEY
 from icsnn_onnx.data import DataSource, InputSpec, input_specs, load_dataset
 from icsnn_onnx.errors import CalibrationError, UnsupportedNode
 from icsnn_onnx.model_io import load_model
@@ -22,6 +23,7 @@ from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
 from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
 from icsnn_onnx.passes.maxpool import LowerMaxPool
+from icsnn_onnx.passes.scale import CheckScale
 from icsnn_onnx.passes.temporal import CheckSupport, analyze, nonlinear_nodes, site_node_names
 from icsnn_onnx.passes.thresholds import NormalizeThresholds
 from icsnn_onnx.passes.unroll import Unroll
@@ -44,46 +46,23 @@ def convert(
     model: ModelSource,
     calib: DataSource | None = None,
     *,
-    T: int = 32,
-    threshold: str = "auto",
-    channel_wise: bool = False,
-    init: str = "half",
-    compensation: bool = True,
-    encoding: str = "direct",
-    maxpool: str = DEFAULT_MAXPOOL,
-    seed: int = 0,
-    per_step: bool = False,
-    layout: str = "step-major",
-    target: str = "portable",
-    calib_samples: int | None = None,
-    batch_size: int = 64,
+    options: ConversionOptions | None = None,
     progress: ProgressFactory = silent,
+    **fields: object,
 ) -> onnx.ModelProto:
-    """Convert an ANN (path, bytes or ModelProto) into an unrolled T-step SNN ModelProto.
+    """Convert an ANN (path, bytes or ModelProto) into a T-step SNN ModelProto.
 
-    ``calib``: calibration inputs (file, array, dict or Dataset), needed when some activation
-    is an unclipped ReLU. ``layout``: ``step-major`` (default; fastest and leanest on CPUs),
-    ``time-batched`` (every per-step op once over all T steps; refused where not exact) or
-    ``auto`` (time-batched where exact, else step-major). ``target``: ``portable`` (default; IF
-    neurons in elementwise operators, exact on every execution provider) or ``cpu`` (neurons of
-    float32 4-D sites in operators ONNX Runtime's CPU provider runs in its blocked layout; faster
-    there, see :mod:`icsnn_onnx.neuron`). The input model is never modified.
+    ``options`` is the :class:`ConversionOptions` record of what to build; or give its fields as
+    keywords (``T=8, init="calibrated"``), which build the same record (not both). ``calib``:
+    calibration inputs (file, array, dict or Dataset), needed when some activation is an
+    unclipped ReLU. Wrong option values raise ``ValueError``/``TypeError``; everything a model or
+    its data can get wrong raises an :class:`~icsnn_onnx.IcsnnError`. The input model is never
+    modified.
     """
-    options = ConversionOptions(
-        T=T,
-        threshold=threshold,
-        channel_wise=channel_wise,
-        init=init,
-        compensation=compensation,
-        encoding=encoding,
-        maxpool=maxpool,
-        seed=seed,
-        per_step=per_step,
-        layout=layout,
-        target=target,
-        calib_samples=calib_samples,
-        batch_size=batch_size,
-    )
+    if options is None:
+        options = ConversionOptions(**fields)  # type: ignore[arg-type]
+    elif fields:
+        raise TypeError(f"give options or keyword fields, not both (got {sorted(fields)})")
     source = load_model(model)
     dataset = None
     if calib is not None:
@@ -93,6 +72,7 @@ def convert(
         [
             *front_end(options.maxpool),
             CheckSupport(),
+            CheckScale(),
             NormalizeThresholds(dataset, progress),
             EncodeInputs(dataset),
             InitialPotential("half" if options.init == "calibrated" else options.init),
@@ -110,7 +90,7 @@ def convert(
         ]
     )(program)
     result = finalize(program, source)
-    logger.info("converted %d activation site(s) into IF neurons over T=%d", len(program.sites), T)
+    logger.info("converted %d activation site(s) into IF neurons over T=%d", len(program.sites), options.T)
     return result
 
 
@@ -126,9 +106,9 @@ def finalize(program: Program, source: onnx.ModelProto) -> onnx.ModelProto:
     )
     metadata = {
         **{p.key: p.value for p in source.metadata_props},
-        "icsnn.converter_version": __version__,
+        CONVERTER_VERSION_KEY: __version__,
         **program.options.as_metadata(),
-        "icsnn.sites": str(len(program.sites)),
+        SITES_KEY: str(len(program.sites)),
         **program.metadata,
     }
     onnx.helper.set_model_props(model, metadata)

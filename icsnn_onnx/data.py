@@ -7,15 +7,19 @@ array, a dict of arrays, a :class:`Dataset`).
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
 
 from icsnn_onnx.errors import DataError, IcsnnError
+from icsnn_onnx.limits import check_allocation
+from icsnn_onnx.model_io import check_readable_file
 
 Dim = int | str | None
 
@@ -52,6 +56,28 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
         specs.append(InputSpec(value.name, dtype, tuple(dims)))
     return specs
+
+
+def check_same_inputs(snn: list[InputSpec], ann: list[InputSpec], ann_name: str) -> None:
+    """An ANN compared with an SNN must take the same inputs: name the first that differs."""
+    if [s.name for s in snn] != [s.name for s in ann]:
+        raise DataError(
+            f"the ANN {ann_name} takes inputs {[s.name for s in ann]}, the SNN {[s.name for s in snn]}: "
+            "give the ANN the SNN was converted from"
+        )
+    for a, b in zip(snn, ann, strict=True):
+        static = (
+            [d if isinstance(d, int) else None for d in a.shape],
+            [d if isinstance(d, int) else None for d in b.shape],
+        )
+        if (
+            a.dtype != b.dtype
+            or len(a.shape) != len(b.shape)
+            or any(x is not None and y is not None and x != y for x, y in zip(*static, strict=True))
+        ):
+            raise DataError(
+                f"input {a.name!r}: the SNN takes {a.describe()}, the ANN {ann_name} {b.describe()}"
+            )
 
 
 @dataclass(frozen=True)
@@ -120,13 +146,17 @@ def _read(source: DataSource, specs: list[InputSpec]) -> tuple[dict[str, np.ndar
     if isinstance(source, Mapping):
         arrays = {k: np.asarray(v) for k, v in source.items()}
         return _from_keys(arrays, specs, "the mapping")
+    if not isinstance(source, str | Path):
+        raise TypeError(f"data is a path, an array, a mapping or a Dataset, not {type(source).__name__}")
     path = Path(source)
-    if not path.is_file():
-        raise DataError(f"no such file: {path}")
+    check_readable_file(path, DataError)
     try:
+        _check_headers(path)
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise DataError(f"cannot read {path}: {err}") from None
+        raise DataError(f"cannot read {path}: {_first_line(err)}") from None
+    except MemoryError:
+        raise DataError(f"{path}: its arrays do not fit in memory") from None
     if isinstance(loaded, np.ndarray):
         return _single(loaded, specs), None
     with loaded:
@@ -135,6 +165,40 @@ def _read(source: DataSource, specs: list[InputSpec]) -> tuple[dict[str, np.ndar
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
             raise DataError(f"cannot read {path}: {err}") from None
     return _from_keys(arrays, specs, str(path))
+
+
+def _check_headers(path: Path) -> None:
+    """Refuse, from the headers alone, an array (or a zip member) larger than the memory
+    available, an archive that would inflate beyond it, or a pickled (object) array."""
+    with path.open("rb") as f:
+        if f.read(6) == b"\x93NUMPY":
+            f.seek(0)
+            _check_npy_header(f, str(path))
+            return
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        check_allocation(sum(m.file_size for m in members), f"{path} (uncompressed)", DataError)
+        for member in members:
+            if member.filename.endswith(".npy"):
+                with archive.open(member) as f:
+                    _check_npy_header(f, f"{path}:{member.filename}")
+
+
+def _check_npy_header(f: BinaryIO, where: str) -> None:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=2**20)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=2**20)
+    if dtype.hasobject:
+        raise DataError(f"{where}: a pickled (object) array; only numeric arrays are read")
+    check_allocation(math.prod(shape) * dtype.itemsize, f"{where} (shape {shape}, {dtype})", DataError)
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip() or type(err).__name__).splitlines()[0]
 
 
 def _single(array: np.ndarray, specs: list[InputSpec]) -> dict[str, np.ndarray]:

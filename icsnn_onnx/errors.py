@@ -16,6 +16,10 @@ class ModelLoadError(IcsnnError):
     """The file is missing, unreadable, not ONNX, truncated, or fails the ONNX checker."""
 
 
+class OptionError(IcsnnError):
+    """Conversion options that cannot go together (e.g. the loop layout with the cpu target)."""
+
+
 class ConversionError(IcsnnError):
     """The model is valid ONNX but cannot be turned into an SNN as asked."""
 
@@ -56,6 +60,10 @@ class DataError(IcsnnError):
 
 class OutputExistsError(IcsnnError):
     """The output file exists and overwriting was not requested."""
+
+
+class OutputPathError(IcsnnError):
+    """The output cannot be written there: it is an input, a directory, in a missing folder, …"""
 
 
 class ProviderUnavailableError(IcsnnError):

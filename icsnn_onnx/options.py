@@ -7,6 +7,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from icsnn_onnx.contract import metadata_key
+
 InitPolicy = Literal["zero", "half", "calibrated"]
 INIT_POLICIES: tuple[str, ...] = ("zero", "half", "calibrated")
 ENCODINGS: tuple[str, ...] = ("direct", "rate", "poisson")
@@ -103,4 +105,4 @@ class ConversionOptions:
         return parse_threshold_method(self.threshold_method)
 
     def as_metadata(self) -> dict[str, str]:
-        return {f"icsnn.{k}": str(v) for k, v in asdict(self).items() if k != "batch_size"}
+        return {metadata_key(k): str(v) for k, v in asdict(self).items() if k != "batch_size"}

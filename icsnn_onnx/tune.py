@@ -14,13 +14,13 @@ Choose on held-out data (a validation split), never on the test set you report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from icsnn_onnx.converter import ModelSource, convert
 from icsnn_onnx.data import DataSource, input_specs, load_dataset
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.model_io import load_model
-from icsnn_onnx.options import DEFAULT_MAXPOOL, threshold_depends_on_T
+from icsnn_onnx.options import ConversionOptions, threshold_depends_on_T
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime import Session, evaluate
 
@@ -38,44 +38,39 @@ def tune(
     calib: DataSource | None,
     data: DataSource,
     *,
+    options: ConversionOptions | None = None,
     max_drop: float = 0.5,
-    init: str = "half",
     max_T: int = 64,
-    threshold: str = "auto",
-    channel_wise: bool = False,
-    compensation: bool = True,
-    encoding: str = "direct",
-    maxpool: str = DEFAULT_MAXPOOL,
-    seed: int = 0,
     progress: ProgressFactory = silent,
+    **fields: object,
 ) -> TuneResult:
-    if max_drop < 0:
-        raise ValueError("max_drop must be >= 0")
+    """The smallest T ≤ ``max_T`` whose SNN, built as ``options`` says (its ``T`` and ``per_step``
+    aside), is within ``max_drop`` accuracy points of the ANN on ``data``. ``options`` or its
+    fields as keywords, as for :func:`~icsnn_onnx.convert`."""
+    if options is None:
+        options = ConversionOptions(**fields)  # type: ignore[arg-type]
+    elif fields:
+        raise TypeError(f"give options or keyword fields, not both (got {sorted(fields)})")
+    if not 0 <= max_drop <= 100:  # NaN fails too
+        raise ValueError(f"max_drop must be accuracy points in [0, 100], got {max_drop}")
+    if isinstance(max_T, bool) or not isinstance(max_T, int) or max_T < 1:
+        raise ValueError(f"max_T must be a positive integer, got {max_T!r}")
     source = load_model(model)
     dataset = load_dataset(data, input_specs(source), what="tuning data")
     if dataset.labels is None:
         raise DataError("tuning data needs integer labels 'y'")
     ann = evaluate(Session(source, provider="cpu"), dataset, progress=progress).accuracy
     target = ann - max_drop / 100.0
-    options = {
-        "threshold": threshold,
-        "channel_wise": channel_wise,
-        "init": init,
-        "compensation": compensation,
-        "encoding": encoding,
-        "maxpool": maxpool,
-        "seed": seed,
-        "progress": progress,
-    }
     table: dict[int, float] = {}
-    if init in ("half", "zero") and not threshold_depends_on_T(threshold):
-        snn = convert(source, calib, T=max_T, per_step=True, **options)
+    if options.init in ("half", "zero") and not threshold_depends_on_T(options.threshold):
+        stepwise = replace(options, T=max_T, per_step=True)
+        snn = convert(source, calib, options=stepwise, progress=progress)
         steps = evaluate(Session(snn, provider="cpu"), dataset, progress=progress).per_step_accuracy
         table = {t: acc for t, acc in enumerate(steps, start=1)}
     else:
         T = 1
         while T <= max_T:
-            snn = convert(source, calib, T=T, **options)
+            snn = convert(source, calib, options=replace(options, T=T, per_step=False), progress=progress)
             table[T] = evaluate(Session(snn, provider="cpu"), dataset, progress=progress).accuracy
             if table[T] >= target:
                 break

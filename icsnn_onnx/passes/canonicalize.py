@@ -10,13 +10,19 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterator
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import version_converter
+from onnx import numpy_helper, version_converter
 
-from icsnn_onnx.errors import ModelLoadError
+from icsnn_onnx import neuron
+from icsnn_onnx.contract import CONVERTER_VERSION_KEY, T_KEY
+from icsnn_onnx.elementwise import FLOAT_TENSOR_TYPES
+from icsnn_onnx.errors import ConversionError, ModelLoadError
+from icsnn_onnx.limits import available_memory, human
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.passes import Pass, PassResult, require
 from icsnn_onnx.passes.graph_utils import bypass, detach, is_graph_output
@@ -43,11 +49,13 @@ def import_model(model: onnx.ModelProto, options: ConversionOptions) -> Program:
 
     Never modifies ``model``.
     """
+    _refuse_spiking(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0]
         raise ModelLoadError(f"not a valid ONNX model: {first}") from err
+    _refuse_non_finite(model)
     model = _copy(model)
     _initializers_are_not_inputs(model)
     source = default_opset(model)
@@ -66,6 +74,49 @@ def import_model(model: onnx.ModelProto, options: ConversionOptions) -> Program:
     extra = {op.domain: op.version for op in model.opset_import if op.domain not in ("", "ai.onnx")}
     graph = gs.import_onnx(model)
     return Program(graph=graph, options=options, opset=CANONICAL_OPSET, extra_opsets=extra)
+
+
+def _static_bytes(tensor: gs.Tensor) -> int | None:
+    shape, dtype = tensor.shape, tensor.dtype
+    if shape is None or dtype is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return None
+    try:
+        itemsize = np.dtype(dtype).itemsize
+    except TypeError:
+        return None
+    return math.prod(shape) * itemsize
+
+
+def _refuse_spiking(model: onnx.ModelProto) -> None:
+    metadata = {p.key: p.value for p in model.metadata_props}
+    spiking = CONVERTER_VERSION_KEY in metadata or any(o.domain == neuron.DOMAIN for o in model.opset_import)
+    if spiking:
+        T = metadata.get(T_KEY, "?")
+        raise ConversionError(
+            f"the model is already a spiking network made by icsnn-onnx (T={T}); convert the ANN it came from"
+        )
+
+
+def _refuse_non_finite(model: onnx.ModelProto) -> None:
+    """Weights with NaN or Inf make every threshold and spike meaningless: name them all."""
+    bad = []
+    for tensor in _stored_tensors(model.graph):
+        if tensor.data_type not in FLOAT_TENSOR_TYPES or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        values = numpy_helper.to_array(tensor)
+        count = values.size - int(np.count_nonzero(np.isfinite(values)))
+        if count:
+            bad.append(f"{tensor.name or '(a Constant)'} ({count} of {values.size})")
+    if bad:
+        raise ModelLoadError(f"weights contain NaN or Inf: {', '.join(bad)}")
+
+
+def _stored_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                yield attribute.t
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -98,6 +149,7 @@ class Canonicalize(Pass):
         graph = program.graph
         before = len(graph.nodes)
         self._name_nodes(graph)
+        self._refuse_oversized(graph)
         graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False)
         changed = self._sum_to_add(graph) | self._remove_no_ops(graph)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -110,6 +162,20 @@ class Canonicalize(Pass):
             removable = node.op == "Dropout" and self._removable(program.graph, node)
             require(not removable, self.name, f"inference Dropout {node.name} left")
             require(bool(node.name), self.name, "unnamed node left")
+
+    @staticmethod
+    def _refuse_oversized(graph: gs.Graph) -> None:
+        """A tensor of static shape larger than memory (a 40 GB constant fill, an input with a
+        static batch of 2^40) would end constant folding or calibration in a MemoryError."""
+        limit = available_memory()
+        for node in graph.nodes:
+            for tensor in node.outputs:
+                size = _static_bytes(tensor)
+                if size is not None and size > limit:
+                    raise ConversionError(
+                        f"{node.name} ({node.op}) produces {tensor.name} of shape {list(tensor.shape)}: "
+                        f"{human(size)}, more than the {human(limit)} of memory available"
+                    )
 
     @staticmethod
     def _name_nodes(graph: gs.Graph) -> None:

@@ -23,6 +23,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from icsnn_onnx.contract import encoder_key
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.passes import Pass, PassResult
@@ -63,5 +64,5 @@ class EncodeInputs(Pass):
                 high = low + 1.0
             encoder = InputEncoder(name, EncodingKind(options.encoding), low, high, v_init, options.seed)
             program.encoders[name] = encoder
-            program.metadata[f"icsnn.encoder.{name}"] = encoder.describe()
+            program.metadata[encoder_key(name)] = encoder.describe()
         return PassResult(program, True)

@@ -84,3 +84,29 @@ def channel_shape(rank: int, channels: int) -> list[int]:
 def tensor_rank(tensor: gs.Tensor) -> int | None:
     shape = tensor.shape
     return None if shape is None else len(shape)
+
+
+def rename_duplicates(graph: gs.Graph) -> None:
+    """Give every tensor a name of its own. Generated names (``relu.threshold``, ``a@3``, …) might
+    meet a tensor the model already calls so; the graph's inputs and outputs keep their names
+    (the model's contract), the first other holder keeps its own and later ones get a suffix."""
+    holders: dict[str, list[gs.Tensor]] = {}
+
+    def hold(tensor: gs.Tensor) -> None:
+        same = holders.setdefault(tensor.name, [])
+        if tensor.name and not any(t is tensor for t in same):
+            same.append(tensor)
+
+    for tensor in (*graph.inputs, *graph.outputs):
+        hold(tensor)
+    for node in graph.nodes:
+        for tensor in (*node.inputs, *node.outputs):
+            hold(tensor)
+    taken = set(holders)
+    for name, tensors in holders.items():
+        for k, tensor in enumerate(tensors[1:], start=1):
+            fresh = f"{name}.{k}"
+            while fresh in taken:
+                fresh += "_"
+            taken.add(fresh)
+            tensor.name = fresh

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from icsnn_onnx.calibration import stream_tensors
-from icsnn_onnx.contract import step_name
+from icsnn_onnx.contract import INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY, step_name
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.neuron import IFParams, constant_input_rate, simulate
@@ -108,7 +108,7 @@ class CalibrateInitialPotential(Pass):
                 batch_errors = self._channel_errors(z, target, theta, constant=not stream)
                 errors = batch_errors if errors is None else errors + batch_errors
             program.v_init[site.name] = self._choose(site.name, errors, theta, target.ndim)
-        program.metadata["icsnn.init_candidates"] = str(self.K)
+        program.metadata[INIT_CANDIDATES_KEY] = str(self.K)
         # Layer-wise least squares does not guarantee a better network output: keep Alg 1's
         # potentials if the calibrated ones do worse end to end on the same data.
         calibrated = dict(program.v_init)
@@ -122,7 +122,7 @@ class CalibrateInitialPotential(Pass):
                 *self.output_errors[::-1],
             )
             program.v_init.update(half_start)
-            program.metadata["icsnn.init_fallback"] = "half"
+            program.metadata[INIT_FALLBACK_KEY] = "half"
         return PassResult(program, True)
 
     def _trial_snn(self, program: Program, v_init: dict[str, np.ndarray]) -> onnx.ModelProto:

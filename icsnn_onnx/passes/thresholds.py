@@ -16,6 +16,7 @@ import logging
 import numpy as np
 
 from icsnn_onnx.calibration import activation_thresholds
+from icsnn_onnx.contract import THRESHOLD_METHOD_KEY, THRESHOLD_SOURCE_KEY
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.passes import Pass, PassResult, require
@@ -67,9 +68,9 @@ class NormalizeThresholds(Pass):
             for site in unclipped:
                 program.thresholds[site.name] = self._shape(program, site.name, site.input, stats[site.input])
             logger.info("calibrated %d threshold(s) on %d samples", len(unclipped), len(calib))
-        program.metadata["icsnn.threshold_source"] = "calibration" if unclipped else "clip bounds"
+        program.metadata[THRESHOLD_SOURCE_KEY] = "calibration" if unclipped else "clip bounds"
         if unclipped:
-            program.metadata["icsnn.threshold_method"] = options.threshold_method
+            program.metadata[THRESHOLD_METHOD_KEY] = options.threshold_method
         return PassResult(program, True)
 
     @staticmethod

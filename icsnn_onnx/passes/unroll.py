@@ -32,6 +32,7 @@ Layouts:
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections.abc import Callable, Mapping
@@ -40,13 +41,21 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx import neuron
-from icsnn_onnx.contract import PER_STEP_OUTPUTS_KEY, PER_STEP_SUFFIX, step_name
+from icsnn_onnx.contract import (
+    CHANNELWISE_SITES_KEY,
+    LAYOUT_KEY,
+    PER_STEP_OF_KEY,
+    PER_STEP_OUTPUTS_KEY,
+    PER_STEP_SUFFIX,
+    step_name,
+)
 from icsnn_onnx.errors import ConversionError
 from icsnn_onnx.options import LAYOUTS, TARGETS
 from icsnn_onnx.passes import Pass, PassResult, require
-from icsnn_onnx.passes.graph_utils import detach
+from icsnn_onnx.passes.graph_utils import detach, rename_duplicates
 from icsnn_onnx.passes.insert_neurons import is_neuron
 from icsnn_onnx.passes.layout import batch_fold_blocker
+from icsnn_onnx.passes.scale import MAX_UNROLLED_OPS, ops_per_step
 from icsnn_onnx.passes.temporal import TemporalPlan, analyze
 from icsnn_onnx.program import ActivationKind, EncodingKind, InputEncoder, Program, TransferFunction
 
@@ -101,10 +110,13 @@ class Unroll(Pass):
         )
         emitter.run()
         if self.target == "cpu":
-            program.metadata["icsnn.channelwise_sites"] = str(len(emitter.channelwise_sites))
+            program.metadata[CHANNELWISE_SITES_KEY] = str(len(emitter.channelwise_sites))
         if self.per_step:
-            program.metadata[PER_STEP_OUTPUTS_KEY] = ",".join(emitter.add_per_step_outputs())
-        program.metadata["icsnn.layout"] = layout
+            per_step = emitter.add_per_step_outputs()
+            program.metadata[PER_STEP_OUTPUTS_KEY] = ",".join(per_step.values())
+            program.metadata[PER_STEP_OF_KEY] = json.dumps(per_step)
+        program.metadata[LAYOUT_KEY] = layout
+        rename_duplicates(graph)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         return PassResult(program, True)
 
@@ -113,6 +125,11 @@ class Unroll(Pass):
             return "step-major"
         if self.layout == "loop":
             return "loop"
+        if self.layout == "auto":
+            neurons = sum(1 for name in plan.neurons if is_neuron(_node_by_name(graph, name)))
+            others = len(plan.body) - len(plan.neurons)
+            if ops_per_step(plan, neurons, others, self.per_step) * self.T > MAX_UNROLLED_OPS:
+                return "loop"
         blockers = time_batch_blockers(graph, plan)
         if not blockers:
             return "time-batched"
@@ -120,6 +137,10 @@ class Unroll(Pass):
             raise ConversionError(f"time-batched layout not applicable: {'; '.join(blockers)}")
         logger.warning("using the step-major layout: %s", blockers[0])
         return "step-major"
+
+
+def _node_by_name(graph: gs.Graph, name: str) -> gs.Node:
+    return next(n for n in graph.nodes if n.name == name)
 
 
 def _emitter_class(layout: str) -> type[_Emitter]:
@@ -479,8 +500,9 @@ class _Emitter:
             self._add(op, f"{name}.{i}", inputs, [out])
             value = out
 
-    def add_per_step_outputs(self) -> list[str]:
-        """Add ``y_per_step`` = stack over t of the read-out after t steps, for every output."""
+    def add_per_step_outputs(self) -> dict[str, str]:
+        """Add ``y_per_step`` = stack over t of the read-out after t steps, for every output;
+        return output → its per-step output's (free) name."""
         head = [self.by_name[n] for n in self.plan.head]
         per_t: list[dict[str, gs.Tensor]] = []  # per t: original tensor name → its t-prefix value
         for t in range(1, self.T + 1):
@@ -491,7 +513,7 @@ class _Emitter:
                     outputs = self._clone(node, inputs, list(node.outputs), step_name(".after", t))
                     values.update({o.name: c for o, c in zip(node.outputs, outputs, strict=True)})
             per_t.append(values)
-        names = []
+        names: dict[str, str] = {}
         for y in list(self.graph.outputs):
             steps = [y if t == self.T else per_t[t - 1].get(y.name, y) for t in range(1, self.T + 1)]
             axes = self._const(f"{y.name}.stack_axes", [0])
@@ -502,11 +524,21 @@ class _Emitter:
                 self._add("Unsqueeze", step_name(f"{y.name}.step", t), [value, axes], [s])
                 slices.append(s)
             shape = None if y.shape is None else [self.T, *y.shape]
-            stacked = gs.Variable(f"{y.name}{PER_STEP_SUFFIX}", y.dtype, shape)
-            self._add("Concat", f"{y.name}{PER_STEP_SUFFIX}", slices, [stacked], attrs={"axis": 0})
+            stacked = gs.Variable(self._free_name(f"{y.name}{PER_STEP_SUFFIX}"), y.dtype, shape)
+            self._add("Concat", stacked.name, slices, [stacked], attrs={"axis": 0})
             self.graph.outputs.append(stacked)
-            names.append(stacked.name)
+            names[y.name] = stacked.name
         return names
+
+    def _free_name(self, name: str) -> str:
+        """``name``, or ``name_1``, ``name_2``, … if the graph already has a tensor so named."""
+        taken = {t.name for n in self.graph.nodes for t in (*n.inputs, *n.outputs)}
+        taken |= {t.name for t in (*self.graph.inputs, *self.graph.outputs)}
+        free, k = name, 0
+        while free in taken:
+            k += 1
+            free = f"{name}_{k}"
+        return free
 
 
 def _per_channel(value: np.ndarray, channels: int) -> np.ndarray | None:

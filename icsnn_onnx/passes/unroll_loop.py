@@ -212,7 +212,7 @@ class Loop(_Emitter):
             scans[y.name] = value
         return scans
 
-    def add_per_step_outputs(self) -> list[str]:
+    def add_per_step_outputs(self) -> dict[str, str]:
         """``y_per_step`` = the read-out after step 1, then the loop's after steps 2…T."""
         head = [self.by_name[n] for n in self.plan.head]
         values = {c: self.prefix_means[(c, 1)] for c in self.plan.cuts}
@@ -220,22 +220,18 @@ class Loop(_Emitter):
             inputs = [values.get(i.name, i) for i in node.inputs]
             outputs = self._clone(node, inputs, list(node.outputs), step_name(".after", 1))
             values.update({o.name: c for o, c in zip(node.outputs, outputs, strict=True)})
-        names = []
+        names: dict[str, str] = {}
         for y in list(self.graph.outputs):
             first = values.get(y.name, y)
             axes = self._const(f"{y.name}.stack_axes", [0])
             one = gs.Variable(step_name(f"{y.name}.step", 1), y.dtype, _stacked(y.shape, 1))
             self._add("Unsqueeze", step_name(f"{y.name}.step", 1), [first, axes], [one])
-            stacked = gs.Variable(f"{y.name}{PER_STEP_SUFFIX}", y.dtype, _stacked(y.shape, self.T))
-            self._add(
-                "Concat",
-                f"{y.name}{PER_STEP_SUFFIX}",
-                [one, self._scans[y.name]],
-                [stacked],
-                attrs={"axis": 0},
+            stacked = gs.Variable(
+                self._free_name(f"{y.name}{PER_STEP_SUFFIX}"), y.dtype, _stacked(y.shape, self.T)
             )
+            self._add("Concat", stacked.name, [one, self._scans[y.name]], [stacked], attrs={"axis": 0})
             self.graph.outputs.append(stacked)
-            names.append(stacked.name)
+            names[y.name] = stacked.name
         return names
 
     @property

@@ -9,6 +9,7 @@ one SNN run.
 from __future__ import annotations
 
 import contextlib
+import math
 import resource
 import statistics
 import sys
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from icsnn_onnx.data import InputSpec
+from icsnn_onnx.data import InputSpec, check_same_inputs, input_specs
 from icsnn_onnx.errors import DataError
+from icsnn_onnx.limits import check_allocation
+from icsnn_onnx.model_io import load_model
 from icsnn_onnx.runtime.session import Session
 
 
@@ -50,10 +53,16 @@ def random_feeds(specs: list[InputSpec], batch: int, seed: int = 0) -> dict[str,
     """Inputs of the model's shapes (dynamic dimensions: batch first, else 1), in [0, 1)."""
     rng = np.random.default_rng(seed)
     feeds = {}
-    for spec in specs:
-        shape = [
+    shapes = {
+        spec.name: [
             d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(spec.shape)
         ]
+        for spec in specs
+    }
+    size = sum(math.prod(shapes[s.name]) * s.dtype.itemsize for s in specs)
+    check_allocation(size, f"a batch of {batch} inputs", DataError, "use a smaller --batch")
+    for spec in specs:
+        shape = shapes[spec.name]
         if spec.dtype.kind == "f":
             feeds[spec.name] = rng.random(shape).astype(spec.dtype)
         else:
@@ -103,9 +112,10 @@ def bench(
     at most 500): a small ANN's few-millisecond runs need many samples for a stable median.
     """
     snn_session = Session(snn, provider=provider, cuda_graph=cuda_graph, threads=threads, spin=False)
-    T = int(snn_session.metadata.get("icsnn.T", 0))
+    T = snn_session.snn.T if snn_session.snn else 0
     if T < 1:
         raise DataError(f"{snn} is not an icsnn-onnx SNN (no icsnn.T in its metadata)")
+    check_same_inputs(snn_session.inputs, input_specs(load_model(ann, external_data=False)), str(ann))
     feeds = random_feeds(snn_session.inputs, batch)
     run_snn = snn_session.runner(feeds)
     # Alone first, so that its own peak memory can be told apart; twice, because ONNX Runtime

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from icsnn_onnx.contract import PER_STEP_SUFFIX
+from icsnn_onnx.contract import per_step_outputs
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.model_io import load_model
@@ -118,8 +118,9 @@ def diagnose(
     ann_tensors = {o for n in ann_model.graph.node for o in n.output} | {
         i.name for i in ann_model.graph.input
     }
-    output = next(o.name for o in snn_model.graph.output if not o.name.endswith(PER_STEP_SUFFIX))
-    per_step = output + PER_STEP_SUFFIX if output + PER_STEP_SUFFIX in snn_session.output_names else None
+    stepwise = per_step_outputs(snn_session.metadata)
+    output = next(o.name for o in snn_model.graph.output if o.name not in stepwise.values())
+    per_step = stepwise.get(output)
     layer_tensors = {t for layer in traced for t in (layer.tensor, layer.current) if t in ann_tensors}
     wanted = [output, *sorted(layer_tensors - {output})]
     ann_session = Session(expose(ann_model, wanted), provider=provider)

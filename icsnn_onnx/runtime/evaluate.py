@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icsnn_onnx.contract import PER_STEP_SUFFIX
+from icsnn_onnx.contract import per_step_outputs
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.progress import ProgressFactory, silent
@@ -36,7 +36,8 @@ class Evaluation:
 
 
 def default_output(session: Session) -> str:
-    return next(n for n in session.output_names if not n.endswith(PER_STEP_SUFFIX))
+    per_step = set(per_step_outputs(session.metadata).values())
+    return next(n for n in session.output_names if n not in per_step)
 
 
 def evaluate(
@@ -49,7 +50,7 @@ def evaluate(
     output = output or default_output(session)
     if output not in session.output_names:
         raise DataError(f"model has no output {output!r}; outputs are {session.output_names}")
-    per_step = output + PER_STEP_SUFFIX
+    per_step = per_step_outputs(session.metadata).get(output, "")
     names = [output] + ([per_step] if per_step in session.output_names else [])
     predictions, step_predictions = [], []
     for result in session.iter_run(data, batch_size, names, progress, "evaluating"):

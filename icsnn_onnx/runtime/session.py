@@ -21,9 +21,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from icsnn_onnx.contract import PER_STEP_OUTPUTS_KEY
+from icsnn_onnx.contract import TARGET_KEY, SnnMetadata, per_step_outputs
 from icsnn_onnx.data import Dataset, InputSpec
-from icsnn_onnx.errors import ModelLoadError, ProviderUnavailableError
+from icsnn_onnx.errors import DataError, ModelLoadError, ProviderUnavailableError
+from icsnn_onnx.limits import check_allocation
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.quiet import ORT_SILENT, ort_log_severity
@@ -106,7 +107,7 @@ def target_mismatch(metadata: Mapping[str, str], provider: str) -> str | None:
     """Why a model compiled with ``--target cpu`` should not run on ``provider`` (None if fine):
     its neurons are 1×1 convolutions whose spikes are exact only in float32 arithmetic, and a
     GPU's convolutions may run in TF32."""
-    if metadata.get("icsnn.target") == "cpu" and provider != CPU:
+    if metadata.get(TARGET_KEY) == "cpu" and provider != CPU:
         return (
             f"this SNN was compiled with --target cpu but runs on {provider}, whose convolutions may "
             "round to TF32 and change spikes; compile with --target portable for GPUs"
@@ -202,7 +203,8 @@ class Session:
             model = str(model)
         # Read once, before ONNX Runtime loads the model: the execution order depends on it.
         self.metadata: dict[str, str] = _metadata(model)
-        if self.metadata.get("icsnn.target") == "cpu":
+        self.snn = SnnMetadata.read(self.metadata)  # None for a model icsnn-onnx did not write
+        if self.metadata.get(TARGET_KEY) == "cpu":
             # Its steps all stay in the CPU provider's blocked layout; ordered by priority, ONNX
             # Runtime then runs them step by step and frees each step's tensors (VGG-11, T=32,
             # batch 64: peak RSS 1.3 GiB → 0.4 GiB, ResNet-18 2.4 → 1.0 GiB, same speed). The
@@ -248,9 +250,8 @@ class Session:
         mismatch = target_mismatch(self.metadata, self.provider)
         if mismatch:
             logger.warning(mismatch)
-        per_step = self.metadata.get(PER_STEP_OUTPUTS_KEY, "")
         # Per-step outputs are [T, N, ...]: their batch axis is 1.
-        self._batch_axis = {name: 1 for name in filter(None, per_step.split(","))}
+        self._batch_axis = {name: 1 for name in per_step_outputs(self.metadata).values()}
 
     def batch_axis(self, output: str) -> int:
         return self._batch_axis.get(output, 0)
@@ -368,6 +369,9 @@ class Session:
         """
         static = self.inputs[0].static_batch if self.inputs else None
         size = static or batch_size
+        if static and len(data):
+            per_sample = sum(v[:1].nbytes for v in data.inputs.values())
+            check_allocation(per_sample * static, f"a batch of the model's static size {static}", DataError)
         bar = progress(-(-len(data) // size), desc)
         try:
             for batch in data.batches(size):
