@@ -345,7 +345,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from icsnn_onnx.converter import convert
     from icsnn_onnx.model_io import check_output, save_model
-    from icsnn_onnx.tune import tune
+    from icsnn_onnx.tuning import tune
 
     options = _options(args)
     inputs = (args.model, args.calib, args.data)

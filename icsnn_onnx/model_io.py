@@ -42,8 +42,12 @@ def load_model(
     path = Path(source)
     check_readable_file(path, ModelLoadError)
     model = _parse(lambda: onnx.load(str(path), load_external_data=False), str(path))
+    check_external_data(model, path)
     if external_data:
-        _load_external_data(model, path)
+        try:
+            onnx.load_external_data_for_model(model, str(path.resolve().parent))
+        except (OSError, ValueError, onnx.checker.ValidationError, MemoryError) as err:
+            raise ModelLoadError(f"{path}: cannot read its external data ({err})") from err
     return model
 
 
@@ -81,8 +85,9 @@ def _check_contents(model: onnx.ModelProto, where: str) -> None:
         raise ModelLoadError(f"{where}: the model has no outputs")
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Read tensors stored beside the model; each data file must exist inside its folder."""
+def check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Every tensor stored beside the model has its data file, inside the model's folder (onnx and
+    ONNX Runtime refuse absolute locations and ones that climb out with ``..``)."""
     folder = path.resolve().parent
     for tensor in _tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -96,10 +101,6 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
             )
         if not (folder / target).is_file():
             raise ModelLoadError(f"{path}: tensor {tensor.name!r}: its data file {location!r} is missing")
-    try:
-        onnx.load_external_data_for_model(model, str(folder))
-    except (OSError, ValueError, onnx.checker.ValidationError, MemoryError) as err:
-        raise ModelLoadError(f"{path}: cannot read its external data ({err})") from err
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:

@@ -67,6 +67,13 @@ def analyze(
             streams.update(t.name for t in node.outputs)
             continue
         flags = [isinstance(t, gs.Variable) and t.name in streams for t in node.inputs]
+        implicit = sorted(outer_scope_inputs(node) & streams)
+        if implicit:
+            reason = f"its subgraph reads the time-varying {implicit[:3]} (control flow is not converted)"
+            nonlinear[node.name] = UnsupportedNode(node.name, node.op, reason, _output_name(node))
+            stream_nodes.append(node)
+            streams.update(t.name for t in node.outputs)
+            continue
         if not any(flags):
             continue
         if node.op in STRUCTURAL_OPS:
@@ -113,6 +120,23 @@ def analyze(
         cuts=tuple(dict.fromkeys(cuts)),
     )
     return plan, blocked
+
+
+def outer_scope_inputs(node: gs.Node) -> set[str]:
+    """Names a node's subgraphs (If branches, Loop and Scan bodies) read from the graph around
+    it: implicit inputs, which ``node.inputs`` does not list."""
+    found: set[str] = set()
+    for value in node.attrs.values():
+        for graph in value if isinstance(value, list) else [value]:
+            if isinstance(graph, gs.Graph):
+                defined = {t.name for t in graph.inputs}
+                for inner in graph.nodes:
+                    defined.update(t.name for t in inner.outputs)
+                for inner in graph.nodes:
+                    found.update(t.name for t in inner.inputs if isinstance(t, gs.Variable) and t.name)
+                    found.update(outer_scope_inputs(inner))
+                found -= defined
+    return found
 
 
 def site_node_names(program: Program) -> frozenset[str]:
