@@ -15,6 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx import neuron
+from icsnn_onnx.elementwise import evaluate
 from icsnn_onnx.options import ConversionOptions
 
 
@@ -22,6 +23,15 @@ class ActivationKind(str, Enum):
     RELU = "relu"  # max(x, 0)
     CLIPPED = "clipped"  # min(max(x, 0), λ)
     QUANTIZED = "quantized"  # (λ/L)·clip(floor(x·L/λ + φ), 0, L)
+
+
+@dataclass(frozen=True)
+class TransferStep:
+    """One elementwise op of a transfer function: ``op_type(x, *constants)``, each constant with
+    the suffix that names it in the graph."""
+
+    op_type: str
+    constants: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,15 +59,33 @@ class TransferFunction:
         if self.offset is None or not 0.0 <= self.offset < 1.0:
             raise ValueError("a quantized activation needs an offset φ in [0, 1)")
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Evaluate the recognized function (used by tests and reports)."""
+    def equations(self) -> tuple[TransferStep, ...]:
+        """The function as elementwise ONNX ops applied in turn to ``x``: the one definition that
+        :meth:`__call__` evaluates in numpy and the read-out (``passes/unroll``) emits as nodes."""
         if self.kind is ActivationKind.RELU:
-            return np.maximum(x, 0)
-        lam = self.upper_bound
+            return (TransferStep("Relu"),)
+        lam = float(self.upper_bound)
         if self.kind is ActivationKind.CLIPPED:
-            return np.clip(x, 0, lam)
-        L = self.levels
-        return lam / L * np.clip(np.floor(x * L / lam + self.offset), 0, L)
+            return (TransferStep("Clip", ((".lo", 0.0), (".hi", lam))),)
+        L = int(self.levels)
+        return (
+            TransferStep("Mul", ((".scale", L / lam),)),
+            TransferStep("Add", ((".offset", float(self.offset)),)),
+            TransferStep("Floor"),
+            TransferStep("Clip", ((".lo", 0.0), (".hi", float(L)))),
+            TransferStep("Mul", ((".step", lam / L),)),
+        )
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Evaluate the recognized function in numpy, as the ONNX read-out computes it."""
+        value = np.asarray(x)
+        for step in self.equations():
+            constants = [
+                np.asarray(c, value.dtype if value.dtype.kind == "f" else np.float64)
+                for _, c in step.constants
+            ]
+            value = evaluate(step.op_type, [value, *constants], {})
+        return value
 
     def describe(self) -> str:
         if self.kind is ActivationKind.RELU:

@@ -57,7 +57,7 @@ from icsnn_onnx.passes.insert_neurons import is_neuron
 from icsnn_onnx.passes.layout import batch_fold_blocker
 from icsnn_onnx.passes.scale import MAX_UNROLLED_OPS, ops_per_step
 from icsnn_onnx.passes.temporal import TemporalPlan, analyze
-from icsnn_onnx.program import ActivationKind, EncodingKind, InputEncoder, Program, TransferFunction
+from icsnn_onnx.program import EncodingKind, InputEncoder, Program, TransferFunction
 
 logger = logging.getLogger(__name__)
 
@@ -469,35 +469,15 @@ class _Emitter:
     def _emit_transfer(
         self, transfer: TransferFunction, x: gs.Tensor, y: gs.Tensor, name: str, dtype: np.dtype
     ) -> None:
-        """``y = transfer(x)``: the ANN's own activation function."""
-        if transfer.kind is ActivationKind.RELU:
-            self._add("Relu", name, [x], [y])
-            return
-        lam = transfer.upper_bound
-        if transfer.kind is ActivationKind.CLIPPED:
-            bounds = [self._const(f"{name}.lo", 0.0, dtype), self._const(f"{name}.hi", lam, dtype)]
-            self._add("Clip", name, [x, *bounds], [y])
-            return
-        levels = transfer.levels
-        chain = [
-            ("Mul", self._const(f"{name}.scale", levels / lam, dtype)),
-            ("Add", self._const(f"{name}.offset", transfer.offset, dtype)),
-            ("Floor", None),
-            ("Clip", None),
-            ("Mul", self._const(f"{name}.step", lam / levels, dtype)),
-        ]
+        """``y = transfer(x)``: the ANN's own activation function, from its one table of ops."""
+        steps = transfer.equations()
         value = x
-        for i, (op, const) in enumerate(chain):
-            out = y if i == len(chain) - 1 else gs.Variable(f"{name}.{i}", y.dtype, y.shape)
-            if op == "Clip":
-                inputs = [
-                    value,
-                    self._const(f"{name}.lo", 0.0, dtype),
-                    self._const(f"{name}.hi", levels, dtype),
-                ]
-            else:
-                inputs = [value] if const is None else [value, const]
-            self._add(op, f"{name}.{i}", inputs, [out])
+        for i, step in enumerate(steps):
+            last = i == len(steps) - 1
+            node = name if len(steps) == 1 else f"{name}.{i}"
+            out = y if last else gs.Variable(node, y.dtype, y.shape)
+            constants = [self._const(f"{name}{suffix}", value_, dtype) for suffix, value_ in step.constants]
+            self._add(step.op_type, node, [value, *constants], [out])
             value = out
 
     def add_per_step_outputs(self) -> dict[str, str]:
