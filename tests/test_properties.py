@@ -4,8 +4,10 @@ Each example is a network built with onnx.helper — Conv (1×1 or 3×3) with or
 ReLU or a Clip(0, λ), then optionally an AveragePool, a (padded) MaxPool, a Pad, a residual Add
 or a Concat with the block before — ending in Flatten (or Reshape), Gemm, ReLU, Gemm. Properties:
 conversion succeeds (every op is supported) or raises a typed error naming a node; the SNN's
-error against the ANN does not grow from T=8 to T=64; the layouts and targets compute the same
-function; converting twice gives the same bytes.
+error against the ANN at T=256 is no larger than at T=8 (between them it need not fall
+monotonically: with θ = λ of a Clip far above its activations nothing fires at T=8 — error 1 —
+and the first coarse spikes can overshoot, as hypothesis found); the layouts and targets compute
+the same function; converting twice gives the same bytes.
 
 Derandomized with a fixed example budget (the ``ci`` profile, conftest.py), so CI runs the same
 examples every time; ``HYPOTHESIS_PROFILE=dev`` explores more.
@@ -149,16 +151,16 @@ def test_conversion_succeeds_or_names_a_node(example):
 
 
 @given(networks())
-def test_error_does_not_grow_with_T(example):
+def test_error_at_large_T_is_no_larger_than_at_small_T(example):
     model, seed = example
     x = _data(model, seed)
     (ann,) = run(model, x[48:])
     assume(np.abs(ann).max() > 0)  # a random net whose last ReLU never fires has no error to measure
     errors = {}
-    for T in (8, 64):
+    for T in (8, 256):
         snn = icsnn_onnx.convert(model, x[:48], T=T, threshold="max", layout="loop")
         errors[T] = relative_error(run(snn, x[48:])[0], ann)
-    assert errors[64] <= errors[8] * 1.02 + 1e-6, errors
+    assert errors[256] <= errors[8] * 1.02 + 1e-6, errors
 
 
 @given(networks())
