@@ -82,7 +82,7 @@ class CheckScale(Pass):
         found = estimate(program)
         T = options.T
         ops = found.unrolled_ops(T)
-        # --layout auto takes the loop layout beyond the budget (passes/unroll.py).
+        # --layout auto takes the loop layout beyond the budget (passes/unroll).
         unrolled = options.layout not in ("loop", "auto") or options.init == "calibrated"
         if unrolled and ops > MAX_UNROLLED_OPS:
             if options.layout in ("loop", "auto"):

@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from icsnn_onnx.contract import PER_STEP_SUFFIX, loop_step_name, step_name
 from icsnn_onnx.passes.insert_neurons import is_neuron
-from icsnn_onnx.passes.unroll import _Emitter
+from icsnn_onnx.passes.unroll.emitter import Emitter
 from icsnn_onnx.program import EncodingKind
 
 LOOP_NODE = "icsnn_steps"
@@ -39,7 +39,7 @@ class _Step:
     v0: dict[str, gs.Tensor] = field(default_factory=dict)  # neuron output → v(0)
 
 
-class Loop(_Emitter):
+class Loop(Emitter):
     def run(self) -> None:
         self._outer_outputs = list(self.graph.outputs)
         self._rates: dict[str, gs.Tensor] = {}

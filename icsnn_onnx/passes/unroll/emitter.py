@@ -1,0 +1,12 @@
+"""What every layout's emitter shares."""
+
+from __future__ import annotations
+
+from icsnn_onnx.passes.unroll.encoders import Encoders
+from icsnn_onnx.passes.unroll.readout import ReadOut
+from icsnn_onnx.passes.unroll.stateful import StatefulSteps
+
+
+class Emitter(StatefulSteps, Encoders, ReadOut):
+    """Node creation, neuron and gate steps, encoders, read-out and per-step outputs; a layout
+    adds ``run``."""

@@ -1,0 +1,106 @@
+"""The time-batched layout: every per-step op once, on the T steps stacked along the batch axis."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from icsnn_onnx.contract import (
+    step_name,
+)
+from icsnn_onnx.passes.insert_neurons import is_neuron
+from icsnn_onnx.passes.unroll.emitter import Emitter
+
+
+class TimeBatched(Emitter):
+    def _stacked_shape(self, shape: list | None) -> list | None:
+        return None if shape is None else [None, *shape[1:]]  # axis 0 is T·N
+
+    def run(self) -> None:
+        stacked: dict[str, gs.Tensor] = {}  # stream → its [T·N, …] tensor
+        tiled: dict[str, gs.Tensor] = {}  # time-invariant activation → repeated T times on axis 0
+
+        def tile(tensor: gs.Tensor) -> gs.Tensor:
+            if tensor.name not in tiled:
+                out = gs.Variable(f"{tensor.name}@tiled", tensor.dtype, self._stacked_shape(tensor.shape))
+                self._add("Concat", f"{tensor.name}@tiled", [tensor] * self.T, [out], attrs={"axis": 0})
+                tiled[tensor.name] = out
+            return tiled[tensor.name]
+
+        for name, steps in self._encoded_inputs().items():
+            x = self.tensors[name]
+            joined = gs.Variable(f"{name}@T", x.dtype, self._stacked_shape(x.shape))
+            self._add("Concat", f"{name}@T", steps, [joined], attrs={"axis": 0})
+            stacked[name] = joined
+        wiring = self._take_body()
+        for node, inputs, outputs in wiring:
+            if is_neuron(node) or node.name in self.gates:
+                z, y = inputs[0], outputs[0]
+                if z.name in stacked:
+                    currents = [
+                        gs.Variable(step_name(f"{node.name}.input", t), z.dtype, z.shape)
+                        for t in range(1, self.T + 1)
+                    ]
+                    self._add(
+                        "Split",
+                        f"{z.name}@split",
+                        [stacked[z.name]],
+                        currents,
+                        attrs={"axis": 0, "num_outputs": self.T},
+                    )
+                else:  # hoisted input layer: the same current at every step
+                    currents = [z] * self.T
+                outs = self._stateful_steps(node, inputs, y, currents)
+                joined = gs.Variable(f"{y.name}@T", y.dtype, self._stacked_shape(y.shape))
+                self._add("Concat", f"{y.name}@T", outs, [joined], attrs={"axis": 0})
+                stacked[y.name] = joined
+                continue
+            rank = max(
+                (len(t.shape) for t in inputs if t.name in stacked and t.shape is not None), default=None
+            )
+            mapped = []
+            for tensor in inputs:
+                if tensor.name in stacked:
+                    mapped.append(stacked[tensor.name])
+                elif (
+                    isinstance(tensor, gs.Variable)
+                    and tensor.name
+                    and tensor.shape is not None
+                    and len(tensor.shape) == rank
+                ):
+                    mapped.append(tile(tensor))  # a per-sample activation computed once: repeat it per step
+                else:
+                    mapped.append(tensor)
+            clones = self._clone(node, mapped, outputs, "@T", self._stacked_shape)
+            stacked.update({o.name: c for o, c in zip(outputs, clones, strict=True)})
+        for cut in self.plan.cuts:
+            self._read_out(self.tensors[cut], stacked[cut])
+
+    def _read_out(self, cut: gs.Tensor, steps: gs.Tensor) -> None:
+        """``cut`` from the sum over t of ``steps`` viewed as ``[T, N, …]``; prefixes if per-step."""
+        rest = list(cut.shape[1:])
+        by_step = gs.Variable(f"{cut.name}.by_step", cut.dtype, [self.T, *cut.shape])
+        self._add(
+            "Reshape",
+            f"{cut.name}.by_step",
+            [steps, self._const(f"{cut.name}.by_step_shape", [self.T, -1, *rest])],
+            [by_step],
+        )
+        axis0 = self._const(f"{cut.name}.axis0", [0])
+        if not self.per_step:
+            total = gs.Variable(f"{cut.name}.sum", cut.dtype, cut.shape)
+            self._add("ReduceSum", f"{cut.name}.sum", [by_step, axis0], [total], attrs={"keepdims": 0})
+            self._finish_read_out(cut, self.T, total)
+            return
+        sums = gs.Variable(f"{cut.name}.cumsum", cut.dtype, [self.T, *cut.shape])
+        self._add(
+            "CumSum", f"{cut.name}.cumsum", [by_step, self._const(f"{cut.name}.cumsum_axis", 0)], [sums]
+        )
+        parts = [
+            gs.Variable(step_name(f"{cut.name}.prefix", t), cut.dtype, [1, *cut.shape])
+            for t in range(1, self.T + 1)
+        ]
+        self._add("Split", f"{cut.name}.prefix", [sums], parts, attrs={"axis": 0, "num_outputs": self.T})
+        for t, part in enumerate(parts, start=1):
+            total = gs.Variable(step_name(f"{cut.name}.sum", t), cut.dtype, cut.shape)
+            self._add("Squeeze", step_name(f"{cut.name}.sum", t), [part, axis0], [total])
+            self._finish_read_out(cut, t, total)
