@@ -14,7 +14,7 @@ from icsnn_onnx.contract import CONVERTER_VERSION_KEY, SITES_KEY
 from icsnn_onnx.data import DataSource, InputSpec, input_specs, load_dataset
 from icsnn_onnx.errors import CalibrationError, UnsupportedNode
 from icsnn_onnx.model_io import load_model
-from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions
+from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions, InitPolicy
 from icsnn_onnx.passes import Pass, PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
 from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
@@ -36,9 +36,9 @@ logger = logging.getLogger(__name__)
 ModelSource = str | Path | bytes | onnx.ModelProto
 
 
-def front_end(maxpool: str) -> list[Pass]:
+def front_end() -> list[Pass]:
     """The passes that analyse the ANN (shared by :func:`convert` and :func:`inspect_model`)."""
-    return [Canonicalize(), RecognizeActivations(), FoldBatchNorm(), LowerMaxPool(maxpool)]
+    return [Canonicalize(), RecognizeActivations(), FoldBatchNorm(), LowerMaxPool()]
 
 
 @quiet_dependencies()
@@ -70,23 +70,19 @@ def convert(
     program = import_model(source, options)
     PassManager(
         [
-            *front_end(options.maxpool),
+            *front_end(),
             CheckSupport(),
             CheckScale(),
             NormalizeThresholds(dataset, progress),
             EncodeInputs(dataset),
-            InitialPotential("half" if options.init == "calibrated" else options.init),
+            InitialPotential(),
             *(
-                [
-                    CalibrateInitialPotential(
-                        dataset, options.T, batch_size=options.batch_size, progress=progress
-                    )
-                ]
-                if options.init == "calibrated"
+                [CalibrateInitialPotential(dataset, progress)]
+                if options.init is InitPolicy.CALIBRATED
                 else []
             ),
             InsertNeurons(),
-            Unroll(options.T, options.per_step, options.layout, options.compensation, options.target),
+            Unroll(),
         ]
     )(program)
     result = finalize(program, source)
@@ -145,7 +141,7 @@ def inspect_model(
     """Analyse a model without converting it (no calibration needed), for these options."""
     source = load_model(model)
     program = import_model(source, ConversionOptions(maxpool=maxpool, encoding=encoding))
-    PassManager(front_end(maxpool))(program)
+    PassManager(front_end())(program)
     in_sites = site_node_names(program)
     gates = program.gates
     plan, blocked = analyze(

@@ -5,20 +5,58 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Literal
+from enum import Enum
 
 from icsnn_onnx.contract import metadata_key
 
-InitPolicy = Literal["zero", "half", "calibrated"]
-INIT_POLICIES: tuple[str, ...] = ("zero", "half", "calibrated")
-ENCODINGS: tuple[str, ...] = ("direct", "rate", "poisson")
-MAXPOOL_POLICIES: tuple[str, ...] = ("decompose", "gate", "avg")
-DEFAULT_MAXPOOL = "decompose"  # best held-out accuracy at T <= 8 in benchmarks/mnist_fidelity.py
-LAYOUTS: tuple[str, ...] = ("auto", "time-batched", "step-major", "loop")
-#: Where the SNN will run: ``portable`` emits the IF neuron in elementwise operators (exact on
-#: every execution provider); ``cpu`` emits it, where a site allows, in the operators ONNX
-#: Runtime's CPU provider keeps in its blocked layout (:data:`icsnn_onnx.neuron.CHANNELWISE_EQUATIONS`).
-TARGETS: tuple[str, ...] = ("portable", "cpu")
+
+class Choice(str, Enum):
+    """An option with a fixed set of values; compares equal to, and prints as, its value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class InitPolicy(Choice):
+    ZERO = "zero"
+    HALF = "half"  # θ/2, IC-SNN Alg 1
+    CALIBRATED = "calibrated"  # per channel on calibration data, Alg 2
+
+
+class Encoding(Choice):
+    DIRECT = "direct"
+    RATE = "rate"
+    POISSON = "poisson"
+
+
+class MaxPoolPolicy(Choice):
+    DECOMPOSE = "decompose"
+    GATE = "gate"
+    AVG = "avg"
+
+
+class Layout(Choice):
+    AUTO = "auto"
+    TIME_BATCHED = "time-batched"
+    STEP_MAJOR = "step-major"
+    LOOP = "loop"
+
+
+class Target(Choice):
+    """Where the SNN will run: ``portable`` emits the IF neuron in elementwise operators (exact on
+    every execution provider); ``cpu`` emits it, where a site allows, in the operators ONNX
+    Runtime's CPU provider keeps in its blocked layout (:data:`icsnn_onnx.neuron.CHANNELWISE_EQUATIONS`)."""
+
+    PORTABLE = "portable"
+    CPU = "cpu"
+
+
+INIT_POLICIES: tuple[str, ...] = tuple(c.value for c in InitPolicy)
+ENCODINGS: tuple[str, ...] = tuple(c.value for c in Encoding)
+MAXPOOL_POLICIES: tuple[str, ...] = tuple(c.value for c in MaxPoolPolicy)
+DEFAULT_MAXPOOL = MaxPoolPolicy.DECOMPOSE  # best held-out accuracy at T <= 8 (benchmarks/mnist_fidelity.py)
+LAYOUTS: tuple[str, ...] = tuple(c.value for c in Layout)
+TARGETS: tuple[str, ...] = tuple(c.value for c in Target)
 
 _PERCENTILE = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
 
@@ -54,46 +92,56 @@ def threshold_depends_on_T(spec: str) -> bool:
     return spec in ("mse", "auto")
 
 
+def _choice(kind: type[Choice], name: str, value: object) -> Choice:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = tuple(c.value for c in kind)
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
+
+
+def _integer(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ConversionOptions:
-    """What to build. Validated on construction; raises ``ValueError`` on a bad value."""
+    """What to build: the one record every pass reads (``program.options``), the CLI builds from
+    its flags and the output's metadata records. Validated on construction (choices may be given
+    as strings); raises ``ValueError`` on a bad value."""
 
     T: int = 32
     threshold: str = "auto"
     channel_wise: bool = False
-    init: str = "half"
-    encoding: str = "direct"
+    init: InitPolicy = InitPolicy.HALF
+    encoding: Encoding = Encoding.DIRECT
     compensation: bool = True
-    maxpool: str = DEFAULT_MAXPOOL
+    maxpool: MaxPoolPolicy = DEFAULT_MAXPOOL
     seed: int = 0
     per_step: bool = False
-    layout: str = "step-major"
-    target: str = "portable"
+    layout: Layout = Layout.STEP_MAJOR
+    target: Target = Target.PORTABLE
     calib_samples: int | None = None
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        if isinstance(self.T, bool) or not isinstance(self.T, int) or self.T < 1:
-            raise ValueError(f"T must be a positive integer, got {self.T!r}")
+        _integer("T", self.T, 1)
         parse_threshold_method(self.threshold)
-        if self.init not in INIT_POLICIES:
-            raise ValueError(f"init must be one of {INIT_POLICIES}, got {self.init!r}")
-        if self.encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
-        if self.maxpool not in MAXPOOL_POLICIES:
-            raise ValueError(f"maxpool must be one of {MAXPOOL_POLICIES}, got {self.maxpool!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
-        if self.layout == "loop" and self.target != "portable":
+        for name, kind in (
+            ("init", InitPolicy),
+            ("encoding", Encoding),
+            ("maxpool", MaxPoolPolicy),
+            ("layout", Layout),
+            ("target", Target),
+        ):
+            object.__setattr__(self, name, _choice(kind, name, getattr(self, name)))
+        _integer("seed", self.seed, 0)
+        if self.layout is Layout.LOOP and self.target is not Target.PORTABLE:
             raise ValueError("the loop layout runs the portable neurons: use target 'portable' with it")
-        if self.calib_samples is not None and self.calib_samples < 1:
-            raise ValueError(f"calib_samples must be >= 1, got {self.calib_samples}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.calib_samples is not None:
+            _integer("calib_samples", self.calib_samples, 1)
+        _integer("batch_size", self.batch_size, 1)
 
     @property
     def threshold_method(self) -> str:

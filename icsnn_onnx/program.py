@@ -164,6 +164,7 @@ class Program:
     encoders: dict[str, InputEncoder] = field(default_factory=dict)  # graph input → its encoder
     maxpools: dict[str, str] = field(default_factory=dict)  # MaxPool node → policy applied to it
     metadata: dict[str, str] = field(default_factory=dict)
+    init_calibration: object | None = None  # what Alg 2 found (passes/initial_potential.InitCalibration)
 
     def to_onnx(self) -> onnx.ModelProto:
         """Export the current graph as a model ONNX Runtime runs.

@@ -33,21 +33,21 @@ def test_each_site_is_never_worse_than_half_init(example):
     # Alg 2 against Alg 1 under a T-independent θ (mse already fits θ to the T levels).
     program = import_model(model, ConversionOptions(T=4, threshold="p99.99"))
     data = Dataset({"image": calib})
-    alg2 = CalibrateInitialPotential(data, T=4)
     PassManager(
         [
             Canonicalize(),
             RecognizeActivations(),
             FoldBatchNorm(),
             NormalizeThresholds(data),
-            InitialPotential("half"),
-            alg2,
+            InitialPotential(),
+            CalibrateInitialPotential(data),
         ]
     )(program)
-    assert set(alg2.report) == set(program.sites)
-    for site, (with_half, chosen) in alg2.report.items():
+    report = program.init_calibration.per_site
+    assert set(report) == set(program.sites)
+    for site, (with_half, chosen) in report.items():
         assert chosen <= with_half, site
-    assert any(chosen < 0.9 * with_half for with_half, chosen in alg2.report.values())
+    assert any(chosen < 0.9 * with_half for with_half, chosen in report.values())
     for name, v0 in program.v_init.items():
         theta = program.thresholds[name]
         assert v0.ndim == 3 and v0.shape[1:] == (1, 1)  # one value per channel
@@ -92,7 +92,7 @@ def test_calibrated_init_is_recorded_and_needs_data(example, tmp_path):
 
 def test_candidates_must_include_half():
     with pytest.raises(ValueError, match="even"):
-        CalibrateInitialPotential(None, T=4, candidates=5)
+        CalibrateInitialPotential(None, candidates=5)
 
 
 @pytest.mark.parametrize("name", sorted(__import__("tests.test_conversion", fromlist=["BUILDERS"]).BUILDERS))

@@ -72,7 +72,7 @@ POOLS = {
 
 def _ann_after_front_end(model: onnx.ModelProto, policy: str) -> tuple[onnx.ModelProto, dict[str, str]]:
     program = import_model(model, ConversionOptions(maxpool=policy))
-    PassManager(front_end(policy))(program)
+    PassManager(front_end())(program)
     return program.to_onnx(), program.maxpools
 
 

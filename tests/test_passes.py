@@ -254,7 +254,7 @@ def test_insertion_requires_thresholds_and_initial_potentials():
     with pytest.raises(PreconditionError, match="no threshold"):
         InsertNeurons()(program)
     with pytest.raises(PreconditionError, match="thresholds needed first"):
-        InitialPotential("half")(program)
+        InitialPotential()(program)
 
 
 def test_insertion_leaves_no_relu(digits):
@@ -268,7 +268,7 @@ def test_insertion_leaves_no_relu(digits):
             RecognizeActivations(),
             FoldBatchNorm(),
             NormalizeThresholds(Dataset(calib)),
-            InitialPotential("half"),
+            InitialPotential(),
             InsertNeurons(),
         ]
     )(program)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -17,8 +18,10 @@ import onnx
 from icsnn_onnx.calibration import stream_tensors
 from icsnn_onnx.contract import INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY, step_name
 from icsnn_onnx.data import Dataset
+from icsnn_onnx.elementwise import FLOAT_TENSOR_TYPES
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.neuron import IFParams, constant_input_rate, simulate
+from icsnn_onnx.options import InitPolicy, Layout, Target
 from icsnn_onnx.passes import Pass, PassManager, PassResult, require
 from icsnn_onnx.passes.graph_utils import channel_shape
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
@@ -28,22 +31,28 @@ from icsnn_onnx.progress import ProgressFactory, silent
 
 logger = logging.getLogger(__name__)
 
-INIT_FRACTION = {"zero": 0.0, "half": 0.5}
-_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16})
+#: v(0) as a fraction of θ; Alg 2 (calibrated) starts from θ/2.
+INIT_FRACTION = {InitPolicy.ZERO: 0.0, InitPolicy.HALF: 0.5, InitPolicy.CALIBRATED: 0.5}
+
+
+@dataclass(frozen=True)
+class InitCalibration:
+    """What Alg 2 found, kept in ``program.init_calibration``."""
+
+    per_site: dict[str, tuple[float, float]]  # site → (error with θ/2, error with the chosen v(0))
+    output_errors: tuple[float, float]  # network output vs the ANN: with θ/2, with the chosen v(0)
+    kept_half: bool  # the calibrated potentials did worse end to end, so θ/2 was kept
 
 
 class InitialPotential(Pass):
-    def __init__(self, policy: str) -> None:
-        if policy not in INIT_FRACTION:
-            raise ValueError(f"unknown initial potential policy {policy!r}")
-        self.policy = policy
+    """v(0) = 0 or θ/2 (``program.options.init``; Alg 2 starts from θ/2)."""
 
     def requires(self, program: Program) -> None:
         missing = set(program.sites) - set(program.thresholds)
         require(not missing, self.name, f"thresholds needed first for {sorted(missing)}")
 
     def call(self, program: Program) -> PassResult:
-        fraction = INIT_FRACTION[self.policy]
+        fraction = INIT_FRACTION[program.options.init]
         for name, theta in program.thresholds.items():
             program.v_init[name] = (np.asarray(theta) * fraction).astype(np.float32)
         return PassResult(program, True)
@@ -66,17 +75,13 @@ class CalibrateInitialPotential(Pass):
     def __init__(
         self,
         calib: Dataset | None,
-        T: int,
+        progress: ProgressFactory = silent,
         candidates: int = 16,
         samples: int = 256,
-        batch_size: int = 64,
-        progress: ProgressFactory = silent,
     ) -> None:
         if candidates < 2 or candidates % 2:
             raise ValueError("candidates must be an even number >= 2 (θ/2 must be one of them)")
-        self.calib, self.T, self.K = calib, T, candidates
-        self.samples, self.batch_size, self.progress = samples, batch_size, progress
-        self.report: dict[str, tuple[float, float]] = {}  # site → (error with θ/2, error chosen)
+        self.calib, self.K, self.samples, self.progress = calib, candidates, samples, progress
 
     def requires(self, program: Program) -> None:
         missing = set(program.sites) - set(program.v_init)
@@ -86,52 +91,56 @@ class CalibrateInitialPotential(Pass):
         if self.calib is None:
             raise CalibrationError("--init calibrated needs calibration data (--calib)")
         data = self.calib.head(self.samples)
+        T, batch = program.options.T, program.options.batch_size
         ann = program.to_onnx()
+        per_site: dict[str, tuple[float, float]] = {}
         half_start = dict(program.v_init)
         order = _topological_sites(program)
         for site in order:
             snn = self._trial_snn(program, program.v_init)
             stream = any(o == step_name(site.input, 1) for n in snn.graph.node for o in n.output)
-            currents = [step_name(site.input, t) for t in range(1, self.T + 1)] if stream else [site.input]
+            currents = [step_name(site.input, t) for t in range(1, T + 1)] if stream else [site.input]
             theta = np.asarray(program.thresholds[site.name], np.float64)
             errors = None
             batches = zip(
-                stream_tensors(ann, [site.input], data, self.batch_size),
-                stream_tensors(
-                    snn, currents, data, self.batch_size, self.progress, f"calibrating v(0) {site.name}"
-                ),
+                stream_tensors(ann, [site.input], data, batch),
+                stream_tensors(snn, currents, data, batch, self.progress, f"calibrating v(0) {site.name}"),
                 strict=True,
             )
             for ann_out, snn_out in batches:
                 target = site.transfer(ann_out[site.input].astype(np.float64))
                 z = np.stack([snn_out[c] for c in currents]).astype(np.float64)
-                batch_errors = self._channel_errors(z, target, theta, constant=not stream)
+                batch_errors = self._channel_errors(z, target, theta, T, constant=not stream)
                 errors = batch_errors if errors is None else errors + batch_errors
-            program.v_init[site.name] = self._choose(site.name, errors, theta, target.ndim)
+            program.v_init[site.name], per_site[site.name] = self._choose(errors, theta, target.ndim)
         program.metadata[INIT_CANDIDATES_KEY] = str(self.K)
         # Layer-wise least squares does not guarantee a better network output: keep Alg 1's
         # potentials if the calibrated ones do worse end to end on the same data.
         calibrated = dict(program.v_init)
-        self.output_errors = (
+        output_errors = (
             self._output_error(program, half_start, ann, data),
             self._output_error(program, calibrated, ann, data),
         )
-        if self.output_errors[1] > self.output_errors[0]:
+        kept_half = output_errors[1] > output_errors[0]
+        if kept_half:
             logger.info(
                 "calibrated v(0) worse at the output on calibration data (%.4g > %.4g); keeping θ/2",
-                *self.output_errors[::-1],
+                *output_errors[::-1],
             )
             program.v_init.update(half_start)
             program.metadata[INIT_FALLBACK_KEY] = "half"
+        program.init_calibration = InitCalibration(per_site, output_errors, kept_half)
         return PassResult(program, True)
 
     def _trial_snn(self, program: Program, v_init: dict[str, np.ndarray]) -> onnx.ModelProto:
         """The SNN ``program`` would become with these initial potentials (program untouched)."""
         trial = program.copy()
         trial.v_init.update(v_init)
-        PassManager(
-            [InsertNeurons(), Unroll(self.T, layout="step-major", compensation=program.options.compensation)]
-        )(trial)
+        # Step-major and portable: the currents are read from its name@t step tensors.
+        trial.options = replace(
+            program.options, layout=Layout.STEP_MAJOR, target=Target.PORTABLE, per_step=False
+        )
+        PassManager([InsertNeurons(), Unroll()])(trial)
         return trial.to_onnx()
 
     def _output_error(
@@ -139,11 +148,11 @@ class CalibrateInitialPotential(Pass):
     ) -> float:
         """Mean squared difference of the float outputs of SNN (with ``v_init``) and ANN."""
         snn = self._trial_snn(program, v_init)
-        names = [o.name for o in ann.graph.output if o.type.tensor_type.elem_type in _FLOAT_TYPES]
+        names = [o.name for o in ann.graph.output if o.type.tensor_type.elem_type in FLOAT_TENSOR_TYPES]
         total, count = 0.0, 0
         batches = zip(
-            stream_tensors(ann, names, data, self.batch_size),
-            stream_tensors(snn, names, data, self.batch_size),
+            stream_tensors(ann, names, data, program.options.batch_size),
+            stream_tensors(snn, names, data, program.options.batch_size),
             strict=True,
         )
         for a, b in batches:
@@ -153,7 +162,7 @@ class CalibrateInitialPotential(Pass):
         return total / max(count, 1)
 
     def _channel_errors(
-        self, z: np.ndarray, target: np.ndarray, theta: np.ndarray, constant: bool
+        self, z: np.ndarray, target: np.ndarray, theta: np.ndarray, T: int, constant: bool
     ) -> np.ndarray:
         """Squared error per candidate and channel: ``[K, C]`` (one channel when rank < 2).
 
@@ -165,24 +174,27 @@ class CalibrateInitialPotential(Pass):
         for k in range(self.K):
             params = IFParams(theta, theta * k / self.K)
             if constant:
-                rate = constant_input_rate(z[0], params, self.T)
+                rate = constant_input_rate(z[0], params, T)
             else:
                 rate = simulate(z, params).out.mean(axis=0)
             rows.append(np.sum((rate - target) ** 2, axis=reduce_axes))
         return np.atleast_2d(np.stack(rows)) if target.ndim >= 2 else np.stack(rows)[:, None]
 
-    def _choose(self, site: str, errors: np.ndarray, theta: np.ndarray, rank: int) -> np.ndarray:
+    def _choose(
+        self, errors: np.ndarray, theta: np.ndarray, rank: int
+    ) -> tuple[np.ndarray, tuple[float, float]]:
+        """The per-channel v(0) and the site's error with θ/2 and with it."""
         half = self.K // 2
         best = errors.argmin(axis=0)
         # Keep θ/2 unless a candidate is strictly better: never worse than Alg 1.
         best = np.where(errors[best, np.arange(errors.shape[1])] < errors[half], best, half)
-        self.report[site] = (float(errors[half].sum()), float(errors[best, np.arange(errors.shape[1])].sum()))
+        report = (float(errors[half].sum()), float(errors[best, np.arange(errors.shape[1])].sum()))
         fraction = best / self.K
         if rank >= 2:
             fraction = fraction.reshape(channel_shape(rank, fraction.size))
         else:
             fraction = fraction.reshape(())
-        return (theta * fraction).astype(np.float32)
+        return (theta * fraction).astype(np.float32), report
 
 
 def _topological_sites(program: Program) -> list[ActivationSite]:

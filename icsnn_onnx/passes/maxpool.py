@@ -31,6 +31,7 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from icsnn_onnx.options import MaxPoolPolicy
 from icsnn_onnx.passes import Pass, PassResult, require
 from icsnn_onnx.passes.encoding import encoded_inputs
 from icsnn_onnx.passes.graph_utils import detach
@@ -40,23 +41,19 @@ from icsnn_onnx.program import ActivationKind, ActivationSite, Program, Transfer
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("decompose", "gate", "avg")
-
 
 class LowerMaxPool(Pass):
-    def __init__(self, policy: str) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"maxpool policy must be one of {POLICIES}, got {policy!r}")
-        self.policy = policy
+    """MaxPools between neurons under ``program.options.maxpool`` (see the module docstring)."""
 
     def ensures(self, program: Program) -> None:
         by_name = {n.name: n for n in program.graph.nodes}
         for name, policy in program.maxpools.items():
-            if policy in ("decompose", "avg"):
+            if policy in (MaxPoolPolicy.DECOMPOSE, MaxPoolPolicy.AVG):
                 left = name in by_name and by_name[name].op == "MaxPool"
                 require(not left, self.name, f"{name} should have been rewritten ({policy})")
 
     def call(self, program: Program) -> PassResult:
+        policy = program.options.maxpool
         in_sites = site_node_names(program)
         _, blocked = analyze(
             program.graph,
@@ -74,14 +71,14 @@ class LowerMaxPool(Pass):
                 program.maxpools[node.name] = "read-out"  # no neuron downstream: exact, once
                 continue
             reason = _unsupported(node) if node.op == "MaxPool" else _to_window(node)
-            if reason is None and self.policy == "decompose":
+            if reason is None and policy is MaxPoolPolicy.DECOMPOSE:
                 reason = self._decompose(program, node, nonnegative=node.inputs[0].name in nonnegative)
-            elif reason is None and self.policy == "avg":
+            elif reason is None and policy is MaxPoolPolicy.AVG:
                 _to_average_pool(node)
             if reason is not None:
-                program.rejected[node.name] = f"MaxPool policy {self.policy}: {reason}"
+                program.rejected[node.name] = f"MaxPool policy {policy}: {reason}"
                 continue
-            program.maxpools[node.name] = self.policy
+            program.maxpools[node.name] = str(policy)
             modified = True
         if modified:
             program.graph.cleanup(remove_unused_graph_inputs=False).toposort()

@@ -43,7 +43,7 @@ import onnx_graphsurgeon as gs
 
 from icsnn_onnx.contract import CHANNELWISE_SITES_KEY, LAYOUT_KEY, PER_STEP_OF_KEY, PER_STEP_OUTPUTS_KEY
 from icsnn_onnx.errors import ConversionError
-from icsnn_onnx.options import LAYOUTS, TARGETS
+from icsnn_onnx.options import ConversionOptions, Layout, Target
 from icsnn_onnx.passes import Pass, PassResult, require
 from icsnn_onnx.passes.graph_utils import rename_duplicates
 from icsnn_onnx.passes.insert_neurons import is_neuron
@@ -59,22 +59,7 @@ logger = logging.getLogger(__name__)
 
 
 class Unroll(Pass):
-    def __init__(
-        self,
-        T: int,
-        per_step: bool = False,
-        layout: str = "step-major",
-        compensation: bool = True,
-        target: str = "portable",
-    ) -> None:
-        if T < 1:
-            raise ValueError("T must be >= 1")
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        if target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-        self.T, self.per_step, self.layout = T, per_step, layout
-        self.compensation, self.target = compensation, target
+    """Every IF neuron (and MaxPool gate) over ``program.options.T`` steps, in its layout."""
 
     def requires(self, program: Program) -> None:
         require(any(is_neuron(n) for n in program.graph.nodes), self.name, "no IFNeuron to unroll")
@@ -93,54 +78,58 @@ class Unroll(Pass):
             graph, lambda n: is_neuron(n) or n.name in gates, stream_inputs=frozenset(program.encoders)
         )
         require(not blocked, self.name, f"unsupported nodes reached unroll: {blocked}")
-        layout = self._choose_layout(graph, plan)
+        options = program.options
+        layout = _choose_layout(graph, plan, options)
         readout = {}
-        if self.compensation:
+        if options.compensation:
             readout = {s.output: s.transfer for s in program.sites.values() if s.output in plan.cuts}
+        cpu = options.target is Target.CPU
         emitter = _emitter_class(layout)(
-            graph, plan, self.T, self.per_step, readout, program.encoders, gates, self.target == "cpu"
+            graph, plan, options.T, options.per_step, readout, program.encoders, gates, cpu
         )
         emitter.run()
-        if self.target == "cpu":
+        if cpu:
             program.metadata[CHANNELWISE_SITES_KEY] = str(len(emitter.channelwise_sites))
-        if self.per_step:
+        if options.per_step:
             per_step = emitter.add_per_step_outputs()
             program.metadata[PER_STEP_OUTPUTS_KEY] = ",".join(per_step.values())
             program.metadata[PER_STEP_OF_KEY] = json.dumps(per_step)
-        program.metadata[LAYOUT_KEY] = layout
+        program.metadata[LAYOUT_KEY] = str(layout)
         rename_duplicates(graph)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         return PassResult(program, True)
 
-    def _choose_layout(self, graph: gs.Graph, plan: TemporalPlan) -> str:
-        if self.layout == "step-major" or (self.layout == "loop" and self.T == 1):
-            return "step-major"
-        if self.layout == "loop":
-            return "loop"
-        if self.layout == "auto":
-            neurons = sum(1 for name in plan.neurons if is_neuron(_node_by_name(graph, name)))
-            others = len(plan.body) - len(plan.neurons)
-            if ops_per_step(plan, neurons, others, self.per_step) * self.T > MAX_UNROLLED_OPS:
-                return "loop"
-        blockers = time_batch_blockers(graph, plan)
-        if not blockers:
-            return "time-batched"
-        if self.layout == "time-batched":
-            raise ConversionError(f"time-batched layout not applicable: {'; '.join(blockers)}")
-        logger.warning("using the step-major layout: %s", blockers[0])
-        return "step-major"
+
+def _choose_layout(graph: gs.Graph, plan: TemporalPlan, options: ConversionOptions) -> Layout:
+    layout, T = options.layout, options.T
+    if layout is Layout.STEP_MAJOR or (layout is Layout.LOOP and T == 1):
+        return Layout.STEP_MAJOR
+    if layout is Layout.LOOP:
+        return Layout.LOOP
+    if layout is Layout.AUTO:
+        neurons = sum(1 for name in plan.neurons if is_neuron(_node_by_name(graph, name)))
+        others = len(plan.body) - len(plan.neurons)
+        if ops_per_step(plan, neurons, others, options.per_step) * T > MAX_UNROLLED_OPS:
+            return Layout.LOOP
+    blockers = time_batch_blockers(graph, plan)
+    if not blockers:
+        return Layout.TIME_BATCHED
+    if layout is Layout.TIME_BATCHED:
+        raise ConversionError(f"time-batched layout not applicable: {'; '.join(blockers)}")
+    logger.warning("using the step-major layout: %s", blockers[0])
+    return Layout.STEP_MAJOR
 
 
 def _node_by_name(graph: gs.Graph, name: str) -> gs.Node:
     return next(n for n in graph.nodes if n.name == name)
 
 
-def _emitter_class(layout: str) -> type[Emitter]:
-    if layout == "loop":
+def _emitter_class(layout: Layout) -> type[Emitter]:
+    if layout is Layout.LOOP:
         from icsnn_onnx.passes.unroll.loop import Loop
 
         return Loop
-    return TimeBatched if layout == "time-batched" else StepMajor
+    return TimeBatched if layout is Layout.TIME_BATCHED else StepMajor
 
 
 def time_batch_blockers(graph: gs.Graph, plan: TemporalPlan) -> list[str]:
