@@ -38,7 +38,10 @@ from icsnn_onnx.elementwise import evaluate
 
 DOMAIN = "icsnn"
 DOMAIN_VERSION = 1
+#: One time step of IF neurons, ``(v, z, θ) → (out, v')``: what an SNN file holds.
 OP_TYPE = "IFNeuron"
+#: A neuron site inside the compiler, before unrolling: ``(z, θ, v(0)) → out``. Never in a file.
+SITE_OP_TYPE = "IFSite"
 
 #: Inputs and outputs of one step, in order. ``v`` is v(t-1), ``v_next`` is v(t).
 STEP_INPUTS = ("v", "z", "theta")

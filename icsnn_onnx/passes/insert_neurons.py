@@ -1,7 +1,7 @@
-"""Replace each activation site's chain by one stateful ``icsnn::IFNeuron`` node.
-
-Before unrolling the node has the single-step form ``IFNeuron(z, θ, v0) -> y``; the unroll
-pass threads the membrane state through time.
+"""Replace each activation site's chain by one stateful ``icsnn::IFSite`` node
+``IFSite(z, θ, v0) -> y``; the unroll pass turns each into T ``IFNeuron`` steps
+``(v, z, θ) -> (out, v')`` threading the membrane through time (two op types for two
+signatures: a site never reaches a file, a step always does).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from icsnn_onnx.program import Program
 
 
 def is_neuron(node: gs.Node) -> bool:
-    return node.op == neuron.OP_TYPE and node.domain == neuron.DOMAIN
+    """A neuron site awaiting unrolling."""
+    return node.op == neuron.SITE_OP_TYPE and node.domain == neuron.DOMAIN
 
 
 class InsertNeurons(Pass):
@@ -27,7 +28,7 @@ class InsertNeurons(Pass):
 
     def ensures(self, program: Program) -> None:
         neurons = {n.name for n in program.graph.nodes if is_neuron(n)}
-        require(neurons == set(program.sites), self.name, "one IFNeuron per site expected")
+        require(neurons == set(program.sites), self.name, "one IFSite per site expected")
         left = [n.name for n in program.graph.nodes if n.op == "Relu"]
         require(not left, self.name, f"ReLU left after neuron insertion: {left}")
 
@@ -44,7 +45,9 @@ class InsertNeurons(Pass):
             theta = gs.Constant(f"{site.name}.threshold", params.threshold.astype(dtype))
             v0 = gs.Constant(f"{site.name}.v_init", params.v_init.astype(dtype))
             graph.nodes.append(
-                gs.Node(neuron.OP_TYPE, site.name, inputs=[z, theta, v0], outputs=[y], domain=neuron.DOMAIN)
+                gs.Node(
+                    neuron.SITE_OP_TYPE, site.name, inputs=[z, theta, v0], outputs=[y], domain=neuron.DOMAIN
+                )
             )
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         return PassResult(program, bool(program.sites))

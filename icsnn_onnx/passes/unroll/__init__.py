@@ -62,14 +62,11 @@ class Unroll(Pass):
     """Every IF neuron (and MaxPool gate) over ``program.options.T`` steps, in its layout."""
 
     def requires(self, program: Program) -> None:
-        require(any(is_neuron(n) for n in program.graph.nodes), self.name, "no IFNeuron to unroll")
+        require(any(is_neuron(n) for n in program.graph.nodes), self.name, "no IFSite to unroll")
 
     def ensures(self, program: Program) -> None:
-        for node in program.graph.nodes:
-            if is_neuron(node):
-                require(
-                    len(node.inputs) == 3 and len(node.outputs) == 2, self.name, f"{node.name} not unrolled"
-                )
+        left = [n.name for n in program.graph.nodes if is_neuron(n)]
+        require(not left, self.name, f"sites not unrolled: {left}")
 
     def call(self, program: Program) -> PassResult:
         graph = program.graph
