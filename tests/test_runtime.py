@@ -92,3 +92,17 @@ def test_cuda_options_reach_the_cuda_provider_and_are_ignored_off_cuda(monkeypat
         (session_module.CUDA, {"use_tf32": "0", "enable_cuda_graph": "1"}),
         "CPUExecutionProvider",
     ]
+
+
+def test_an_input_of_a_type_icsnn_onnx_cannot_feed_is_named_not_read_as_float():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["t"])],
+        "strings",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, [1])],
+        [helper.make_tensor_value_info("t", TensorProto.STRING, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    with pytest.raises(icsnn_onnx.ModelLoadError, match="'s' has type tensor\\(string\\)"):
+        Session(model)

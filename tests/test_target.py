@@ -227,11 +227,16 @@ def test_target_option_is_validated_and_reaches_the_model(digits, tmp_path, caps
 
 
 def test_runtime_warns_when_a_cpu_target_model_runs_elsewhere():
-    from icsnn_onnx.runtime.session import CPU, CUDA, target_mismatch
+    from icsnn_onnx.contract import SnnMetadata
+    from icsnn_onnx.runtime.providers import CPU, CUDA, target_mismatch
 
-    assert target_mismatch({"icsnn.target": "cpu"}, CPU) is None
-    assert target_mismatch({"icsnn.target": "portable"}, CUDA) is None
-    assert "--target portable" in target_mismatch({"icsnn.target": "cpu"}, CUDA)
+    def snn(target: str) -> SnnMetadata:
+        return SnnMetadata(T=4, target=target, layout="step-major", converter_version="x")
+
+    assert target_mismatch(snn("cpu"), CPU) is None
+    assert target_mismatch(snn("portable"), CUDA) is None
+    assert target_mismatch(None, CUDA) is None  # not an SNN icsnn-onnx wrote
+    assert "--target portable" in target_mismatch(snn("cpu"), CUDA)
 
 
 def test_rate_encoder_of_a_wide_input_runs_channelwise_too():

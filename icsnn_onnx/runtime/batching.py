@@ -1,0 +1,65 @@
+"""Datasets through a session in batches: memory bounded by the batch; a model with a static
+batch size gets batches of exactly that size (the last one padded, the padding dropped)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from icsnn_onnx.data import Dataset
+from icsnn_onnx.errors import DataError
+from icsnn_onnx.limits import check_allocation
+from icsnn_onnx.progress import ProgressFactory, silent
+
+if TYPE_CHECKING:
+    from icsnn_onnx.runtime.session import Session
+
+
+def iter_run(
+    session: Session,
+    data: Dataset,
+    batch_size: int = 64,
+    outputs: list[str] | None = None,
+    progress: ProgressFactory = silent,
+    desc: str = "running",
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run ``data`` in batches, yielding each batch's outputs (memory stays bounded).
+
+    A model with a static batch size gets batches of exactly that size; the last one is
+    padded and the padding removed from the outputs.
+    """
+    static = session.inputs[0].static_batch if session.inputs else None
+    size = static or batch_size
+    if static and len(data):
+        per_sample = sum(v[:1].nbytes for v in data.inputs.values())
+        check_allocation(per_sample * static, f"a batch of the model's static size {static}", DataError)
+    bar = progress(-(-len(data) // size), desc)
+    try:
+        for batch in data.batches(size):
+            n = len(next(iter(batch.values())))
+            if static and n < static:
+                batch = {k: np.concatenate([v, np.repeat(v[-1:], static - n, 0)]) for k, v in batch.items()}
+            result = session.run(batch, outputs)
+            if static and n < static:
+                result = {k: np.take(v, range(n), axis=session.batch_axis(k)) for k, v in result.items()}
+            yield result
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def run_all(
+    session: Session,
+    data: Dataset,
+    batch_size: int = 64,
+    outputs: list[str] | None = None,
+    progress: ProgressFactory = silent,
+) -> dict[str, np.ndarray]:
+    """Run ``data`` in batches and concatenate the outputs."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for result in iter_run(session, data, batch_size, outputs, progress):
+        for k, v in result.items():
+            parts.setdefault(k, []).append(v)
+    return {k: np.concatenate(v, axis=session.batch_axis(k)) for k, v in parts.items()}
