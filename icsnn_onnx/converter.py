@@ -17,7 +17,7 @@ from icsnn_onnx.model_io import load_model
 from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions, InitPolicy
 from icsnn_onnx.passes import Pass, PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
-from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
+from icsnn_onnx.passes.canonicalize import Canonicalize, default_opset, import_model
 from icsnn_onnx.passes.encoding import EncodeInputs, encoded_inputs
 from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
 from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential
@@ -170,7 +170,7 @@ def inspect_model(
         else:
             behaviour = "once (time-invariant)"
         counts[(node.op, behaviour)] += 1
-    opset = next((o.version for o in source.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(source)
     return Inspection(
         inputs=tuple(input_specs(source)),
         outputs=tuple(o.name for o in source.graph.output),

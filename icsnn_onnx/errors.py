@@ -84,3 +84,7 @@ class PassError(RuntimeError):
 
 class PreconditionError(RuntimeError):
     """A pass was run on a graph that does not satisfy its precondition (a pipeline bug)."""
+
+
+class PostconditionError(RuntimeError):
+    """A pass left the program inconsistent: its postcondition failed (a bug in that pass)."""

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from icsnn_onnx.errors import ConversionError, IcsnnError, PassError, PreconditionError
+from icsnn_onnx.errors import ConversionError, IcsnnError, PassError, PostconditionError, PreconditionError
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.passes import Pass, PassManager, PassResult
 from icsnn_onnx.passes.activations import RecognizeActivations
@@ -293,7 +293,7 @@ def test_insertion_postcondition_catches_a_leftover_relu():
     for name in program.sites:
         program.thresholds[name] = np.float32(1.0)
         program.v_init[name] = np.float32(0.5)
-    with pytest.raises(PreconditionError, match="ReLU left"):
+    with pytest.raises(PostconditionError, match="ReLU left"):
         LeaveRelu()(program)
 
 

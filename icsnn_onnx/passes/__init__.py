@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from icsnn_onnx.errors import IcsnnError, PassError, PreconditionError
+from icsnn_onnx.errors import IcsnnError, PassError, PostconditionError, PreconditionError
 from icsnn_onnx.program import Program
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ class Pass(ABC):
         """Raise :class:`PreconditionError` if the program is not ready for this pass."""
 
     def ensures(self, program: Program) -> None:  # noqa: B027 - optional hook
-        """Raise :class:`PreconditionError` if the pass left the program inconsistent."""
+        """Raise :class:`PostconditionError` (:func:`ensure`) if the pass left the program
+        inconsistent."""
 
     @abstractmethod
     def call(self, program: Program) -> PassResult: ...
@@ -55,6 +56,12 @@ def require(condition: bool, pass_name: str, message: str) -> None:
         raise PreconditionError(f"{pass_name}: {message}")
 
 
+def ensure(condition: bool, pass_name: str, message: str) -> None:
+    """Raise a :class:`PostconditionError` naming the pass when ``condition`` is false."""
+    if not condition:
+        raise PostconditionError(f"{pass_name}: {message}")
+
+
 class PassManager:
     """Runs passes in order; reports whether any of them modified the program."""
 
@@ -70,7 +77,7 @@ class PassManager:
             except IcsnnError as err:
                 err.add_note(f"raised in pass {p.name}")
                 raise
-            except PreconditionError:
+            except (PreconditionError, PostconditionError):
                 raise
             except Exception as err:
                 raise PassError(p.name, err) from err

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from icsnn_onnx.passes import Pass, PassResult
+from icsnn_onnx.passes import Pass, PassResult, ensure
 from icsnn_onnx.passes.regions import Block, Region, find_regions, is_affine, transfer_of
 from icsnn_onnx.program import ActivationKind, ActivationSite, Program, TransferFunction
 
@@ -121,6 +121,17 @@ def segment(blocks: tuple[Block, ...]) -> tuple[list[tuple[int, int, TransferFun
 
 class RecognizeActivations(Pass):
     """Record every activation site in ``program.sites`` (the graph is left unchanged)."""
+
+    def ensures(self, program: Program) -> None:
+        names = {n.name for n in program.graph.nodes}
+        tensors = program.graph.tensors()
+        for site in program.sites.values():
+            ensure(set(site.nodes) <= names, self.name, f"site {site.name} names nodes not in the graph")
+            ensure(
+                site.input in tensors and site.output in tensors,
+                self.name,
+                f"site {site.name}: no such tensor",
+            )
 
     def call(self, program: Program) -> PassResult:
         program.sites.clear()

@@ -24,7 +24,7 @@ from icsnn_onnx.elementwise import FLOAT_TENSOR_TYPES
 from icsnn_onnx.errors import ConversionError, ModelLoadError
 from icsnn_onnx.limits import available_memory, human
 from icsnn_onnx.options import ConversionOptions
-from icsnn_onnx.passes import Pass, PassResult, require
+from icsnn_onnx.passes import Pass, PassResult, ensure
 from icsnn_onnx.passes.graph_utils import bypass, detach, is_graph_output
 from icsnn_onnx.program import Program
 
@@ -158,10 +158,10 @@ class Canonicalize(Pass):
 
     def ensures(self, program: Program) -> None:
         for node in program.graph.nodes:
-            require(node.op != "Sum", self.name, f"Sum node {node.name} left")
+            ensure(node.op != "Sum", self.name, f"Sum node {node.name} left")
             removable = node.op == "Dropout" and self._removable(program.graph, node)
-            require(not removable, self.name, f"inference Dropout {node.name} left")
-            require(bool(node.name), self.name, "unnamed node left")
+            ensure(not removable, self.name, f"inference Dropout {node.name} left")
+            ensure(bool(node.name), self.name, "unnamed node left")
 
     @staticmethod
     def _refuse_oversized(graph: gs.Graph) -> None:

@@ -31,14 +31,12 @@ from icsnn_onnx.program import EncodingKind, InputEncoder, Program
 
 logger = logging.getLogger(__name__)
 
-_FLOATS = (np.float16, np.float32, np.float64)
-
 
 def encoded_inputs(graph: gs.Graph, encoding: str) -> frozenset[str]:
     """The graph inputs that become spike trains under ``encoding`` (none for direct coding)."""
     if encoding == "direct":
         return frozenset()
-    return frozenset(t.name for t in graph.inputs if t.dtype is not None and np.dtype(t.dtype) in _FLOATS)
+    return frozenset(t.name for t in graph.inputs if t.dtype is not None and np.dtype(t.dtype).kind == "f")
 
 
 class EncodeInputs(Pass):

@@ -13,7 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.errors import ConversionError
-from icsnn_onnx.passes import Pass, PassResult, require
+from icsnn_onnx.passes import Pass, PassResult, ensure
 from icsnn_onnx.passes.graph_utils import (
     channel_shape,
     constant_value,
@@ -40,7 +40,7 @@ class FoldBatchNorm(Pass):
 
     def ensures(self, program: Program) -> None:
         left = [n.name for n in program.graph.nodes if n.op == "BatchNormalization"]
-        require(not left, self.name, f"BatchNormalization left: {left}")
+        ensure(not left, self.name, f"BatchNormalization left: {left}")
 
     @staticmethod
     def _affine(bn: gs.Node) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +81,7 @@ class FoldBatchNorm(Pass):
                 self._absorb_bias(graph, layer, a, np.zeros_like(b), dtype)
             add, k = bias_add
             c = np.asarray(add.inputs[k].values, dtype=np.float64)
-            folded = c * _per_channel(a, rank) + _per_channel(b, rank)
+            folded = c * _as_channels(a, rank) + _as_channels(b, rank)
             add.inputs[k] = gs.Constant(f"{add.name}__bn_bias", _cast(folded, dtype))
             last = add
         y = bn.outputs[0]  # the layer now produces BN's output directly
@@ -179,5 +179,5 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=dtype)
 
 
-def _per_channel(v: np.ndarray, rank: int | None) -> np.ndarray:
+def _as_channels(v: np.ndarray, rank: int | None) -> np.ndarray:
     return v.reshape(channel_shape(rank, v.size)) if rank else v

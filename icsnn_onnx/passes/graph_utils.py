@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -79,6 +81,11 @@ def bypass(graph: gs.Graph, node: gs.Node) -> None:
 def channel_shape(rank: int, channels: int) -> list[int]:
     """Shape that broadcasts a per-channel vector along axis 1 of a rank-``rank`` tensor."""
     return [channels] + [1] * max(rank - 2, 0)
+
+
+def static_dims(dims: Sequence[object] | None) -> bool:
+    """Every dimension known and positive (no symbolic or unknown size)."""
+    return dims is not None and all(isinstance(d, int) and d > 0 for d in dims)
 
 
 def tensor_rank(tensor: gs.Tensor) -> int | None:

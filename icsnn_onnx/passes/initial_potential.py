@@ -22,7 +22,7 @@ from icsnn_onnx.elementwise import FLOAT_TENSOR_TYPES
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.neuron import IFParams, constant_input_rate, simulate
 from icsnn_onnx.options import InitPolicy, Layout, Target
-from icsnn_onnx.passes import Pass, PassManager, PassResult, require
+from icsnn_onnx.passes import Pass, PassManager, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
 from icsnn_onnx.passes.unroll import Unroll
@@ -50,6 +50,10 @@ class InitialPotential(Pass):
     def requires(self, program: Program) -> None:
         missing = set(program.sites) - set(program.thresholds)
         require(not missing, self.name, f"thresholds needed first for {sorted(missing)}")
+
+    def ensures(self, program: Program) -> None:
+        missing = set(program.sites) - set(program.v_init)
+        ensure(not missing, self.name, f"sites without v(0): {sorted(missing)}")
 
     def call(self, program: Program) -> PassResult:
         fraction = INIT_FRACTION[program.options.init]

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx import neuron
-from icsnn_onnx.passes import Pass, PassResult, require
+from icsnn_onnx.passes import Pass, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import detach
 from icsnn_onnx.program import Program
 
@@ -28,9 +28,9 @@ class InsertNeurons(Pass):
 
     def ensures(self, program: Program) -> None:
         neurons = {n.name for n in program.graph.nodes if is_neuron(n)}
-        require(neurons == set(program.sites), self.name, "one IFSite per site expected")
+        ensure(neurons == set(program.sites), self.name, "one IFSite per site expected")
         left = [n.name for n in program.graph.nodes if n.op == "Relu"]
-        require(not left, self.name, f"ReLU left after neuron insertion: {left}")
+        ensure(not left, self.name, f"ReLU left after neuron insertion: {left}")
 
     def call(self, program: Program) -> PassResult:
         graph = program.graph

@@ -15,18 +15,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.passes.graph_utils import constant_value, is_empty
+from icsnn_onnx.passes.registry import RuleTable
 
 Rule = Callable[[gs.Node, Sequence[bool]], str | None]
-BATCH_RULES: dict[str, Rule] = {}
-
-
-def batch_rule(*op_types: str) -> Callable[[Rule], Rule]:
-    def register(fn: Rule) -> Rule:
-        for op in op_types:
-            BATCH_RULES[op] = fn
-        return fn
-
-    return register
+BATCH_RULES: RuleTable[Rule] = RuleTable("batch-folding")
+batch_rule = BATCH_RULES.rule
 
 
 def batch_fold_blocker(node: gs.Node, streams: Sequence[bool]) -> str | None:

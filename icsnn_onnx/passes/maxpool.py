@@ -32,9 +32,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.options import MaxPoolPolicy
-from icsnn_onnx.passes import Pass, PassResult, require
+from icsnn_onnx.passes import Pass, PassResult, ensure
 from icsnn_onnx.passes.encoding import encoded_inputs
-from icsnn_onnx.passes.graph_utils import detach
+from icsnn_onnx.passes.graph_utils import detach, static_dims
 from icsnn_onnx.passes.sign import nonnegative_tensors
 from icsnn_onnx.passes.temporal import analyze, site_node_names
 from icsnn_onnx.program import ActivationKind, ActivationSite, Program, TransferFunction
@@ -50,7 +50,7 @@ class LowerMaxPool(Pass):
         for name, policy in program.maxpools.items():
             if policy in (MaxPoolPolicy.DECOMPOSE, MaxPoolPolicy.AVG):
                 left = name in by_name and by_name[name].op == "MaxPool"
-                require(not left, self.name, f"{name} should have been rewritten ({policy})")
+                ensure(not left, self.name, f"{name} should have been rewritten ({policy})")
 
     def call(self, program: Program) -> PassResult:
         policy = program.options.maxpool
@@ -86,7 +86,7 @@ class LowerMaxPool(Pass):
 
     def _decompose(self, program: Program, node: gs.Node, nonnegative: bool) -> str | None:
         x, y = node.inputs[0], node.outputs[0]
-        if x.shape is None or not all(isinstance(d, int) and d > 0 for d in x.shape[2:]):
+        if x.shape is None or not static_dims(x.shape[2:]):
             return "the decomposition needs the input's spatial dimensions fixed"
         window = _window(node, list(x.shape[2:]))
         if isinstance(window, str):
@@ -178,7 +178,7 @@ class LowerMaxPool(Pass):
 def _to_window(node: gs.Node) -> str | None:
     """A GlobalMaxPool as the MaxPool of one window over the whole (static) map."""
     x = node.inputs[0]
-    if x.shape is None or not all(isinstance(d, int) and d > 0 for d in x.shape[2:]):
+    if x.shape is None or not static_dims(x.shape[2:]):
         return "a global max over a map of unknown size (the spatial dimensions must be static)"
     node.op, node.attrs = "MaxPool", {"kernel_shape": list(x.shape[2:])}
     return None

@@ -14,28 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import onnx
 import onnx_graphsurgeon as gs
+
+from icsnn_onnx.elementwise import FLOAT_TENSOR_TYPES
+from icsnn_onnx.passes.registry import RuleTable
 
 Rule = Callable[[gs.Node, Sequence[bool]], str | None]
 
-RULES: dict[str, Rule] = {}
+RULES: RuleTable[Rule] = RuleTable("conversion")
 
 #: Ops whose output depends only on their input's shape: computed once, from step 1.
 STRUCTURAL_OPS = frozenset({"Shape", "Size"})
 
 
-def rule(*op_types: str) -> Callable[[Rule], Rule]:
-    """Register ``fn`` as the rule for ``op_types``."""
-
-    def register(fn: Rule) -> Rule:
-        for op in op_types:
-            if op in RULES:
-                raise ValueError(f"duplicate rule for {op}")
-            RULES[op] = fn
-        return fn
-
-    return register
+rule = RULES.rule
 
 
 def check(node: gs.Node, streams: Sequence[bool]) -> str | None:
@@ -98,17 +90,9 @@ def _stream_numerator(node: gs.Node, streams: Sequence[bool]) -> str | None:
     return "divides by a time-varying tensor" if len(streams) > 1 and streams[1] else None
 
 
-_FLOATS = {
-    onnx.TensorProto.FLOAT,
-    onnx.TensorProto.DOUBLE,
-    onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.BFLOAT16,
-}
-
-
 @rule("Cast")
 def _float_cast(node: gs.Node, streams: Sequence[bool]) -> str | None:
-    return None if node.attrs.get("to") in _FLOATS else "casting to a non-float type rounds"
+    return None if node.attrs.get("to") in FLOAT_TENSOR_TYPES else "casting to a non-float type rounds"
 
 
 @rule("MaxPool", "GlobalMaxPool")

@@ -21,6 +21,7 @@ from icsnn_onnx.errors import ConversionError
 from icsnn_onnx.limits import available_memory, human
 from icsnn_onnx.passes import Pass, PassResult
 from icsnn_onnx.passes.encoding import encoded_inputs
+from icsnn_onnx.passes.graph_utils import static_dims
 from icsnn_onnx.passes.temporal import TemporalPlan, analyze, site_node_names
 from icsnn_onnx.program import Program
 
@@ -68,7 +69,7 @@ def _bytes_per_step(program: Program, plan: TemporalPlan) -> int:
         if tensor is None or tensor.shape is None or tensor.dtype is None:
             continue
         dims = list(tensor.shape[1:])
-        if not all(isinstance(d, int) and d > 0 for d in dims):
+        if not static_dims(dims):
             continue
         total += math.prod(dims) * np.dtype(tensor.dtype).itemsize
     return total

@@ -15,21 +15,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.passes.graph_utils import constant_value, is_empty
+from icsnn_onnx.passes.registry import RuleTable
 
 SignRule = Callable[[gs.Node, Sequence[bool]], bool]
 
-SIGN_RULES: dict[str, SignRule] = {}
-
-
-def sign_rule(*op_types: str) -> Callable[[SignRule], SignRule]:
-    def register(fn: SignRule) -> SignRule:
-        for op in op_types:
-            if op in SIGN_RULES:
-                raise ValueError(f"duplicate sign rule for {op}")
-            SIGN_RULES[op] = fn
-        return fn
-
-    return register
+SIGN_RULES: RuleTable[SignRule] = RuleTable("sign")
+sign_rule = SIGN_RULES.rule
 
 
 def nonnegative_tensors(graph: gs.Graph, known: Collection[str]) -> frozenset[str]:

@@ -19,7 +19,7 @@ from icsnn_onnx.calibration import activation_thresholds
 from icsnn_onnx.contract import THRESHOLD_METHOD_KEY, THRESHOLD_SOURCE_KEY
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import CalibrationError
-from icsnn_onnx.passes import Pass, PassResult, require
+from icsnn_onnx.passes import Pass, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
 from icsnn_onnx.program import ActivationKind, Program
 from icsnn_onnx.progress import ProgressFactory, silent
@@ -39,7 +39,7 @@ class NormalizeThresholds(Pass):
 
     def ensures(self, program: Program) -> None:
         missing = set(program.sites) - set(program.thresholds)
-        require(not missing, self.name, f"sites without threshold: {sorted(missing)}")
+        ensure(not missing, self.name, f"sites without threshold: {sorted(missing)}")
 
     def call(self, program: Program) -> PassResult:
         options = program.options

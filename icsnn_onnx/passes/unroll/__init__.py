@@ -44,8 +44,8 @@ import onnx_graphsurgeon as gs
 from icsnn_onnx.contract import CHANNELWISE_SITES_KEY, LAYOUT_KEY, PER_STEP_OF_KEY, PER_STEP_OUTPUTS_KEY
 from icsnn_onnx.errors import ConversionError
 from icsnn_onnx.options import ConversionOptions, Layout, Target
-from icsnn_onnx.passes import Pass, PassResult, require
-from icsnn_onnx.passes.graph_utils import rename_duplicates
+from icsnn_onnx.passes import Pass, PassResult, ensure, require
+from icsnn_onnx.passes.graph_utils import rename_duplicates, static_dims
 from icsnn_onnx.passes.insert_neurons import is_neuron
 from icsnn_onnx.passes.layout import batch_fold_blocker
 from icsnn_onnx.passes.scale import MAX_UNROLLED_OPS, ops_per_step
@@ -66,7 +66,7 @@ class Unroll(Pass):
 
     def ensures(self, program: Program) -> None:
         left = [n.name for n in program.graph.nodes if is_neuron(n)]
-        require(not left, self.name, f"sites not unrolled: {left}")
+        ensure(not left, self.name, f"sites not unrolled: {left}")
 
     def call(self, program: Program) -> PassResult:
         graph = program.graph
@@ -144,6 +144,6 @@ def time_batch_blockers(graph: gs.Graph, plan: TemporalPlan) -> list[str]:
     tensors = graph.tensors()
     for cut in plan.cuts:
         shape = tensors[cut].shape
-        if shape is None or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        if shape is None or not static_dims(shape[1:]):
             blockers.append(f"read-out {cut} has dynamic non-batch dimensions")
     return blockers

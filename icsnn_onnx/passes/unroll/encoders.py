@@ -12,6 +12,7 @@ from icsnn_onnx.contract import (
     step_name,
 )
 from icsnn_onnx.errors import ConversionError
+from icsnn_onnx.passes.graph_utils import static_dims
 from icsnn_onnx.passes.unroll.builder import Builder
 from icsnn_onnx.program import EncodingKind, InputEncoder
 
@@ -53,7 +54,7 @@ class Encoders(Builder):
     def _poisson_noise(self, x: gs.Tensor, enc: InputEncoder) -> np.ndarray:
         """The seeded uniform noise ``[T, 1, *sample]`` a Poisson encoder compares against."""
         sample = list(x.shape[1:]) if x.shape is not None else None
-        if sample is None or not all(isinstance(d, int) and d > 0 for d in sample):
+        if not static_dims(sample):
             raise ConversionError(f"Poisson coding needs the non-batch dimensions of input {x.name} fixed")
         rng = np.random.default_rng([enc.seed, zlib.crc32(x.name.encode())])
         return rng.random((self.T, 1, *sample)).astype(np.dtype(x.dtype or np.float32))
