@@ -389,3 +389,30 @@ def test_ste_quantized_torch_net_is_reproduced_exactly_at_T_equal_L(digits, dyna
     assert np.allclose(out, ann, atol=1e-4 * np.abs(ann).max())
     (plain,) = run(icsnn_onnx.convert(model, None, T=4, compensation=False), x)
     assert not np.allclose(plain, ann, atol=1e-2 * np.abs(ann).max())
+
+
+def test_integer_elementwise_ops_are_shape_arithmetic_not_activation_candidates():
+    """ViT-style exports compute shapes with Equal/Where on int64: no site, and not named as a
+    rejected activation either (the reason a model fails must be its real nonlinearities)."""
+    from onnx import TensorProto
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Equal", ["s", "minus_one"], ["e"], name="is_dynamic"),
+        helper.make_node("Where", ["e", "one", "s"], ["dims"], name="pick"),
+        helper.make_node("Reshape", ["x", "dims"], ["r"]),
+        helper.make_node("Relu", ["r"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shapes",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [
+            onnx.numpy_helper.from_array(np.array([-1, -1], np.int64), "minus_one"),
+            onnx.numpy_helper.from_array(np.array([1, 1], np.int64), "one"),
+        ],
+    )
+    program = _sites(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    assert list(program.sites) == ["relu"]
+    assert not program.rejected

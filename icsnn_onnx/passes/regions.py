@@ -128,9 +128,16 @@ def find_regions(
                 boundary |= _split_points(members, exits, boundary)
                 split = True
             elif exits:
-                regions.append(_series(members, variables))
+                region = _series(members, variables)
+                if _is_float(region.input):  # integer regions are shape arithmetic, not activations
+                    regions.append(region)
         if not split:
             return regions
+
+
+def _is_float(tensor: gs.Tensor) -> bool:
+    """Float, or of unknown type (shape inference could not tell)."""
+    return tensor.dtype is None or np.dtype(tensor.dtype).kind == "f"
 
 
 def _split_points(members: list[gs.Node], exits: list[gs.Variable], boundary: set[str]) -> set[str]:
