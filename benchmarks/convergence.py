@@ -1,7 +1,8 @@
 """Deep networks: how the SNN's error falls with T, and where it comes from (docs/method.md §10).
 
 Random-weight torchvision networks (torchvision_zoo.py, 64×64 inputs, logits centred as in
-_common.py) and the model zoo's ResNet-50 (224×224), converted with ``--threshold p99.99 --init
+_common.py; ResNet-50 also with exact BN statistics, as a trained network holds them) and the
+model zoo's ResNet-50 (224×224, exact BN statistics), converted with ``--threshold p99.99 --init
 half`` (the defaults above T = 16) in the loop layout at T = 32 … 1024: relative error of the raw
 and the centred logits and top-1 agreement; and, at T = 64 and T = 1024, the per-layer trace of
 ``icsnn-onnx diagnose`` (error of rate × θ against the ANN's activation, of the mean input
@@ -29,6 +30,7 @@ TRACE_TS = (64, 1024)
 MODELS = {  # name → (source, size, test images, batch)
     "resnet18": ("torchvision", 64, 8, None),
     "resnet50": ("torchvision", 64, 8, None),
+    "resnet50 exact-BN": ("torchvision", 64, 8, None),
     "mobilenet_v2": ("torchvision", 64, 8, None),
     "densenet121": ("torchvision", 64, 8, None),
     "zoo resnet50": ("onnx-zoo", 224, 2, 1),
@@ -43,7 +45,8 @@ def load(name: str) -> onnx.ModelProto:
         return onnx_zoo.randomized(name.split()[-1])
     import torchvision_zoo
 
-    return torchvision_zoo.export(torchvision_zoo.build(name, size), size, dynamo=False)
+    net = torchvision_zoo.build(name.split()[0], size, exact_bn=name.endswith("exact-BN"))
+    return torchvision_zoo.export(net, size, dynamo=False)
 
 
 def measure(name: str) -> dict:
@@ -109,20 +112,16 @@ def plot(report: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    for name, record in report["models"].items():
+    for i, (name, record) in enumerate(report["models"].items()):
+        color = f"C{i}"
         Ts = [int(t) for t in record["runs"]]
-        left.plot(Ts, [record["runs"][str(t)]["relative_error"] for t in Ts], "o-", label=f"{name} (logits)")
-        left.plot(
-            Ts,
-            [record["runs"][str(t)]["centred_error"] for t in Ts],
-            "x:",
-            alpha=0.6,
-            label=f"{name} (centred)",
-        )
-        for T, style in (("64", "--"), ("1024", "-")):
+        left.plot(Ts, [record["runs"][str(t)]["relative_error"] for t in Ts], "o-", color=color, label=name)
+        for T, style in (("64", ":"), ("1024", "-")):
             trace = record["traces"].get(T)
             if trace:
-                right.plot([layer["local_error"] for layer in trace], style, label=f"{name} T={T}")
+                right.plot(
+                    [layer["local_error"] for layer in trace], style, color=color, label=f"{name} T={T}"
+                )
     Ts = np.array(report["Ts"], float)
     left.plot(Ts, 0.5 * Ts[0] / Ts, "k--", lw=0.8, label="∝ 1/T")
     left.plot(Ts, 0.5 * np.sqrt(Ts[0] / Ts), "k:", lw=0.8, label="∝ 1/√T")

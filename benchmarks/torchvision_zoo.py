@@ -45,8 +45,13 @@ def models() -> types.ModuleType:
     return torchvision.models
 
 
-def build(name: str, size: int, seed: int = 0, **kwargs: object):
-    """``torchvision.models.<name>`` with random weights and BN statistics, in eval mode."""
+def build(name: str, size: int, seed: int = 0, exact_bn: bool = False, **kwargs: object):
+    """``torchvision.models.<name>`` with random weights and BN statistics, in eval mode.
+
+    By default the statistics are what four train-mode passes leave with torch's momentum of 0.1:
+    two thirds of each BN's running mean and variance are still their initial 0 and 1.
+    ``exact_bn``: the exact statistics of those passes (a cumulative average), as a trained
+    network's BNs hold them — which changes how fast a deep SNN converges (docs/method.md §10)."""
     import torch
 
     torch.manual_seed(seed)
@@ -62,6 +67,8 @@ def build(name: str, size: int, seed: int = 0, **kwargs: object):
             elif isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.2)
+                if exact_bn:
+                    m.momentum = None  # a cumulative average of the passes' batch statistics
         net.train()
         for k in range(4):
             net(torch.from_numpy(smooth_images(32, size, seed=1000 + k)))

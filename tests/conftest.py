@@ -53,11 +53,17 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def load_benchmark(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` as a module (not a package: imported by path, with the folder on
     ``sys.path`` while it loads, for the sibling modules it imports at the top)."""
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
     sys.path.insert(0, str(BENCHMARKS))
     try:
         spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     finally:
         sys.path.remove(str(BENCHMARKS))
     return module

@@ -105,3 +105,11 @@ def test_fidelity_table_is_the_committed_measurement():
     report = json.loads((ROOT / "benchmarks" / "results" / "mnist_fidelity.json").read_text())
     table = re.search(r"<!-- results: mnist_fidelity -->\n(.*?)\n\n", README, re.S).group(1)
     assert table == fidelity.table(report)
+
+
+def test_architectures_table_is_the_committed_measurement():
+    """README's real-architecture table is what `python benchmarks/architectures.py --table` prints."""
+    architectures = load_benchmark("architectures")
+    report = json.loads((ROOT / "benchmarks" / "results" / "architectures.json").read_text())
+    table = re.search(r"<!-- results: architectures -->\n(.*?)\n\n", README, re.S).group(1)
+    assert table == architectures.table(report)
