@@ -92,10 +92,41 @@ def agreement(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(got.reshape(len(got), -1).argmax(1) == ref.reshape(len(ref), -1).argmax(1)))
 
 
-def write_json(path: Path, record: dict) -> None:
+def save_json(path: Path, record: dict) -> None:
+    """A benchmark's record, as every script writes it (indented, a final newline)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": {"python": platform.python_version(), "cpu": platform.processor()}, **record}
     path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def write_json(path: Path, record: dict) -> None:
+    """:func:`save_json` with the machine it was measured on."""
+    save_json(path, {"machine": {"python": platform.python_version(), "cpu": platform.processor()}, **record})
+
+
+def plain_accuracy(
+    model: str | Path | onnx.ModelProto,
+    x: np.ndarray,
+    y: np.ndarray,
+    outputs: list[str],
+    input_name: str,
+    threads: int | None = None,
+    batch: int = 500,
+) -> list[np.ndarray]:
+    """Accuracy of each output with a bare ONNX Runtime session (as a user's deployment runs the
+    file), in one pass over the data; per step for an output of shape ``[T, N, C]``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    correct: list = [0] * len(outputs)
+    for start in range(0, len(x), batch):
+        results = session.run(outputs, {input_name: x[start : start + batch]})
+        for i, out in enumerate(results):
+            correct[i] = correct[i] + (out.argmax(-1) == y[start : start + batch]).sum(-1)
+    return [np.atleast_1d(c / len(x)) for c in correct]
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

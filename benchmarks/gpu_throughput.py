@@ -38,9 +38,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-CACHE = HERE / ".cache" / "gpu_throughput"
 sys.path.insert(0, str(HERE))
+from _common import RESULTS, save_json  # noqa: E402 - the folder is on the path from here
+
+CACHE = HERE / ".cache" / "gpu_throughput"
 
 BATCH = 256
 TS = (4, 16)
@@ -219,9 +220,9 @@ def main() -> None:
                 }
                 report["rows"].append(row)
                 print(summary(row), flush=True)
-                out.write_text(json.dumps(report, indent=2) + "\n")
+                save_json(out, report)
     report["wall_s"] = round(time.perf_counter() - began, 1)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    save_json(out, report)
     if report["rows"]:
         plot(report, out.with_suffix(".png"))
     print(table(report))

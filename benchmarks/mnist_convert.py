@@ -31,9 +31,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo
+from _common import RESULTS, plain_accuracy, save_json
 from mnist_data import DEFAULT_DIR, load_mnist
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SEED = 0
 T_MAX = 64
 CALIB_SAMPLES = 2000
@@ -86,15 +86,8 @@ def cli_convert(ann: Path, calib: Path, out: Path, *options: str) -> float:
 
 
 def accuracy(path: Path, x: np.ndarray, y: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-    """Accuracy of each output with a bare ONNX Runtime session, in one pass over the data;
-    per step for an output of shape [T, N, C]."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    correct: list = [0] * len(outputs)
-    for start in range(0, len(x), 500):
-        results = session.run(outputs, {"image": x[start : start + 500]})
-        for i, out in enumerate(results):
-            correct[i] = correct[i] + (out.argmax(-1) == y[start : start + 500]).sum(-1)
-    return [np.atleast_1d(c / len(x)) for c in correct]
+    """Accuracy of each output with a bare ONNX Runtime session; per step for [T, N, C]."""
+    return plain_accuracy(path, x, y, outputs, "image")
 
 
 def main() -> None:
@@ -166,7 +159,7 @@ def main() -> None:
         "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider (plain InferenceSession)",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, python {platform.python_version()}",
     }
-    (RESULTS / "mnist_convert.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_json(RESULTS / "mnist_convert.json", report)
     plot(report, RESULTS / "mnist_convert.png")
     print(json.dumps({k: report[k] for k in ("ann_accuracy", "target_met")}))
 

@@ -45,66 +45,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo
+from _common import CACHE, RESULTS, plain_accuracy, save_json
 from mnist_data import DEFAULT_DIR, load_mnist
+from mnist_nets import CALIB_SAMPLES, EPOCHS, HELD_OUT, SEED, build, train
 
 import icsnn_onnx
 from icsnn_onnx.options import threshold_depends_on_T
 
-RESULTS = Path(__file__).resolve().parent / "results"
-CACHE = RESULTS.parent / ".cache"
-SEED = 0
 TS = (1, 2, 4, 8, 16, 32)
-HELD_OUT = 2500
-CALIB_SAMPLES = 2000
-EPOCHS = 3
 NETS = ("relu_avgpool", "qcfs_avgpool", "relu_maxpool")
 SJ_RECIPES = ("rate 99.9%", "rate 99.9% channel-wise half-threshold", "local threshold balancing")
-
-
-class GradFloor(torch.autograd.Function):
-    """floor with a straight-through gradient (QCFS training)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return torch.floor(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad
-
-
-class QCFS(nn.Module):
-    """Quantization-clip-floor-shift: λ/L · clip(floor(x·L/λ + 1/2), 0, L), λ trainable."""
-
-    def __init__(self, levels: int = 4, lam: float = 2.0) -> None:
-        super().__init__()
-        self.levels = levels
-        self.lam = nn.Parameter(torch.tensor(lam))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x / self.lam
-        floor = GradFloor.apply if self.training else torch.floor  # plain ops when exported
-        y = floor(y * self.levels + 0.5) / self.levels
-        return torch.clamp(y, 0, 1) * self.lam
-
-
-def build(net: str) -> nn.Sequential:
-    act = (lambda: QCFS()) if net == "qcfs_avgpool" else nn.ReLU
-    pool = (lambda: nn.MaxPool2d(2)) if net == "relu_maxpool" else (lambda: nn.AvgPool2d(2))
-    layers: list[nn.Module] = []
-    channels = 1
-    for _ in range(3):
-        layers += [nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), act(), pool()]
-        channels = 32
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 3 * 3, 10))
-
-
-def train(net: str, x: np.ndarray, y: np.ndarray) -> tuple[nn.Sequential, float]:
-    torch.manual_seed(SEED)
-    model = build(net)
-    start = time.perf_counter()
-    model = zoo.fit_classifier(model, x, y, EPOCHS, SEED)
-    return model, time.perf_counter() - start
 
 
 def relu_twin(model: nn.Sequential) -> nn.Sequential:
@@ -163,16 +113,8 @@ def label(setting: dict) -> str:
 
 def accuracies(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, per_step: bool) -> dict[int, float]:
     """Accuracy at each T in TS (from the per-step output when there is one)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     output = "logits_per_step" if per_step else "logits"
-    correct = None
-    for start in range(0, len(x), 500):
-        (out,) = session.run([output], {"image": x[start : start + 500]})
-        hits = (out.argmax(-1) == y[start : start + 500]).sum(-1)
-        correct = hits if correct is None else correct + hits
-    acc = np.atleast_1d(correct / len(x))
+    (acc,) = plain_accuracy(model, x, y, [output], "image", threads=2)
     if per_step:
         return {T: float(acc[T - 1]) for T in TS}
     return {0: float(acc[0])}
@@ -321,7 +263,7 @@ def main() -> None:
             machine=f"{platform.machine()}, 2 threads, python {platform.python_version()}, torch {torch.__version__}",
         )
         report["nets"] = {k: report["nets"][k] for k in NETS if k in report["nets"]}
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        save_json(path, report)
     report = json.loads(path.read_text())  # T keys as the JSON spells them
     plot(report, RESULTS / "mnist_fidelity.png")
     print(table(report))

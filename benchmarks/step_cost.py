@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
+from _common import RESULTS, save_json  # noqa: E402 - the folder is on the path from here
 
 T = 32
 BATCH = 64
@@ -242,7 +242,7 @@ def main() -> None:
         ),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "step_cost.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_json(RESULTS / "step_cost.json", report)
     plot(report, RESULTS / "step_cost.png")
     print(
         json.dumps(
@@ -291,4 +291,9 @@ def plot(report: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     main()

@@ -15,14 +15,13 @@ Writes benchmarks/results/threshold_auto.{json,png}.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CACHE, RESULTS, plain_accuracy, save_json
 
 NETS = ("relu_avgpool", "relu_maxpool")
 METHODS = ("mse", "p99.99", "max")
@@ -30,7 +29,7 @@ TS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 def main() -> None:
-    import mnist_fidelity as fidelity
+    import mnist_nets as nets
     import torch
     import zoo
     from mnist_data import load_mnist
@@ -40,36 +39,42 @@ def main() -> None:
 
     torch.set_num_threads(2)
     train_x, train_y, _, _ = load_mnist()
-    fit_x, fit_y = train_x[: -fidelity.HELD_OUT], train_y[: -fidelity.HELD_OUT]
-    held_out = (train_x[-fidelity.HELD_OUT :], train_y[-fidelity.HELD_OUT :])
-    rng = np.random.default_rng(fidelity.SEED)
-    calib = fit_x[rng.choice(len(fit_x), fidelity.CALIB_SAMPLES, replace=False)]
+    fit_x, fit_y = train_x[: -nets.HELD_OUT], train_y[: -nets.HELD_OUT]
+    held_out = (train_x[-nets.HELD_OUT :], train_y[-nets.HELD_OUT :])
+    rng = np.random.default_rng(nets.SEED)
+    calib = fit_x[rng.choice(len(fit_x), nets.CALIB_SAMPLES, replace=False)]
     report: dict = {
         "benchmark": "threshold_auto",
         "setting": "init half, compensation, layer-wise thresholds, direct coding",
-        "split": f"the last {fidelity.HELD_OUT} MNIST training images (held out from training)",
+        "split": f"the last {nets.HELD_OUT} MNIST training images (held out from training)",
         "auto_mse_max_T": AUTO_MSE_MAX_T,
         "T": list(TS),
         "nets": {},
     }
     for net in NETS:
-        ann = fidelity.CACHE / f"mnist_{net}.onnx"
+        ann = CACHE / f"mnist_{net}.onnx"
         if not ann.exists():
-            fidelity.CACHE.mkdir(parents=True, exist_ok=True)
-            model, _ = fidelity.train(net, fit_x, fit_y)
+            CACHE.mkdir(parents=True, exist_ok=True)
+            model, _ = nets.train(net, fit_x, fit_y)
             zoo.export(model, fit_x.shape[1:], str(ann))
         entry = {}
         for method in METHODS:
             entry[method] = {
-                str(T): fidelity.accuracies(
-                    icsnn_onnx.convert(ann, calib, T=T, threshold=method), *held_out, per_step=False
-                )[0]
+                str(T): float(
+                    plain_accuracy(
+                        icsnn_onnx.convert(ann, calib, T=T, threshold=method),
+                        *held_out,
+                        ["logits"],
+                        "image",
+                        2,
+                    )[0][0]
+                )
                 for T in TS
             }
             print(net, method, " ".join(f"{100 * a:.2f}" for a in entry[method].values()), flush=True)
         report["nets"][net] = entry
-    (HERE / "results" / "threshold_auto.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, HERE / "results" / "threshold_auto.png")
+    save_json(RESULTS / "threshold_auto.json", report)
+    plot(report, RESULTS / "threshold_auto.png")
 
 
 def plot(report: dict, path: Path) -> None:
@@ -95,4 +100,9 @@ def plot(report: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     main()

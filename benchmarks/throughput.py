@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 CACHE = HERE / ".cache" / "throughput"
 sys.path.insert(0, str(HERE))
+from _common import RESULTS, save_json  # noqa: E402 - the folder is on the path from here
 
 BATCH = 64
 TS = (4, 8, 16, 32)
@@ -258,7 +258,7 @@ def main() -> None:
                 print(name, T, "spikingjelly", sj.get("median_s"), sj.get("error"), flush=True)
         report["models"][name] = entry
         report["models"] = {k: report["models"][k] for k in SHAPES if k in report["models"]}
-        (RESULTS / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+        save_json(RESULTS / "throughput.json", report)
     plot(report, RESULTS / "throughput.png")
 
 
