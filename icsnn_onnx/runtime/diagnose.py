@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from icsnn_onnx.contract import per_step_outputs
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.model_io import load_model
@@ -118,7 +117,7 @@ def diagnose(
     ann_tensors = {o for n in ann_model.graph.node for o in n.output} | {
         i.name for i in ann_model.graph.input
     }
-    stepwise = per_step_outputs(snn_session.metadata)
+    stepwise = snn_session.snn.per_step if snn_session.snn is not None else {}
     output = next(o.name for o in snn_model.graph.output if o.name not in stepwise.values())
     per_step = stepwise.get(output)
     layer_tensors = {t for layer in traced for t in (layer.tensor, layer.current) if t in ann_tensors}

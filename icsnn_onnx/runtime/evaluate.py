@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icsnn_onnx.contract import per_step_outputs
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.progress import ProgressFactory, silent
@@ -35,8 +34,12 @@ class Evaluation:
         return float(np.mean(self.predictions == other.predictions))
 
 
+def _per_step(session: Session) -> dict[str, str]:
+    return session.snn.per_step if session.snn is not None else {}
+
+
 def default_output(session: Session) -> str:
-    per_step = set(per_step_outputs(session.metadata).values())
+    per_step = set(_per_step(session).values())
     return next(n for n in session.output_names if n not in per_step)
 
 
@@ -50,7 +53,7 @@ def evaluate(
     output = output or default_output(session)
     if output not in session.output_names:
         raise DataError(f"model has no output {output!r}; outputs are {session.output_names}")
-    per_step = per_step_outputs(session.metadata).get(output, "")
+    per_step = _per_step(session).get(output, "")
     names = [output] + ([per_step] if per_step in session.output_names else [])
     predictions, step_predictions = [], []
     for result in session.iter_run(data, batch_size, names, progress, "evaluating"):

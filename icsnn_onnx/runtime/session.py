@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from icsnn_onnx.contract import SnnMetadata, per_step_outputs
+from icsnn_onnx.contract import SnnMetadata
 from icsnn_onnx.data import Dataset, InputSpec
 from icsnn_onnx.errors import ModelLoadError
 from icsnn_onnx.model_io import load_model
@@ -127,7 +127,7 @@ class Session:
         if mismatch:
             logger.warning(mismatch)
         # Per-step outputs are [T, N, ...]: their batch axis is 1.
-        self._batch_axis = {name: 1 for name in per_step_outputs(self.metadata).values()}
+        self._batch_axis = {name: 1 for name in (self.snn.per_step.values() if self.snn else ())}
 
     @staticmethod
     def _load(
