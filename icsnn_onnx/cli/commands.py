@@ -1,0 +1,245 @@
+"""One function per command: call the library, print the result. The only code that prints."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from icsnn_onnx.errors import DataError, OptionError
+from icsnn_onnx.options import ConversionOptions
+from icsnn_onnx.progress import Progress, ProgressFactory, silent
+
+
+def _progress_factory(quiet: bool) -> ProgressFactory:
+    if quiet:
+        return silent
+    from tqdm import tqdm
+
+    def factory(total: int, desc: str) -> Progress:
+        return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False, disable=None)
+
+    return factory
+
+
+def _options(args: argparse.Namespace, **overrides: object) -> ConversionOptions:
+    """The one record of what to build, from the CLI's fields of the same names."""
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(ConversionOptions) if hasattr(args, f.name)
+    }
+    try:
+        return ConversionOptions(**{**values, **overrides})
+    except ValueError as err:
+        raise OptionError(str(err)) from None
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from icsnn_onnx.converter import convert
+    from icsnn_onnx.model_io import check_output, save_model
+
+    options = _options(args)
+    output = args.output or args.model.with_name(args.model.name.removesuffix(".onnx") + ".snn.onnx")
+    inputs = (args.model, args.calib)
+    check_output(output, args.force, inputs)  # fail before any work
+    model = convert(args.model, args.calib, options=options, progress=_progress_factory(args.quiet))
+    save_model(model, output, force=args.force, inputs=inputs)
+    meta = {p.key: p.value for p in model.metadata_props}
+    print(
+        f"{args.model} -> {output}: {meta['icsnn.sites']} activation site(s) as IF neurons, "
+        f"T={options.T}, init={options.init}, compensation {'on' if options.compensation else 'off'}, "
+        f"{options.encoding} coding, threshold={meta.get('icsnn.threshold_method', 'clip bounds')}"
+        f"{' (channel-wise)' if options.channel_wise else ''}, {meta['icsnn.layout']} layout, "
+        f"{options.target} target, {len(model.graph.node)} nodes"
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from icsnn_onnx.data import check_same_inputs, load_dataset
+    from icsnn_onnx.runtime import Session, evaluate
+
+    progress = _progress_factory(args.quiet)
+    session = Session(args.model, provider=args.provider)
+    ann = None
+    if args.ann is not None:
+        ann = Session(args.ann, provider=args.provider)
+        check_same_inputs(session.inputs, ann.inputs, str(args.ann))
+    data = load_dataset(args.data, session.inputs, what=str(args.data))
+    result = evaluate(session, data, args.output, args.batch_size, progress)
+    reference = None
+    if ann is not None:
+        reference = evaluate(ann, data, args.output, args.batch_size, progress)
+    if result.accuracy is None and reference is None:
+        raise DataError(f"{args.data} has no labels 'y' to compute accuracy (and no --ann to compare)")
+    print(f"{len(data)} samples, provider {session.provider}")
+    if reference is not None:
+        acc = "n/a" if reference.accuracy is None else f"{100 * reference.accuracy:.2f}%"
+        print(f"ANN  {args.ann}: accuracy {acc}")
+    if result.accuracy is not None:
+        print(f"SNN  {args.model}: accuracy {100 * result.accuracy:.2f}%")
+    if reference is not None:
+        print(f"agreement (same predicted class): {100 * result.agreement(reference):.2f}%")
+    if result.per_step_accuracy:
+        print("accuracy after t steps:")
+        print("  " + "  ".join(f"T={t}: {100 * a:.2f}%" for t, a in enumerate(result.per_step_accuracy, 1)))
+    return 0
+
+
+_MAXPOOL_EFFECT = {
+    "read-out": "no neuron downstream: exact, once on the read-out",
+    "decompose": "decompose: max(a,b) = a + ReLU(b - a) tree of IF neurons (exact as T grows)",
+    "gate": "gate: forwards the spikes of the unit with the most input so far",
+    "avg": "avg: AveragePool of the same window (approximate)",
+}
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from icsnn_onnx.converter import inspect_model
+
+    report = inspect_model(args.model, maxpool=args.maxpool, encoding=args.encoding)
+    print(f"{args.model}  (opset {report.source_opset}, producer: {report.producer or 'unknown'})")
+    print("inputs:  " + ", ".join(s.describe() for s in report.inputs))
+    print("outputs: " + ", ".join(report.outputs))
+    print(f"activation sites: {len(report.sites)}")
+    for site in report.sites:
+        print(f"  {site.name:<28} {site.transfer.describe():<32} {site.input} -> {site.output}")
+    if report.maxpools:
+        print(f"MaxPool ({args.maxpool} policy between neurons):")
+        for name, policy in report.maxpools:
+            print(f"  {name:<28} {_MAXPOOL_EFFECT.get(policy, policy)}")
+    print("op coverage:")
+    for op, behaviour, count in report.op_behaviour:
+        print(f"  {op:<22} {count:>4}  {behaviour}")
+    if report.blockers:
+        print(
+            f"blocking conversion: {len(report.blockers)}{'' if report.sites else ' (no ReLU-like activation)'}"
+        )
+        for b in report.blockers:
+            print(f"  {b}")
+    elif not report.sites:
+        print("nothing to convert: the model has no nonlinear activation")
+    else:
+        calib = " (needs --calib for ReLU thresholds)" if report.needs_calibration else ""
+        print(f"convertible{calib}")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from icsnn_onnx.converter import convert
+    from icsnn_onnx.model_io import check_output, save_model
+    from icsnn_onnx.tuning import tune
+
+    options = _options(args)
+    inputs = (args.model, args.calib, args.data)
+    if args.output is not None:
+        check_output(args.output, args.force, inputs)  # fail before any work
+    progress = _progress_factory(args.quiet)
+    r = tune(
+        args.model,
+        args.calib,
+        args.data,
+        options=options,
+        max_drop=args.max_drop,
+        max_T=args.max_T,
+        progress=progress,
+    )
+    print(
+        f"ANN accuracy {100 * r.ann_accuracy:.2f}%; target ≥ {100 * r.ann_accuracy - r.max_drop:.2f}% (init {options.init})"
+    )
+    for T, acc in sorted(r.accuracy_by_T.items()):
+        mark = "  <- smallest T within target" if T == r.chosen_T else ""
+        print(f"  T={T:<4} {100 * acc:6.2f}%{mark}")
+    if r.chosen_T is None:
+        print(f"no T ≤ {args.max_T} is within {args.max_drop} points of the ANN")
+        return 1
+    print(f"chosen T = {r.chosen_T}")
+    if args.output is not None:
+        chosen = dataclasses.replace(options, T=r.chosen_T)
+        save_model(
+            convert(args.model, args.calib, options=chosen, progress=progress),
+            args.output,
+            force=args.force,
+            inputs=inputs,
+        )
+        print(f"{args.model} -> {args.output}: the SNN at T={r.chosen_T}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from icsnn_onnx.runtime.bench import bench
+
+    r = bench(args.ann, args.snn, args.batch, args.provider, args.repeats, args.warmup, args.cuda_graph)
+    if args.json:
+        print(json.dumps(r.as_dict(), indent=2))
+        return 0
+    graph = " with CUDA graphs" if r.cuda_graph else ""
+    print(
+        f"batch {r.batch}, {r.provider}{graph}, median of {len(r.snn.runs_s)} SNN runs, each after a "
+        f"block of T={r.T} ANN runs"
+    )
+    print(f"ANN  {1000 * r.ann.median_s:9.2f} ms  {r.ann.images_per_s:10.1f} images/s")
+    print(f"SNN  {1000 * r.snn.median_s:9.2f} ms  {r.snn.images_per_s:10.1f} images/s  (T={r.T})")
+    print(
+        f"SNN / (T × ANN) = {r.ratio_to_dense_bound:.3f}   peak memory {r.peak_rss_mib:.0f} MiB "
+        f"(SNN alone {r.snn_peak_rss_mib:.0f} MiB)"
+    )
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    from icsnn_onnx.data import load_dataset
+    from icsnn_onnx.runtime import Session
+    from icsnn_onnx.runtime.diagnose import diagnose
+
+    specs = Session(args.ann, provider="cpu").inputs
+    data = load_dataset(args.data, specs, what=str(args.data)).head(args.samples)
+    d = diagnose(
+        args.snn, args.ann, data, args.steps, args.batch_size, args.provider, _progress_factory(args.quiet)
+    )
+    if args.json:
+        print(json.dumps(d.as_dict(), indent=2))
+        return 0
+
+    def pct(x: float | None) -> str:
+        return "    -" if x is None else f"{100 * x:5.1f}"
+
+    def err(x: float | None) -> str:
+        return "     -" if x is None else f"{x:6.3f}"
+
+    agree = d.agreement.get(d.T)
+    print(
+        f"{args.snn}: T={d.T}, {d.samples} samples; output relative error {err(d.output_error.get(d.T)).strip()}"
+        + (f", agreement {100 * agree:.2f}%" if agree is not None else "")
+    )
+    if len(d.output_error) > 1:
+        print(
+            "  output error after t steps: " + "  ".join(f"{t}: {e:.3f}" for t, e in d.output_error.items())
+        )
+    width = max(len(layer.name) for layer in d.layers)
+    steps = "".join(f"{'t=' + str(t):>7}" for t in d.steps)
+    print(f"{'layer':<{width}} {steps}  | at T: input  local  sat%  over%  >θ%")
+    for layer in d.layers:
+        row = "".join(f" {err(layer.by_step[t].output_error)}" for t in d.steps)
+        last = layer.by_step[d.T] if d.T in layer.by_step else layer.by_step[d.steps[-1]]
+        print(
+            f"{layer.name:<{width}} {row}  | {err(last.input_error)} {err(last.local_error)} "
+            f"{pct(last.saturated)} {pct(last.overfired)} {pct(layer.above_threshold)}"
+        )
+    print("error: ‖rate·θ − ANN activation‖/‖ANN activation‖ after t steps; input: of the mean input")
+    print("current; local: what the layer adds to its input; sat: fired every step; over: fired with")
+    print("v(T) < 0; >θ: ANN activations above θ (docs/method.md §10)")
+    return 0
+
+
+COMMANDS = {
+    "convert": _convert,
+    "eval": _eval,
+    "inspect": _inspect,
+    "tune": _tune,
+    "bench": _bench,
+    "diagnose": _diagnose,
+}

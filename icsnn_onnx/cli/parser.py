@@ -1,0 +1,245 @@
+"""The command line's grammar: every command, flag, default (ConversionOptions' own) and range."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import NoReturn
+
+from icsnn_onnx._version import __version__
+from icsnn_onnx.options import (
+    ENCODINGS,
+    INIT_POLICIES,
+    LAYOUTS,
+    MAXPOOL_POLICIES,
+    TARGETS,
+    ConversionOptions,
+    parse_threshold_method,
+)
+
+DEFAULTS = ConversionOptions()
+
+
+def _integer(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _integer(text, 0)
+
+
+def _points(text: str) -> float:
+    """Accuracy points: a finite number in [0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected accuracy points in [0, 100], got {text!r}") from None
+    if not 0.0 <= value <= 100.0:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"expected accuracy points in [0, 100], got {text!r}")
+    return value
+
+
+def _step_list(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected step counts like 8,32,128, got {text!r}") from None
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"step counts must be positive integers, got {text!r}")
+    return steps
+
+
+def _threshold(text: str) -> str:
+    try:
+        parse_threshold_method(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+    parser = _Parser(
+        prog="icsnn-onnx",
+        description="Compile an ONNX ANN into a low-latency spiking network (IC-SNN) for ONNX Runtime.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"icsnn-onnx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    method = _method_options()
+    _convert_parser(sub, common, method)
+    _eval_parser(sub, common)
+    _tune_parser(sub, common, method)
+    _bench_parser(sub, common)
+    _diagnose_parser(sub, common)
+    _inspect_parser(sub, common)
+    return parser
+
+
+def _method_options() -> argparse.ArgumentParser:
+    """What the SNN is made of: shared by convert and tune; defaults are ConversionOptions' own."""
+    method = _Parser(add_help=False)
+    method.add_argument("--calib", type=Path, help="calibration inputs (.npz with x, or .npy)")
+    method.add_argument(
+        "--calib-samples", type=_positive_int, help="use only the first N calibration samples"
+    )
+    method.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=DEFAULTS.threshold,
+        help="threshold of unclipped ReLUs: mse (least squares for the levels of the compiled T), "
+        "max, a percentile pNN.NN, or auto (default: mse up to T=16, p99.99 above)",
+    )
+    method.add_argument("--channel-wise", action="store_true", help="one threshold per channel")
+    method.add_argument(
+        "--init",
+        choices=INIT_POLICIES,
+        default=DEFAULTS.init,
+        help="initial potential: half = θ/2 (default, Alg 1), zero, or calibrated on --calib data for this T (Alg 2)",
+    )
+    method.add_argument(
+        "--compensation",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.compensation,
+        help="coding compensation (Alg 3, default on): read out the last neurons' integrated membrane "
+        "(spike count + residual) and round rate-coded input counts",
+    )
+    method.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default=DEFAULTS.encoding,
+        help="input coding: direct (default; analog current), rate (IF encoder) or poisson (seeded)",
+    )
+    method.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=DEFAULTS.seed,
+        help="seed of the Poisson encoder's noise (≥ 0, default 0)",
+    )
+    method.add_argument(
+        "--maxpool",
+        choices=MAXPOOL_POLICIES,
+        default=DEFAULTS.maxpool,
+        help=f"MaxPool between neurons: decompose (exact, max(a,b) = a + ReLU(b - a) in IF neurons), "
+        f"gate (forward the unit with the most input so far) or avg (approximate); default {DEFAULTS.maxpool}",
+    )
+    method.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=DEFAULTS.layout,
+        help="step-major (default, fastest on CPU): per-step ops cloned T times; time-batched: "
+        "per-step ops once over all T steps (refused where not exact); loop: one ONNX Loop over the "
+        "steps, the graph's size independent of T, for long simulations (portable target; CUDA graphs "
+        "cannot capture a Loop); auto: time-batched where exact, loop where the unrolled graph would "
+        "be too large",
+    )
+    method.add_argument(
+        "--target",
+        choices=TARGETS,
+        default=DEFAULTS.target,
+        help="portable (default): IF neurons in elementwise ops, exact on every provider; cpu: in "
+        "ops ONNX Runtime's CPU provider keeps in its blocked layout (faster there)",
+    )
+    method.add_argument(
+        "--batch-size", type=_positive_int, default=DEFAULTS.batch_size, help="calibration batch size"
+    )
+    return method
+
+
+def _convert_parser(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, method: argparse.ArgumentParser
+) -> None:
+    conv = sub.add_parser("convert", parents=[common, method], help="convert an ANN into an unrolled SNN")
+    conv.add_argument("model", type=Path, help="input ANN (.onnx); never modified")
+    conv.add_argument("-o", "--output", type=Path, help="output SNN (default: IN with .snn.onnx)")
+    conv.add_argument(
+        "-T", "--timesteps", dest="T", type=_positive_int, default=DEFAULTS.T, help="time steps (default 32)"
+    )
+    conv.add_argument(
+        "--per-step", action="store_true", help="add y_per_step outputs [T, ...] for every output y"
+    )
+    conv.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+
+
+def _eval_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    ev = sub.add_parser("eval", parents=[common], help="accuracy of a model on labelled data")
+    ev.add_argument("model", type=Path, help="model to evaluate (SNN or any classifier)")
+    ev.add_argument("--data", type=Path, required=True, help=".npz with x and integer labels y")
+    ev.add_argument("--ann", type=Path, help="also evaluate this ANN and compare")
+    ev.add_argument("--output", help="output holding class scores or labels (default: the first)")
+    ev.add_argument("--batch-size", type=_positive_int, default=64)
+    ev.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def _tune_parser(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, method: argparse.ArgumentParser
+) -> None:
+    tu = sub.add_parser(
+        "tune", parents=[common, method], help="smallest T within --max-drop points of the ANN"
+    )
+    tu.add_argument("model", type=Path, help="the ANN")
+    tu.add_argument("--data", type=Path, required=True, help="held-out labelled data (.npz with x, y)")
+    tu.add_argument(
+        "--max-drop",
+        type=_points,
+        default=0.5,
+        help="accuracy points below the ANN allowed (0–100, default 0.5)",
+    )
+    tu.add_argument("--max-T", type=_positive_int, default=64)
+    tu.add_argument("-o", "--output", type=Path, help="also write the SNN at the chosen T here")
+    tu.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+
+
+def _bench_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    be = sub.add_parser("bench", parents=[common], help="time an SNN against its ANN")
+    be.add_argument("ann", type=Path, help="the ANN")
+    be.add_argument("snn", type=Path, help="the SNN converted from it")
+    be.add_argument("--batch", type=_positive_int, default=64)
+    be.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+    be.add_argument("--repeats", type=_positive_int, help="timed runs of each (default: enough for ~3 s)")
+    be.add_argument("--warmup", type=_non_negative_int, default=1, help="untimed runs first (≥ 0, default 1)")
+    be.add_argument("--cuda-graph", action="store_true", help="capture and replay CUDA graphs (CUDA only)")
+    be.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _diagnose_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    di = sub.add_parser(
+        "diagnose", parents=[common], help="per-layer error of an SNN against its ANN at each step count"
+    )
+    di.add_argument("snn", type=Path, help="the SNN (any layout or target)")
+    di.add_argument("--ann", type=Path, required=True, help="the ANN it was converted from")
+    di.add_argument("--data", type=Path, required=True, help="inputs (.npz with x, or .npy); labels unused")
+    di.add_argument(
+        "--steps", type=_step_list, help="step counts to trace, e.g. 8,32,128 (default 1,2,4,…,T)"
+    )
+    di.add_argument("--samples", type=_positive_int, help="use only the first N samples")
+    di.add_argument("--batch-size", type=_positive_int, default=16)
+    di.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+    di.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _inspect_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    ins = sub.add_parser("inspect", parents=[common], help="activation sites, op coverage, blockers")
+    ins.add_argument("model", type=Path)
+    ins.add_argument("--maxpool", choices=MAXPOOL_POLICIES, default=DEFAULTS.maxpool, help="as for convert")
+    ins.add_argument("--encoding", choices=ENCODINGS, default="direct", help="as for convert")
