@@ -18,13 +18,13 @@ from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions, InitPolicy
 from icsnn_onnx.passes import Pass, PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
 from icsnn_onnx.passes.canonicalize import Canonicalize, default_opset, import_model
-from icsnn_onnx.passes.encoding import EncodeInputs, encoded_inputs
+from icsnn_onnx.passes.encoding import EncodeInputs
 from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
 from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
 from icsnn_onnx.passes.maxpool import LowerMaxPool
 from icsnn_onnx.passes.scale import CheckScale
-from icsnn_onnx.passes.temporal import CheckSupport, analyze, nonlinear_nodes, site_node_names
+from icsnn_onnx.passes.temporal import CheckSupport, analyze_program, nonlinear_nodes, site_node_names
 from icsnn_onnx.passes.thresholds import NormalizeThresholds
 from icsnn_onnx.passes.unroll import Unroll
 from icsnn_onnx.program import ActivationKind, ActivationSite, Program
@@ -144,12 +144,7 @@ def inspect_model(
     PassManager(front_end())(program)
     in_sites = site_node_names(program)
     gates = program.gates
-    plan, blocked = analyze(
-        program.graph,
-        lambda n: n.name in in_sites or n.name in gates,
-        program.rejected,
-        encoded_inputs(program.graph, encoding),
-    )
+    plan, blocked = analyze_program(program)
     if not program.sites:
         blocked = nonlinear_nodes(program)
     blocked_names = {b.name for b in blocked}

@@ -33,10 +33,9 @@ import onnx_graphsurgeon as gs
 
 from icsnn_onnx.options import MaxPoolPolicy
 from icsnn_onnx.passes import Pass, PassResult, ensure
-from icsnn_onnx.passes.encoding import encoded_inputs
 from icsnn_onnx.passes.graph_utils import detach, static_dims
 from icsnn_onnx.passes.sign import nonnegative_tensors
-from icsnn_onnx.passes.temporal import analyze, site_node_names
+from icsnn_onnx.passes.temporal import analyze_program
 from icsnn_onnx.program import ActivationKind, ActivationSite, Program, TransferFunction
 
 logger = logging.getLogger(__name__)
@@ -54,13 +53,7 @@ class LowerMaxPool(Pass):
 
     def call(self, program: Program) -> PassResult:
         policy = program.options.maxpool
-        in_sites = site_node_names(program)
-        _, blocked = analyze(
-            program.graph,
-            lambda n: n.name in in_sites,
-            program.rejected,
-            encoded_inputs(program.graph, program.options.encoding),
-        )
+        _, blocked = analyze_program(program)  # no gate yet: this pass decides them
         blocked_names = {b.name for b in blocked}
         nonnegative = nonnegative_tensors(program.graph, {s.output for s in program.sites.values()})
         modified = False

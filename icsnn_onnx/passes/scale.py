@@ -20,9 +20,8 @@ from icsnn_onnx import neuron
 from icsnn_onnx.errors import ConversionError
 from icsnn_onnx.limits import available_memory, human
 from icsnn_onnx.passes import Pass, PassResult
-from icsnn_onnx.passes.encoding import encoded_inputs
 from icsnn_onnx.passes.graph_utils import static_dims
-from icsnn_onnx.passes.temporal import TemporalPlan, analyze, site_node_names
+from icsnn_onnx.passes.temporal import TemporalPlan, analyze_program, site_node_names
 from icsnn_onnx.program import Program
 
 #: Operators (neuron functions inlined) an unrolled SNN may have: ONNX Runtime's load time grows
@@ -40,14 +39,8 @@ class Estimate:
 
 
 def estimate(program: Program) -> Estimate:
-    in_sites = site_node_names(program)
-    plan, _ = analyze(
-        program.graph,
-        lambda n: n.name in in_sites or n.name in program.gates,
-        program.rejected,
-        encoded_inputs(program.graph, program.options.encoding),
-    )
-    return Estimate(_ops_per_step(program, plan, in_sites), _bytes_per_step(program, plan))
+    plan, _ = analyze_program(program)
+    return Estimate(_ops_per_step(program, plan, site_node_names(program)), _bytes_per_step(program, plan))
 
 
 def _ops_per_step(program: Program, plan: TemporalPlan, in_sites: frozenset[str]) -> int:

@@ -143,6 +143,18 @@ def site_node_names(program: Program) -> frozenset[str]:
     return frozenset(name for site in program.sites.values() for name in site.nodes)
 
 
+def analyze_program(program: Program) -> tuple[TemporalPlan, list[UnsupportedNode]]:
+    """:func:`analyze` for a program before neuron insertion: its activation sites and MaxPool
+    gates are the neurons, the inputs its encoding makes time-varying are streams."""
+    in_sites = site_node_names(program)
+    return analyze(
+        program.graph,
+        lambda n: n.name in in_sites or n.name in program.gates,
+        program.rejected,
+        encoded_inputs(program.graph, program.options.encoding),
+    )
+
+
 def _output_name(node: gs.Node) -> str:
     return node.outputs[0].name if node.outputs else ""
 
@@ -174,13 +186,7 @@ class CheckSupport(Pass):
             if nodes:
                 raise UnsupportedOperatorError(nodes, headline="no ReLU-like activation found")
             raise ConversionError("the model has no nonlinear activation: there is nothing to make spiking")
-        in_sites = site_node_names(program)
-        _, blocked = analyze(
-            program.graph,
-            lambda n: n.name in in_sites or n.name in program.gates,
-            program.rejected,
-            encoded_inputs(program.graph, program.options.encoding),
-        )
+        _, blocked = analyze_program(program)
         if blocked:
             raise UnsupportedOperatorError(blocked)
         return PassResult(program, False)
