@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 
+from icsnn_onnx.contract import LAYOUT_KEY, SITES_KEY, THRESHOLD_METHOD_KEY
 from icsnn_onnx.errors import DataError, OptionError
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.progress import Progress, ProgressFactory, silent
@@ -45,10 +46,10 @@ def _convert(args: argparse.Namespace) -> int:
     save_model(model, output, force=args.force, inputs=inputs)
     meta = {p.key: p.value for p in model.metadata_props}
     print(
-        f"{args.model} -> {output}: {meta['icsnn.sites']} activation site(s) as IF neurons, "
+        f"{args.model} -> {output}: {meta[SITES_KEY]} activation site(s) as IF neurons, "
         f"T={options.T}, init={options.init}, compensation {'on' if options.compensation else 'off'}, "
-        f"{options.encoding} coding, threshold={meta.get('icsnn.threshold_method', 'clip bounds')}"
-        f"{' (channel-wise)' if options.channel_wise else ''}, {meta['icsnn.layout']} layout, "
+        f"{options.encoding} coding, threshold={meta.get(THRESHOLD_METHOD_KEY, 'clip bounds')}"
+        f"{' (channel-wise)' if options.channel_wise else ''}, {meta[LAYOUT_KEY]} layout, "
         f"{options.target} target, {len(model.graph.node)} nodes"
     )
     return 0
