@@ -41,6 +41,48 @@ def encoder_key(graph_input: str) -> str:
 #: For every output ``y``, ``--per-step`` adds ``y + PER_STEP_SUFFIX`` of shape ``[T, *shape(y)]``.
 PER_STEP_SUFFIX = "_per_step"
 
+#: Per-step outputs apply the head to each step's read-out: its nodes' copies are named
+#: ``node + PER_STEP_HEAD`` at each step (``Gemm_8.after@3``). They compute outputs, not the SNN.
+PER_STEP_HEAD = ".after"
+
+#: The read-out of a cut tensor ``y`` (the value the head reads: the mean over the steps, or the
+#: compensated membrane) is computed by nodes named ``readout_name(y, role)`` (``@t`` at step t).
+#: They read the network; they are not part of it (a report does not count their work as synaptic).
+READOUT_ROLES = (
+    "sum",
+    "mean",
+    "inv",
+    "residual",
+    "integrated",
+    "membrane_mean",
+    "readout",
+    "by_step",
+    "by_step_shape",
+    "axis0",
+    "cumsum",
+    "cumsum_axis",
+    "prefix",
+)
+
+
+def readout_name(cut: str, role: str) -> str:
+    """The name of the read-out node (or constant) of ``cut`` playing ``role``."""
+    if role not in READOUT_ROLES:
+        raise ValueError(f"unknown read-out role {role!r}")
+    return f"{cut}.{role}"
+
+
+def is_readout_name(name: str, tensors: set[str]) -> bool:
+    """Whether node ``name`` (a step suffix allowed) is a read-out node of one of ``tensors``."""
+    cut, _, role = base_name(name).rpartition(".")
+    return role in READOUT_ROLES and cut in tensors
+
+
+#: A rate or Poisson encoder's spikes of graph input ``x`` at step t: ``encoded_spikes_name(x)@t``.
+def encoded_spikes_name(graph_input: str) -> str:
+    return f"{graph_input}.spikes"
+
+
 #: Metadata key listing the per-step outputs (comma-separated); their batch axis is 1.
 PER_STEP_OUTPUTS_KEY = metadata_key("per_step_outputs")
 
@@ -83,6 +125,22 @@ LOOP_STEP = "t"
 def loop_step_name(name: str) -> str:
     """The name of tensor or node ``name`` inside the ``--layout loop`` body (steps 2…T)."""
     return f"{name}{STEP_SEPARATOR}{LOOP_STEP}"
+
+
+#: The time-batched layout's tensors and nodes hold all T steps stacked on the batch axis:
+#: they are named ``name@T`` (:func:`stacked_name`).
+STACKED_STEPS = "T"
+
+
+def stacked_name(name: str) -> str:
+    """The name of tensor or node ``name`` holding every step, stacked (time-batched layout)."""
+    return f"{name}{STEP_SEPARATOR}{STACKED_STEPS}"
+
+
+def base_name(name: str) -> str:
+    """``name`` without its step suffix (``@3``, the loop body's ``@t``, the stacked ``@T``)."""
+    base, sep, step = name.rpartition(STEP_SEPARATOR)
+    return base if sep and (step.isdigit() or step in (LOOP_STEP, STACKED_STEPS)) else name
 
 
 @dataclass(frozen=True)

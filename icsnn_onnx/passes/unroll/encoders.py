@@ -9,6 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.contract import (
+    encoded_spikes_name,
     step_name,
 )
 from icsnn_onnx.errors import ConversionError
@@ -27,7 +28,7 @@ class Encoders(Builder):
         dtype = np.dtype(x.dtype or np.float32)
         rate = self._normalized(x, enc)
         if enc.kind is EncodingKind.RATE:
-            spikes = gs.Variable(f"{x.name}.spikes", x.dtype, x.shape)
+            spikes = gs.Variable(encoded_spikes_name(x.name), x.dtype, x.shape)
             theta = self._const(f"{x.name}.encoder_threshold", 1.0, dtype)
             v0 = self._const(f"{x.name}.encoder_v_init", enc.v_init, dtype)
             steps = self._neuron_steps(f"{x.name}.encoder", theta, v0, spikes, [rate] * self.T)
@@ -64,8 +65,8 @@ class Encoders(Builder):
     ) -> gs.Tensor:
         fired = gs.Variable(name(f"{x.name}.fired"), np.bool_, x.shape)
         self._add("Less", name(f"{x.name}.fired"), [noise_t, rate], [fired])
-        s_t = gs.Variable(name(f"{x.name}.spikes"), x.dtype, x.shape)
-        self._add("CastLike", name(f"{x.name}.spikes"), [fired, rate], [s_t])
+        s_t = gs.Variable(name(encoded_spikes_name(x.name)), x.dtype, x.shape)
+        self._add("CastLike", name(encoded_spikes_name(x.name)), [fired, rate], [s_t])
         return s_t
 
     def _decoded(

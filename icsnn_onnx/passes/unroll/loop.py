@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from icsnn_onnx.contract import PER_STEP_SUFFIX, loop_step_name, step_name
+from icsnn_onnx.contract import PER_STEP_HEAD, PER_STEP_SUFFIX, loop_step_name, readout_name, step_name
 from icsnn_onnx.passes.insert_neurons import is_neuron
 from icsnn_onnx.passes.unroll.emitter import Emitter
 from icsnn_onnx.program import EncodingKind
@@ -120,8 +120,8 @@ class Loop(Emitter):
         for cut in self.plan.cuts:
             value = step.streams[cut]
             if carried is not None:
-                total = gs.Variable(name(f"{cut}.sum"), value.dtype, value.shape)
-                self._add("Add", name(f"{cut}.sum"), [carried[("sum", cut)], value], [total])
+                total = gs.Variable(name(readout_name(cut, "sum")), value.dtype, value.shape)
+                self._add("Add", name(readout_name(cut, "sum")), [carried[("sum", cut)], value], [total])
                 value = total
             step.state[("sum", cut)] = value
         return step
@@ -193,7 +193,7 @@ class Loop(Emitter):
                 self._add(
                     "Reciprocal", loop_step_name(f"{LOOP_NODE}.inverse_{dtype}"), [as_float], [inverse[dtype]]
                 )
-            value = gs.Variable(loop_step_name(f"{cut}.mean"), tensor.dtype, tensor.shape)
+            value = gs.Variable(loop_step_name(readout_name(cut, "mean")), tensor.dtype, tensor.shape)
             membranes = (step.state[("v", cut)], first.v0[cut]) if cut in self.readout else None
             self._read_out_value(
                 tensor, step.state[("sum", cut)], inverse[dtype], value, membranes, loop_step_name
@@ -201,7 +201,7 @@ class Loop(Emitter):
             values[cut] = value
         for node in (self.by_name[n] for n in self.plan.head):
             inputs = [values.get(i.name, i) for i in node.inputs]
-            clones = self._clone(node, inputs, list(node.outputs), loop_step_name(".after"))
+            clones = self._clone(node, inputs, list(node.outputs), loop_step_name(PER_STEP_HEAD))
             values.update({o.name: c for o, c in zip(node.outputs, clones, strict=True)})
         scans = {}
         for y in self.graph_outputs:
@@ -218,7 +218,7 @@ class Loop(Emitter):
         values = {c: self.prefix_means[(c, 1)] for c in self.plan.cuts}
         for node in head:
             inputs = [values.get(i.name, i) for i in node.inputs]
-            outputs = self._clone(node, inputs, list(node.outputs), step_name(".after", 1))
+            outputs = self._clone(node, inputs, list(node.outputs), step_name(PER_STEP_HEAD, 1))
             values.update({o.name: c for o, c in zip(node.outputs, outputs, strict=True)})
         names: dict[str, str] = {}
         for y in list(self.graph.outputs):

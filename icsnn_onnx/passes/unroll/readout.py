@@ -9,7 +9,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.contract import (
+    PER_STEP_HEAD,
     PER_STEP_SUFFIX,
+    readout_name,
     step_name,
 )
 from icsnn_onnx.passes.unroll.builder import Builder
@@ -26,9 +28,13 @@ class ReadOut(Builder):
         spike counts (docs/method.md §5).
         """
         dtype = np.dtype(cut.dtype or np.float32)
-        value = cut if t == self.T else gs.Variable(step_name(f"{cut.name}.mean", t), cut.dtype, cut.shape)
+        value = (
+            cut
+            if t == self.T
+            else gs.Variable(step_name(readout_name(cut.name, "mean"), t), cut.dtype, cut.shape)
+        )
         self.prefix_means[(cut.name, t)] = value
-        inv = self._const(step_name(f"{cut.name}.inv", t), 1.0 / t, dtype)
+        inv = self._const(step_name(readout_name(cut.name, "inv"), t), 1.0 / t, dtype)
         membranes = None
         if cut.name in self.readout:
             membranes = self.membranes[(cut.name, t)], self.membranes[(cut.name, 0)]
@@ -48,16 +54,16 @@ class ReadOut(Builder):
         dtype = np.dtype(cut.dtype or np.float32)
         transfer = self.readout.get(cut.name)
         if transfer is None:
-            self._add("Mul", name(f"{cut.name}.mean"), [total, inv], [value])
+            self._add("Mul", name(readout_name(cut.name, "mean")), [total, inv], [value])
             return
         v_t, v_0 = membranes
-        residual = gs.Variable(name(f"{cut.name}.residual"), cut.dtype, cut.shape)
-        self._add("Sub", name(f"{cut.name}.residual"), [v_t, v_0], [residual])
-        integrated = gs.Variable(name(f"{cut.name}.integrated"), cut.dtype, cut.shape)
-        self._add("Add", name(f"{cut.name}.integrated"), [total, residual], [integrated])
-        mean = gs.Variable(name(f"{cut.name}.membrane_mean"), cut.dtype, cut.shape)
-        self._add("Mul", name(f"{cut.name}.membrane_mean"), [integrated, inv], [mean])
-        self._emit_transfer(transfer, mean, value, name(f"{cut.name}.readout"), dtype)
+        residual = gs.Variable(name(readout_name(cut.name, "residual")), cut.dtype, cut.shape)
+        self._add("Sub", name(readout_name(cut.name, "residual")), [v_t, v_0], [residual])
+        integrated = gs.Variable(name(readout_name(cut.name, "integrated")), cut.dtype, cut.shape)
+        self._add("Add", name(readout_name(cut.name, "integrated")), [total, residual], [integrated])
+        mean = gs.Variable(name(readout_name(cut.name, "membrane_mean")), cut.dtype, cut.shape)
+        self._add("Mul", name(readout_name(cut.name, "membrane_mean")), [integrated, inv], [mean])
+        self._emit_transfer(transfer, mean, value, name(readout_name(cut.name, "readout")), dtype)
 
     def _emit_transfer(
         self, transfer: TransferFunction, x: gs.Tensor, y: gs.Tensor, name: str, dtype: np.dtype
@@ -83,7 +89,7 @@ class ReadOut(Builder):
             if t < self.T:
                 for node in head:
                     inputs = [values.get(i.name, i) for i in node.inputs]
-                    outputs = self._clone(node, inputs, list(node.outputs), step_name(".after", t))
+                    outputs = self._clone(node, inputs, list(node.outputs), step_name(PER_STEP_HEAD, t))
                     values.update({o.name: c for o, c in zip(node.outputs, outputs, strict=True)})
             per_t.append(values)
         names: dict[str, str] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.contract import (
+    readout_name,
     step_name,
 )
 from icsnn_onnx.passes.insert_neurons import is_neuron
@@ -40,14 +41,14 @@ class StepMajor(Emitter):
     def _read_out(self, cut: gs.Tensor, steps: list[gs.Tensor]) -> None:
         """Redefine ``cut`` from the sum of its step copies (and prefix sums if per-step)."""
         if not self.per_step:  # one variadic Sum: no Add chain T deep
-            total = gs.Variable(f"{cut.name}.sum", cut.dtype, cut.shape)
-            self._add("Sum", f"{cut.name}.sum", list(steps), [total])
+            total = gs.Variable(readout_name(cut.name, "sum"), cut.dtype, cut.shape)
+            self._add("Sum", readout_name(cut.name, "sum"), list(steps), [total])
             self._finish_read_out(cut, self.T, total)
             return
         total = steps[0]
         for t in range(1, self.T + 1):
             if t > 1:
-                prefix = gs.Variable(step_name(f"{cut.name}.sum", t), cut.dtype, cut.shape)
-                self._add("Add", step_name(f"{cut.name}.sum", t), [total, steps[t - 1]], [prefix])
+                prefix = gs.Variable(step_name(readout_name(cut.name, "sum"), t), cut.dtype, cut.shape)
+                self._add("Add", step_name(readout_name(cut.name, "sum"), t), [total, steps[t - 1]], [prefix])
                 total = prefix
             self._finish_read_out(cut, t, total)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.contract import (
+    readout_name,
+    stacked_name,
     step_name,
 )
 from icsnn_onnx.passes.insert_neurons import is_neuron
@@ -28,8 +30,8 @@ class TimeBatched(Emitter):
 
         for name, steps in self._encoded_inputs().items():
             x = self.tensors[name]
-            joined = gs.Variable(f"{name}@T", x.dtype, self._stacked_shape(x.shape))
-            self._add("Concat", f"{name}@T", steps, [joined], attrs={"axis": 0})
+            joined = gs.Variable(stacked_name(name), x.dtype, self._stacked_shape(x.shape))
+            self._add("Concat", stacked_name(name), steps, [joined], attrs={"axis": 0})
             stacked[name] = joined
         wiring = self._take_body()
         for node, inputs, outputs in wiring:
@@ -50,8 +52,8 @@ class TimeBatched(Emitter):
                 else:  # hoisted input layer: the same current at every step
                     currents = [z] * self.T
                 outs = self._stateful_steps(node, inputs, y, currents)
-                joined = gs.Variable(f"{y.name}@T", y.dtype, self._stacked_shape(y.shape))
-                self._add("Concat", f"{y.name}@T", outs, [joined], attrs={"axis": 0})
+                joined = gs.Variable(stacked_name(y.name), y.dtype, self._stacked_shape(y.shape))
+                self._add("Concat", stacked_name(y.name), outs, [joined], attrs={"axis": 0})
                 stacked[y.name] = joined
                 continue
             rank = max(
@@ -70,7 +72,7 @@ class TimeBatched(Emitter):
                     mapped.append(tile(tensor))  # a per-sample activation computed once: repeat it per step
                 else:
                     mapped.append(tensor)
-            clones = self._clone(node, mapped, outputs, "@T", self._stacked_shape)
+            clones = self._clone(node, mapped, outputs, stacked_name(""), self._stacked_shape)
             stacked.update({o.name: c for o, c in zip(outputs, clones, strict=True)})
         for cut in self.plan.cuts:
             self._read_out(self.tensors[cut], stacked[cut])
@@ -78,29 +80,36 @@ class TimeBatched(Emitter):
     def _read_out(self, cut: gs.Tensor, steps: gs.Tensor) -> None:
         """``cut`` from the sum over t of ``steps`` viewed as ``[T, N, …]``; prefixes if per-step."""
         rest = list(cut.shape[1:])
-        by_step = gs.Variable(f"{cut.name}.by_step", cut.dtype, [self.T, *cut.shape])
+        by_step = gs.Variable(readout_name(cut.name, "by_step"), cut.dtype, [self.T, *cut.shape])
         self._add(
             "Reshape",
-            f"{cut.name}.by_step",
-            [steps, self._const(f"{cut.name}.by_step_shape", [self.T, -1, *rest])],
+            readout_name(cut.name, "by_step"),
+            [steps, self._const(readout_name(cut.name, "by_step_shape"), [self.T, -1, *rest])],
             [by_step],
         )
-        axis0 = self._const(f"{cut.name}.axis0", [0])
+        axis0 = self._const(readout_name(cut.name, "axis0"), [0])
         if not self.per_step:
-            total = gs.Variable(f"{cut.name}.sum", cut.dtype, cut.shape)
-            self._add("ReduceSum", f"{cut.name}.sum", [by_step, axis0], [total], attrs={"keepdims": 0})
+            total = gs.Variable(readout_name(cut.name, "sum"), cut.dtype, cut.shape)
+            self._add(
+                "ReduceSum", readout_name(cut.name, "sum"), [by_step, axis0], [total], attrs={"keepdims": 0}
+            )
             self._finish_read_out(cut, self.T, total)
             return
-        sums = gs.Variable(f"{cut.name}.cumsum", cut.dtype, [self.T, *cut.shape])
+        sums = gs.Variable(readout_name(cut.name, "cumsum"), cut.dtype, [self.T, *cut.shape])
         self._add(
-            "CumSum", f"{cut.name}.cumsum", [by_step, self._const(f"{cut.name}.cumsum_axis", 0)], [sums]
+            "CumSum",
+            readout_name(cut.name, "cumsum"),
+            [by_step, self._const(readout_name(cut.name, "cumsum_axis"), 0)],
+            [sums],
         )
         parts = [
-            gs.Variable(step_name(f"{cut.name}.prefix", t), cut.dtype, [1, *cut.shape])
+            gs.Variable(step_name(readout_name(cut.name, "prefix"), t), cut.dtype, [1, *cut.shape])
             for t in range(1, self.T + 1)
         ]
-        self._add("Split", f"{cut.name}.prefix", [sums], parts, attrs={"axis": 0, "num_outputs": self.T})
+        self._add(
+            "Split", readout_name(cut.name, "prefix"), [sums], parts, attrs={"axis": 0, "num_outputs": self.T}
+        )
         for t, part in enumerate(parts, start=1):
-            total = gs.Variable(step_name(f"{cut.name}.sum", t), cut.dtype, cut.shape)
-            self._add("Squeeze", step_name(f"{cut.name}.sum", t), [part, axis0], [total])
+            total = gs.Variable(step_name(readout_name(cut.name, "sum"), t), cut.dtype, cut.shape)
+            self._add("Squeeze", step_name(readout_name(cut.name, "sum"), t), [part, axis0], [total])
             self._finish_read_out(cut, t, total)
