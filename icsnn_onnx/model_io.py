@@ -177,6 +177,21 @@ def save_model(
     return path
 
 
+def save_text(text: str, path: str | Path) -> Path:
+    """Write a small text file atomically (temporary file beside it, then rename), replacing it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        _publish(Path(tmp), path, force=True)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def _publish(tmp: Path, path: Path, force: bool) -> None:
     """Move the finished file into place: replacing (``force``, keeping the old file's mode) or
     only if nothing is there (a hard link fails if the target exists: no check-then-rename race)."""
