@@ -27,6 +27,9 @@ _EXPORTS = {
     "Evaluation": "icsnn_onnx.runtime",
     "evaluate": "icsnn_onnx.runtime",
     "diagnose": "icsnn_onnx.runtime.diagnose",
+    "report": "icsnn_onnx.runtime.report",
+    "Report": "icsnn_onnx.runtime.report",
+    "EnergyModel": "icsnn_onnx.runtime.report",
     **{
         name: "icsnn_onnx.errors"
         for name in (
@@ -50,6 +53,7 @@ __all__ = [
     "ConversionOptions",
     "DataError",
     "Dataset",
+    "EnergyModel",
     "Evaluation",
     "IcsnnError",
     "Inspection",
@@ -58,6 +62,7 @@ __all__ = [
     "OutputExistsError",
     "OutputPathError",
     "ProviderUnavailableError",
+    "Report",
     "Session",
     "TuneResult",
     "UnsupportedOperatorError",
@@ -68,6 +73,7 @@ __all__ = [
     "inspect_model",
     "load_dataset",
     "load_model",
+    "report",
     "save_model",
     "tune",
 ]
@@ -105,4 +111,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from icsnn_onnx.options import ConversionOptions
     from icsnn_onnx.runtime import Evaluation, Session, evaluate
     from icsnn_onnx.runtime.diagnose import diagnose
+    from icsnn_onnx.runtime.report import EnergyModel, Report, report
     from icsnn_onnx.tuning import TuneResult, tune

@@ -278,6 +278,11 @@ def _cases() -> list[tuple[str, Setup, str]]:
             fragment,
         )
         add(
+            f"report/snn/{name}",
+            lambda ws, m=model: ["report", m(ws), "--data", str(ws / "x.npy")],
+            fragment,
+        )
+        add(
             f"diagnose/snn/{name}",
             lambda ws, m=model: [
                 "diagnose",
@@ -357,6 +362,18 @@ def _cases() -> list[tuple[str, Setup, str]]:
             fragment,
         )
         add(f"eval/data/{name}", lambda ws, d=data: ["eval", str(ws / "snn.onnx"), "--data", d(ws)], fragment)
+        add(
+            f"report/data/{name}",
+            lambda ws, d=data: [
+                "report",
+                str(ws / "snn.onnx"),
+                "--ann",
+                str(ws / "ann.onnx"),
+                "--data",
+                d(ws),
+            ],
+            fragment,
+        )
         add(
             f"diagnose/data/{name}",
             lambda ws, d=data: [
@@ -711,6 +728,33 @@ def _cases() -> list[tuple[str, Setup, str]]:
             "--data",
             str(ws / "x.npy"),
         ],
+        "inputs",
+    )
+
+    def report(*extra: str) -> Setup:
+        return lambda ws: ["report", str(ws / "snn.onnx"), "--data", str(ws / "x.npy"), *extra]
+
+    for flags, fragment in [
+        (("--e-ac", "-1"), "expected energy"),
+        (("--e-mac", "nan"), "expected energy"),
+        (("--samples", "0"), "integer ≥ 1"),
+        (("--batch-size", "-3"), "integer ≥ 1"),
+        (("--provider", "tpu"), "invalid choice"),
+    ]:
+        add("report/flags/" + "_".join(flags), report(*flags), fragment)
+    add(
+        "report/output-is-a-file",
+        lambda ws: [*report()(ws), "-o", str(ws / "x.npy")],
+        "not a directory",
+    )
+    add(
+        "report/ann-is-not-an-snn",
+        lambda ws: ["report", str(ws / "ann.onnx"), "--data", str(ws / "x.npy")],
+        "no IF neuron",
+    )
+    add(
+        "report/ann-inputs-differ",
+        lambda ws: [*report()(ws), "--ann", _model("two_inputs", models.two_inputs)(ws)],
         "inputs",
     )
     add(

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 
 from icsnn_onnx.contract import LAYOUT_KEY, SITES_KEY, THRESHOLD_METHOD_KEY
-from icsnn_onnx.errors import DataError, OptionError
+from icsnn_onnx.errors import DataError, IcsnnError, OptionError
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.progress import Progress, ProgressFactory, silent
 
@@ -236,6 +236,96 @@ def _diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    import json
+
+    from icsnn_onnx.data import load_dataset
+    from icsnn_onnx.model_io import check_output
+    from icsnn_onnx.runtime import Session
+    from icsnn_onnx.runtime.report import EnergyModel, report
+
+    if args.output is not None:  # checked before any work; created (one level) when written
+        if args.output.exists() and not args.output.is_dir():
+            raise OptionError(f"{args.output}: not a directory")
+        target = args.output / "report.json" if args.output.is_dir() else args.output
+        check_output(target, force=True, inputs=(args.snn, args.data, args.ann))
+    specs = Session(args.snn, provider="cpu").inputs
+    data = load_dataset(args.data, specs, what=str(args.data)).head(args.samples)
+    energy = (
+        EnergyModel(
+            e_ac=args.e_ac * 1e-12,
+            e_mac=args.e_mac * 1e-12,
+            source="pJ per operation given on the command line",
+        )
+        if (args.e_ac, args.e_mac) != (0.9, 4.6)
+        else EnergyModel()
+    )
+    r = report(
+        args.snn, data, args.ann, args.batch_size, args.provider, energy, _progress_factory(args.quiet)
+    )
+    record = r.as_dict()
+    if args.output is not None:
+        from icsnn_onnx.model_io import save_text
+
+        args.output.mkdir(exist_ok=True)
+        save_text(json.dumps(record, indent=2) + "\n", args.output / "report.json")
+        try:
+            from icsnn_onnx.plots import report_plots
+
+            plots = report_plots(r, args.output)
+        except IcsnnError as err:
+            plots = []
+            print(f"plots not written: {err}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    _print_report(r)
+    if args.output is not None:
+        print(f"wrote {args.output / 'report.json'}" + "".join(f", {p.name}" for p in plots))
+    return 0
+
+
+def _print_report(r: object) -> None:
+    e = r.energy
+    line = f"{r.samples} samples, T={r.T}"
+    if r.accuracy is not None:
+        line += f"; SNN accuracy {100 * r.accuracy:.2f}%"
+    if r.ann_accuracy is not None:
+        line += f", ANN {100 * r.ann_accuracy:.2f}%"
+    print(line)
+    if r.accuracy_by_t:
+        marks = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, r.T} & set(range(1, r.T + 1)))
+        print(
+            "  accuracy after t steps: "
+            + "  ".join(f"t={t}: {100 * r.accuracy_by_t[t - 1]:.2f}%" for t in marks)
+        )
+    if r.agreement_by_t:
+        print(f"  same class as the ANN after T: {100 * r.agreement_by_t[-1]:.2f}%")
+    width = max(len(layer.name) for layer in r.layers)
+    print(f"{'neuron layer':<{width}}  neurons   rate  silent%  always%  1st spike  v(T)/θ   corr")
+    for layer in r.layers:
+        first = "-" if layer.first_spike_mean is None else f"{layer.first_spike_mean:.1f}"
+        residual = "-" if layer.residual_mean is None else f"{layer.residual_mean:+.2f}"
+        corr = "-" if layer.correlation is None else f"{layer.correlation:.3f}"
+        print(
+            f"{layer.name:<{width}}  {layer.neurons:>7}  {layer.firing_rate:.3f}  {100 * layer.never_fired:7.1f}"
+            f"  {100 * layer.always_fired:7.1f}  {first:>9}  {residual:>6}  {corr:>5}"
+        )
+    width = max([len(s.name) for s in r.synapses] + [14])
+    print(f"{'synaptic layer':<{width}}  kind  SNN SOPs/sample  SNN MACs/sample  ANN MACs/sample")
+    for s in r.synapses:
+        print(f"{s.name:<{width}}  {s.kind:<4}  {s.sops:15.4g}  {s.snn_macs:15.4g}  {s.ann_macs:15.4g}")
+    print(
+        f"energy per sample: SNN {1e9 * e['snn_joules_per_sample']:.3g} nJ "
+        f"({e['sops_per_sample']:.4g} SOPs, {e['snn_macs_per_sample']:.4g} MACs), "
+        f"ANN {1e9 * e['ann_joules_per_sample']:.3g} nJ ({e['ann_macs_per_sample']:.4g} MACs); "
+        f"neuron updates apart: {e['neuron_updates_per_sample']:.4g}"
+    )
+    print(f"convention: {e['convention']} {e['source']}.")
+    for note in r.notes:
+        print(f"note: {note}")
+
+
 COMMANDS = {
     "convert": _convert,
     "eval": _eval,
@@ -243,4 +333,5 @@ COMMANDS = {
     "tune": _tune,
     "bench": _bench,
     "diagnose": _diagnose,
+    "report": _report,
 }

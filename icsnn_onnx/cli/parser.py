@@ -49,6 +49,16 @@ def _points(text: str) -> float:
     return value
 
 
+def _picojoules(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected energy in pJ ≥ 0, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected energy in pJ ≥ 0, got {text!r}")
+    return value
+
+
 def _step_list(text: str) -> tuple[int, ...]:
     try:
         steps = tuple(int(part) for part in text.split(","))
@@ -92,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tune_parser(sub, common, method)
     _bench_parser(sub, common)
     _diagnose_parser(sub, common)
+    _report_parser(sub, common)
     _inspect_parser(sub, common)
     return parser
 
@@ -236,6 +247,28 @@ def _diagnose_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     di.add_argument("--batch-size", type=_positive_int, default=16)
     di.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
     di.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _report_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    rp = sub.add_parser(
+        "report", parents=[common], help="spike activity, latency, synaptic operations and energy of an SNN"
+    )
+    rp.add_argument("snn", type=Path, help="the SNN (step-major or loop layout)")
+    rp.add_argument(
+        "--data", type=Path, required=True, help="inputs (.npz with x and optional labels y, or .npy)"
+    )
+    rp.add_argument(
+        "--ann", type=Path, help="the ANN it was converted from: correlations, agreement, its accuracy"
+    )
+    rp.add_argument("-o", "--output", type=Path, help="write report.json and PNG plots into this folder")
+    rp.add_argument("--samples", type=_positive_int, help="use only the first N samples")
+    rp.add_argument("--batch-size", type=_positive_int, default=32)
+    rp.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+    rp.add_argument(
+        "--e-ac", type=_picojoules, default=0.9, help="pJ per accumulate (default 0.9: 45 nm, Horowitz 2014)"
+    )
+    rp.add_argument("--e-mac", type=_picojoules, default=4.6, help="pJ per multiply-accumulate (default 4.6)")
+    rp.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def _inspect_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
