@@ -71,6 +71,9 @@ def report_plots(report: Report, folder: Path) -> list[Path]:
         )
         ax.bar(where + 0.2, [s.ann_macs for s in synapses], 0.4, label="ANN: MACs", color="tab:gray")
         ax.set_yscale("log")
+        tallest = max(max(s.sops + s.snn_macs, s.ann_macs) for s in synapses)
+        if tallest > 0:  # log-scaled stacked bars do not autoscale to their tops
+            ax.set_ylim(top=3 * tallest)
         ax.set(ylabel="operations per sample", title="Synaptic operations vs multiply-accumulates")
         _layer_axis(ax, where, [_short(s.name) for s in synapses])
         ax.legend(fontsize=8)
@@ -91,9 +94,10 @@ def report_plots(report: Report, folder: Path) -> list[Path]:
 
 
 def _expand(histogram: list[int], T: int) -> np.ndarray:
-    """Samples at the bins' centres, for a boxplot of the histogram."""
+    """Samples at the bins' first steps, for a boxplot of the histogram (one bin per step up to
+    T=64: then exactly the steps)."""
     edges = np.linspace(1, T + 1, len(histogram) + 1)  # the report's bins
-    centres = (edges[:-1] + edges[1:]) / 2
+    centres = np.floor(edges[:-1])
     counts = np.asarray(histogram)
     if counts.sum() > 20000:  # a boxplot needs the shape, not every neuron
         counts = np.round(counts * 20000 / counts.sum()).astype(int)

@@ -316,14 +316,22 @@ def _print_report(r: object) -> None:
     for s in r.synapses:
         print(f"{s.name:<{width}}  {s.kind:<4}  {s.sops:15.4g}  {s.snn_macs:15.4g}  {s.ann_macs:15.4g}")
     print(
-        f"energy per sample: SNN {1e9 * e['snn_joules_per_sample']:.3g} nJ "
+        f"energy per sample: SNN {_joules(e['snn_joules_per_sample'])} "
         f"({e['sops_per_sample']:.4g} SOPs, {e['snn_macs_per_sample']:.4g} MACs), "
-        f"ANN {1e9 * e['ann_joules_per_sample']:.3g} nJ ({e['ann_macs_per_sample']:.4g} MACs); "
+        f"ANN {_joules(e['ann_joules_per_sample'])} ({e['ann_macs_per_sample']:.4g} MACs); "
         f"neuron updates apart: {e['neuron_updates_per_sample']:.4g}"
     )
     print(f"convention: {e['convention']} {e['source']}.")
     for note in r.notes:
         print(f"note: {note}")
+
+
+def _joules(value: float) -> str:
+    """An energy in the SI unit that keeps 1-999 before the point (16.0 µJ, not 1.6e+04 nJ)."""
+    for unit, scale in (("J", 1.0), ("mJ", 1e-3), ("µJ", 1e-6), ("nJ", 1e-9)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / 1e-12:.3g} pJ"
 
 
 COMMANDS = {
