@@ -37,6 +37,7 @@ from icsnn_onnx.passes.graph_utils import detach, static_dims
 from icsnn_onnx.passes.sign import nonnegative_tensors
 from icsnn_onnx.passes.temporal import analyze_program
 from icsnn_onnx.program import ActivationKind, ActivationSite, Program, TransferFunction
+from icsnn_onnx.windows import SAME, auto_pad, resolve_pads
 
 logger = logging.getLogger(__name__)
 
@@ -193,20 +194,15 @@ def _window(
     n = len(kernel)
     strides = list(node.attrs.get("strides", [1] * n))
     dilations = list(node.attrs.get("dilations", [1] * n))
-    auto_pad = node.attrs.get("auto_pad", "NOTSET")
-    if isinstance(auto_pad, bytes):
-        auto_pad = auto_pad.decode()
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out_dims = [math.ceil(d / s) for d, s in zip(dims, strides, strict=True)]
-        total = [
-            max((o - 1) * s + (k - 1) * dl + 1 - d, 0)
-            for o, s, k, dl, d in zip(out_dims, strides, kernel, dilations, dims, strict=True)
-        ]
-        small = [t // 2 for t in total]
-        big = [t - t // 2 for t in total]
-        begin, end = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
-        return kernel, strides, dilations, begin + end, out_dims
-    pads = [0] * (2 * n) if auto_pad == "VALID" else list(node.attrs.get("pads", [0] * (2 * n)))
+    pads = resolve_pads(node.attrs, dims, kernel, strides, dilations)
+    if auto_pad(node.attrs) in SAME:
+        return (
+            kernel,
+            strides,
+            dilations,
+            pads,
+            [math.ceil(d / s) for d, s in zip(dims, strides, strict=True)],
+        )
     ceil_mode = bool(node.attrs.get("ceil_mode", 0))
     out_dims, extra = [], []
     for i, (d, k, s, dl) in enumerate(zip(dims, kernel, strides, dilations, strict=True)):

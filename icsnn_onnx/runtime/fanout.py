@@ -30,6 +30,7 @@ from onnx.reference import ReferenceEvaluator
 from icsnn_onnx import neuron
 from icsnn_onnx.contract import PER_STEP_HEAD, base_name, is_readout_name, parse_step_name
 from icsnn_onnx.runtime.synapses import SYNAPTIC_OPS, Synapse, fanout
+from icsnn_onnx.windows import resolve_pads
 
 #: Ops a spike passes through with its value scaled, not multiplied by another spike.
 ELEMENTWISE = ("Identity", "Cast", "CastLike", "Dropout", "Neg", "Add", "Sub", "Sum", "Mul", "Div")
@@ -264,16 +265,14 @@ def _pull_pool(node: onnx.NodeProto, grad: np.ndarray, shape: tuple[int, ...]) -
     n = len(kernel)
     strides = list(attrs.get("strides", [1] * n))
     dilations = list(attrs.get("dilations", [1] * n))
-    pads = _pool_pads(attrs, shape[2:], kernel, strides, dilations)
+    pads = resolve_pads(attrs, shape[2:], kernel, strides, dilations)[:n]  # the begin pads
     out = np.zeros(shape, np.float64)
     for offsets in itertools.product(*(range(k) for k in kernel)):
         src, dst = [slice(None), slice(None)], [slice(None), slice(None)]
         for axis, j in enumerate(offsets):
             size, outputs, s = shape[2 + axis], grad.shape[2 + axis], strides[axis]
             off = j * dilations[axis] - pads[axis]
-            first = max(0, -(off // s) if off < 0 else 0)
-            while first * s + off < 0:
-                first += 1
+            first = -(off // s) if off < 0 else 0  # the first window this offset lands inside
             last = min(outputs - 1, (size - 1 - off) // s)
             if last < first:
                 break
@@ -282,20 +281,6 @@ def _pull_pool(node: onnx.NodeProto, grad: np.ndarray, shape: tuple[int, ...]) -
         else:
             out[tuple(dst)] += grad[tuple(src)]
     return out
-
-
-def _pool_pads(
-    attrs: dict, spatial: Sequence[int], kernel: list, strides: list, dilations: list
-) -> list[int]:
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        total = [
-            max((-(-d // s) - 1) * s + (k - 1) * dl + 1 - d, 0)
-            for d, s, k, dl in zip(spatial, strides, kernel, dilations, strict=True)
-        ]
-        return [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
-    return list(attrs.get("pads", [0] * (2 * len(kernel))))[: len(kernel)]
 
 
 def _pull_selection(

@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from icsnn_onnx.contract import PER_STEP_HEAD, base_name, parse_step_name
+from icsnn_onnx.windows import resolve_pads
 
 SYNAPTIC_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -73,7 +74,7 @@ def fanout(synapse: Synapse, input_shape: tuple[int, ...]) -> np.ndarray:
     n = len(kernel)
     strides = list(synapse.attrs.get("strides", [1] * n))
     dilations = list(synapse.attrs.get("dilations", [1] * n))
-    pads = _conv_pads(synapse, spatial, kernel, strides, dilations)
+    pads = resolve_pads(synapse.attrs, spatial, kernel, strides, dilations)
     counts = []
     for axis in range(n):
         size, k, s, d = spatial[axis], kernel[axis], strides[axis], dilations[axis]
@@ -90,22 +91,6 @@ def fanout(synapse: Synapse, input_shape: tuple[int, ...]) -> np.ndarray:
     for covered in counts[1:]:
         grid = np.multiply.outer(grid, covered)
     return (grid * per)[None, ...]  # the same for every input channel
-
-
-def _conv_pads(synapse: Synapse, spatial: tuple, kernel: tuple, strides: list, dilations: list) -> list[int]:
-    auto_pad = synapse.attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    n = len(kernel)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        total = [
-            max((math.ceil(d / s) - 1) * s + (k - 1) * dl + 1 - d, 0)
-            for d, s, k, dl in zip(spatial, strides, kernel, dilations, strict=True)
-        ]
-        small, big = [t // 2 for t in total], [t - t // 2 for t in total]
-        return small + big if auto_pad == "SAME_UPPER" else big + small
-    if auto_pad == "VALID":
-        return [0] * (2 * n)
-    return list(synapse.attrs.get("pads", [0] * (2 * n)))
 
 
 def macs(synapse: Synapse, input_shape: tuple[int, ...]) -> int:
