@@ -16,7 +16,7 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import onnx
@@ -161,30 +161,31 @@ def save_model(
 ) -> Path:
     """Write ``model`` to ``path`` atomically (temporary file + rename); see the module docstring."""
     path = check_output(path, force, inputs)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         if model.ByteSize() > _PROTOBUF_LIMIT:
             # Weights go to a side file next to the model (written first, then the model).
             onnx.save(model, tmp, save_as_external_data=True, location=f"{path.name}.data")
         else:
             onnx.save(model, tmp)
-        _publish(Path(tmp), path, force)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return save_file(write, path, force=force)
 
 
 def save_text(text: str, path: str | Path) -> Path:
     """Write a small text file atomically (temporary file beside it, then rename), replacing it."""
-    path = Path(path)
+    return save_file(lambda tmp: tmp.write_text(text), Path(path), force=True)
+
+
+def save_file(write: Callable[[Path], None], path: Path, *, force: bool) -> Path:
+    """Let ``write`` fill a temporary file beside ``path``, then move it into place (replacing an
+    existing file only with ``force``): a reader never sees a half-written file, and a failure
+    leaves nothing behind. ``path`` is assumed checked (:func:`check_output`)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        _publish(Path(tmp), path, force=True)
+        write(Path(tmp))
+        _publish(Path(tmp), path, force)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
