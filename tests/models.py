@@ -162,6 +162,55 @@ def concat_block() -> onnx.ModelProto:
     return make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10])
 
 
+def routes_net() -> onnx.ModelProto:
+    """Spikes through every kind of route: an overlapping, padded AveragePool into a strided
+    Conv; a residual Add straight into a membrane; Flatten and Concat into a Gemm."""
+    nodes = [
+        helper.make_node("Conv", ["x", "c1"], ["z1"], pads=[1, 1, 1, 1], name="c1"),
+        helper.make_node("Relu", ["z1"], ["a1"]),
+        helper.make_node(
+            "AveragePool", ["a1"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("Conv", ["p", "c2"], ["z2"], strides=[2, 2], pads=[1, 1, 1, 1], name="c2"),
+        helper.make_node("Relu", ["z2"], ["a2"]),
+        helper.make_node("Conv", ["a1", "c3"], ["z3"], pads=[1, 1, 1, 1], name="c3"),
+        helper.make_node("Add", ["z3", "a1"], ["s3"]),
+        helper.make_node("Relu", ["s3"], ["a3"]),
+        helper.make_node("Conv", ["a3", "c4"], ["z4"], strides=[2, 2], name="c4"),
+        helper.make_node("Relu", ["z4"], ["a4"]),
+        helper.make_node("Flatten", ["a2"], ["f2"]),
+        helper.make_node("Flatten", ["a4"], ["f4"]),
+        helper.make_node("Concat", ["f2", "f4"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "g1"], ["z5"], transB=1, name="g1"),
+        helper.make_node("Relu", ["z5"], ["a5"]),
+        helper.make_node("Gemm", ["a5", "g2"], ["y"], transB=1, name="g2"),
+    ]
+    weights = {
+        "c1": _w(4, 1, 3, 3),
+        "c2": _w(6, 4, 3, 3),
+        "c3": _w(4, 4, 3, 3),
+        "c4": _w(2, 4, 2, 2),
+        "g1": _w(16, 24 + 32),
+        "g2": _w(10, 16),
+    }
+    return make_model(nodes, weights, ["N", 1, 8, 8], ["N", 10])
+
+
+def maxpool_cnn() -> onnx.ModelProto:
+    """Conv-ReLU-MaxPool(2)-Conv-ReLU-Flatten-Gemm: MaxPool decomposed into strided Slices."""
+    nodes = [
+        helper.make_node("Conv", ["x", "c1"], ["z1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z1"], ["a1"]),
+        helper.make_node("MaxPool", ["a1"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p", "c2"], ["z2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z2"], ["a2"]),
+        helper.make_node("Flatten", ["a2"], ["f"]),
+        helper.make_node("Gemm", ["f", "g"], ["y"], transB=1),
+    ]
+    weights = {"c1": _w(4, 1, 3, 3), "c2": _w(6, 4, 3, 3), "g": _w(10, 6 * 4 * 4)}
+    return make_model(nodes, weights, ["N", 1, 8, 8], ["N", 10])
+
+
 def standalone_bn() -> onnx.ModelProto:
     """BN directly on the input (no producer to fold into) and a pre-activation BN after a Concat."""
     nodes = [
