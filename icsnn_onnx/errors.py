@@ -50,6 +50,21 @@ class UnsupportedOperatorError(ConversionError):
         super().__init__(f"{lead}{len(self.nodes)} node(s) cannot be converted to spiking: {listed}")
 
 
+class ExportError(IcsnnError):
+    """An SNN cannot be exported to the asked format (nothing is written)."""
+
+
+class UnexportableError(ExportError):
+    """Nodes of the SNN have no faithful form in the target format; lists all of them at once."""
+
+    def __init__(self, nodes: list[UnsupportedNode], target: str) -> None:
+        if not nodes:
+            raise ValueError("UnexportableError needs at least one node")
+        self.nodes = list(nodes)
+        listed = "; ".join(str(n) for n in self.nodes)
+        super().__init__(f"{len(self.nodes)} node(s) cannot be exported to {target}: {listed}")
+
+
 class CalibrationError(IcsnnError):
     """Calibration data is missing, malformed, or does not fit the model."""
 

@@ -283,6 +283,11 @@ def _cases() -> list[tuple[str, Setup, str]]:
             fragment,
         )
         add(
+            f"export/snn/{name}",
+            lambda ws, m=model: ["export", m(ws), "--to", "nir", "-o", str(ws / "out.nir")],
+            fragment,
+        )
+        add(
             f"diagnose/snn/{name}",
             lambda ws, m=model: [
                 "diagnose",
@@ -757,6 +762,55 @@ def _cases() -> list[tuple[str, Setup, str]]:
         lambda ws: [*report()(ws), "--ann", _model("two_inputs", models.two_inputs)(ws)],
         "inputs",
     )
+
+    def export(*extra: str) -> Setup:
+        return lambda ws: ["export", str(ws / "snn.onnx"), "--to", "nir", "-o", str(ws / "out.nir"), *extra]
+
+    def snn_file(name: str, **options: object) -> Callable[[Path], str]:
+        def make(ws: Path) -> str:
+            path = _case_dir(ws, f"export-{name}") / "snn.onnx"
+            if not path.exists():
+                x = np.load(ws / "calib.npz")["x"]
+                snn = icsnn_onnx.convert(models.maxpool_cnn(), x, T=4, **options)
+                icsnn_onnx.save_model(snn, path)
+            return str(path)
+
+        return make
+
+    for flags, fragment in [
+        (("--to", "onnx"), "invalid choice"),
+        (("--thresholds", "one"), "invalid choice"),
+        (("--initial-potential", "reset"), "invalid choice"),
+        (("--groups", "some"), "invalid choice"),
+    ]:
+        add("export/flags/" + "_".join(flags), export(*flags), fragment)
+    add("export/no-output", lambda ws: ["export", str(ws / "snn.onnx"), "--to", "nir"], "required")
+    add("export/no-format", lambda ws: ["export", str(ws / "snn.onnx"), "-o", str(ws / "o.nir")], "required")
+    add("export/output-exists", lambda ws: [*export()(ws)[:-1], str(ws / "x.npy")], "exists")
+    add("export/output-is-the-input", lambda ws: [*export()(ws)[:-1], str(ws / "snn.onnx")], "snn.onnx")
+    add("export/output-dir-missing", lambda ws: [*export()(ws)[:-1], str(ws / "no" / "o.nir")], "no")
+    add(
+        "export/ann-is-not-an-snn",
+        lambda ws: ["export", str(ws / "ann.onnx"), "--to", "nir", "-o", str(ws / "o.nir")],
+        "convert it first",
+    )
+    for name, options, fragment in [
+        ("maxpool-gate", {"maxpool": "gate"}, "--maxpool decompose"),
+        ("rate-coded", {"encoding": "rate"}, "rate input coding"),
+    ]:
+        make = snn_file(name, **options)
+        add(
+            f"export/{name}",
+            lambda ws, make=make: [
+                "export",
+                make(ws),
+                "--to",
+                "nir",
+                "-o",
+                str(ws / "o.nir"),
+            ],
+            fragment,
+        )
     add(
         "inspect/flags/maxpool",
         lambda ws: ["inspect", str(ws / "ann.onnx"), "--maxpool", "median"],

@@ -334,6 +334,22 @@ def _joules(value: float) -> str:
     return f"{value / 1e-12:.3g} pJ"
 
 
+def _export(args: argparse.Namespace) -> int:
+    from icsnn_onnx.export import NirOptions, export_nir
+
+    options = NirOptions(
+        thresholds=args.thresholds, initial_potential=args.initial_potential, groups=args.groups
+    )
+    result = export_nir(args.snn, args.output, options, force=args.force)
+    counts: dict[str, int] = {}
+    for node in result.graph.nodes.values():
+        counts[type(node).__name__] = counts.get(type(node).__name__, 0) + 1
+    nodes = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    # result.notes (what NIR expresses only approximately) were logged as warnings.
+    print(f"{args.snn} -> {args.output}: NIR graph, {result.sites} IF site(s), T={result.T}; {nodes}")
+    return 0
+
+
 COMMANDS = {
     "convert": _convert,
     "eval": _eval,
@@ -342,4 +358,5 @@ COMMANDS = {
     "bench": _bench,
     "diagnose": _diagnose,
     "report": _report,
+    "export": _export,
 }

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from icsnn_onnx._version import __version__
+from icsnn_onnx.export.options import GROUPS, INITIAL_POTENTIALS, THRESHOLDS, NirOptions
 from icsnn_onnx.options import (
     ENCODINGS,
     INIT_POLICIES,
@@ -18,6 +19,7 @@ from icsnn_onnx.options import (
 )
 
 DEFAULTS = ConversionOptions()
+NIR_DEFAULTS = NirOptions()
 
 
 def _integer(text: str, minimum: int) -> int:
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_parser(sub, common)
     _diagnose_parser(sub, common)
     _report_parser(sub, common)
+    _export_parser(sub, common)
     _inspect_parser(sub, common)
     return parser
 
@@ -269,6 +272,38 @@ def _report_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     )
     rp.add_argument("--e-mac", type=_picojoules, default=4.6, help="pJ per multiply-accumulate (default 4.6)")
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _export_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    ex = sub.add_parser(
+        "export",
+        parents=[common],
+        help="write an SNN as NIR (neuromorphic hardware and simulators)",
+        description="Write an SNN as a NIR graph (nir.IF neurons, reset by subtraction); what NIR "
+        "cannot express is refused, what it expresses approximately is said (docs/method.md §12).",
+    )
+    ex.add_argument("snn", type=Path, help="an SNN written by icsnn-onnx convert (any layout)")
+    ex.add_argument("--to", choices=("nir",), required=True, help="the format (nir: HDF5, nir.write)")
+    ex.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
+    ex.add_argument("--force", action="store_true", help="replace an existing output file")
+    ex.add_argument(
+        "--thresholds",
+        choices=THRESHOLDS,
+        default=NIR_DEFAULTS.thresholds,
+        help="unit: θ folded into the input weights, every threshold 1 (default); keep: per-neuron θ",
+    )
+    ex.add_argument(
+        "--initial-potential",
+        choices=INITIAL_POTENTIALS,
+        default=NIR_DEFAULTS.initial_potential,
+        help="NIR has no v(0): bias = v(0)/T added to the input at every step (default), or none",
+    )
+    ex.add_argument(
+        "--groups",
+        choices=GROUPS,
+        default=NIR_DEFAULTS.groups,
+        help="dense: grouped convolutions written dense (sinabs 3.1 reads no groups; default); keep",
+    )
 
 
 def _inspect_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
