@@ -15,7 +15,7 @@ Statistics are of the ReLU'd pre-activation ``max(z, 0)`` — the ANN's activati
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -41,6 +41,15 @@ def stream_tensors(
     """Run ``model`` on ``data`` batch by batch, yielding the named (intermediate) tensors."""
     session = Session(expose(model, tensors), provider="cpu")
     yield from session.iter_run(data, batch_size, list(tensors), progress, desc)
+
+
+def run_batches(
+    model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]], outputs: Sequence[str]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run ``model`` (a segment, :mod:`icsnn_onnx.segments`) on each feed dict in turn."""
+    session = Session(model, provider="cpu")
+    for feed in feeds:
+        yield session.run(feed, list(outputs))
 
 
 def _rows_per_channel(a: np.ndarray, channel_wise: bool) -> np.ndarray:

@@ -155,6 +155,19 @@ def simulate(z: np.ndarray, params: IFParams) -> IFTrace:
     return IFTrace(out=np.stack(outs), v=np.stack(vs))
 
 
+def mean_output(z: np.ndarray, params: IFParams) -> np.ndarray:
+    """The mean over ``T = len(z)`` steps of :func:`simulate`'s output, without keeping every
+    step (what Alg 2 scores its candidates by: memory of one step, not T + 1)."""
+    z = np.asarray(z)
+    v = np.broadcast_to(params.v_init.astype(z.dtype), np.broadcast_shapes(params.v_init.shape, z.shape[1:]))
+    theta = params.threshold.astype(z.dtype)
+    total = np.zeros(np.broadcast_shapes(v.shape, z.shape[1:], theta.shape), z.dtype)
+    for z_t in z:
+        out, v = if_step(v, z_t, theta)
+        total += out
+    return total / len(z)
+
+
 def constant_input_rate(z: np.ndarray, params: IFParams, T: int) -> np.ndarray:
     """Mean output over T steps for a constant input current ``z``, in closed form.
 

@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 import icsnn_onnx
+from icsnn_onnx.contract import step_name
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.passes import PassManager
@@ -16,7 +17,10 @@ from icsnn_onnx.passes.activations import RecognizeActivations
 from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
 from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
 from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential
+from icsnn_onnx.passes.maxpool import LowerMaxPool
 from icsnn_onnx.passes.thresholds import NormalizeThresholds
+from icsnn_onnx.runtime.instrument import expose
+from tests import models
 from tests.conftest import run
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits"
@@ -127,3 +131,53 @@ def test_calibrated_init_on_sklearn_and_multi_input(digits):
     )
     (out,) = run(snn, {"image": x[:16], "features": feats[:16]})
     assert out.shape == (16, 10)
+
+
+@pytest.mark.parametrize(
+    ("build", "T"), [(models.residual_block, 4), (models.maxpool_cnn, 3), (models.concat_block, 4)]
+)
+def test_each_potential_is_the_best_for_the_currents_the_finished_snn_feeds_it(build, T, digits):
+    """Alg 2 in one pass reads each site's currents from stored upstream spikes; they must be the
+    currents of the SNN it finally builds, so each chosen v(0) is the best candidate for them."""
+    K = 16
+    program = import_model(build(), ConversionOptions(T=T, threshold="p99.99", channel_wise=True))
+    data = Dataset({"x": digits[0][:120]})
+    passes = [
+        Canonicalize(),
+        RecognizeActivations(),
+        FoldBatchNorm(),
+        LowerMaxPool(),
+        NormalizeThresholds(data),
+    ]
+    PassManager([*passes, InitialPotential()])(program)
+    ann = program.to_onnx()
+    calibrate = CalibrateInitialPotential(data, candidates=K)
+    PassManager([calibrate])(program)
+    chosen_v = program.init_calibration.calibrated  # (what the SNN holds unless θ/2 did better)
+    sites = list(program.sites.values())
+    final = calibrate._trial_snn(program, chosen_v)
+    produced = {o for n in final.graph.node for o in n.output}
+    currents = {
+        s.name: [step_name(s.input, t) for t in range(1, T + 1)]
+        if step_name(s.input, 1) in produced
+        else [s.input]
+        for s in sites
+    }
+    names = [c for site_currents in currents.values() for c in site_currents]
+    z_all = dict(zip(names, run(expose(final, names), data.inputs["x"]), strict=True))
+    a_all = dict(
+        zip(
+            [s.input for s in sites],
+            run(expose(ann, [s.input for s in sites]), data.inputs["x"]),
+            strict=True,
+        )
+    )
+    for site in sites:
+        theta = program.thresholds[site.name]
+        z = np.stack([z_all[c] for c in currents[site.name]])
+        target = site.transfer(a_all[site.input].astype(np.float64))
+        errors = calibrate._channel_errors(z, target, np.asarray(theta, np.float64), T, len(z) == 1)
+        best = errors.min(axis=0)
+        chosen = np.round(np.asarray(chosen_v[site.name]).reshape(-1) / np.asarray(theta).reshape(-1) * K)
+        chosen = np.broadcast_to(chosen, best.shape).astype(int)
+        np.testing.assert_allclose(errors[chosen, np.arange(len(best))], best, rtol=1e-12, err_msg=site.name)

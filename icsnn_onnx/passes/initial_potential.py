@@ -15,19 +15,19 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from icsnn_onnx.calibration import stream_tensors
-from icsnn_onnx.contract import INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY, step_name
+from icsnn_onnx.contract import INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY
 from icsnn_onnx.data import Dataset
-from icsnn_onnx.elementwise import FLOAT_TENSOR_TYPES
 from icsnn_onnx.errors import CalibrationError
-from icsnn_onnx.neuron import IFParams, constant_input_rate, simulate
+from icsnn_onnx.neuron import IFParams, constant_input_rate, mean_output
 from icsnn_onnx.options import InitPolicy, Layout, Target
 from icsnn_onnx.passes import Pass, PassManager, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
+from icsnn_onnx.passes.one_pass import OnePass
 from icsnn_onnx.passes.unroll import Unroll
-from icsnn_onnx.program import ActivationSite, Program
+from icsnn_onnx.program import Program
 from icsnn_onnx.progress import ProgressFactory, silent
+from icsnn_onnx.segments import SpillStore
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class InitCalibration:
     per_site: dict[str, tuple[float, float]]  # site → (error with θ/2, error with the chosen v(0))
     output_errors: tuple[float, float]  # network output vs the ANN: with θ/2, with the chosen v(0)
     kept_half: bool  # the calibrated potentials did worse end to end, so θ/2 was kept
+    calibrated: dict[str, np.ndarray]  # the potentials Alg 2 chose (in use unless kept_half)
 
 
 class InitialPotential(Pass):
@@ -65,9 +66,10 @@ class InitialPotential(Pass):
 class CalibrateInitialPotential(Pass):
     """IC-SNN Alg 2: per-channel v(0) calibrated on data, for the compiled T.
 
-    Sites are calibrated in topological order. For site ``l`` a trial SNN (earlier sites already
-    calibrated) is run on the calibration data to record the input currents ``z(1..T)`` the
-    site really receives; for each channel the initial potential ``v(0) = (k/K)·θ``,
+    Sites are calibrated in topological order, in one pass (:mod:`.one_pass`): site ``l``'s
+    input currents ``z(1..T)`` are computed once, by its segment of a trial SNN, from the stored
+    spikes of the sites before it (already calibrated) — what the finished SNN would feed it.
+    For each channel the initial potential ``v(0) = (k/K)·θ``,
     ``k = 0..K-1``, whose mean output over T steps best matches the ANN's activation (least
     squares) is kept. ``K`` is even, so θ/2 (Alg 1) is a candidate and is kept unless another
     is strictly better: on the calibration data each site's error is never worse than Alg 1's.
@@ -95,36 +97,28 @@ class CalibrateInitialPotential(Pass):
         if self.calib is None:
             raise CalibrationError("--init calibrated needs calibration data (--calib)")
         data = self.calib.head(self.samples)
-        T, batch = program.options.T, program.options.batch_size
         ann = program.to_onnx()
-        per_site: dict[str, tuple[float, float]] = {}
         half_start = dict(program.v_init)
-        order = _topological_sites(program)
-        for site in order:
-            snn = self._trial_snn(program, program.v_init)
-            stream = any(o == step_name(site.input, 1) for n in snn.graph.node for o in n.output)
-            currents = [step_name(site.input, t) for t in range(1, T + 1)] if stream else [site.input]
-            theta = np.asarray(program.thresholds[site.name], np.float64)
-            errors = None
-            batches = zip(
-                stream_tensors(ann, [site.input], data, batch),
-                stream_tensors(snn, currents, data, batch, self.progress, f"calibrating v(0) {site.name}"),
-                strict=True,
-            )
-            for ann_out, snn_out in batches:
-                target = site.transfer(ann_out[site.input].astype(np.float64))
-                z = np.stack([snn_out[c] for c in currents]).astype(np.float64)
-                batch_errors = self._channel_errors(z, target, theta, T, constant=not stream)
-                errors = batch_errors if errors is None else errors + batch_errors
-            program.v_init[site.name], per_site[site.name] = self._choose(errors, theta, target.ndim)
-        program.metadata[INIT_CANDIDATES_KEY] = str(self.K)
-        # Layer-wise least squares does not guarantee a better network output: keep Alg 1's
-        # potentials if the calibrated ones do worse end to end on the same data.
+        # One trial SNN (θ/2 everywhere), cut into one segment per site: each site's currents are
+        # computed once, from the spikes of the sites before it, already calibrated (one pass).
+        snn = self._trial_snn(program, half_start)
+        per_site: dict[str, tuple[float, float]] = {}
+        with SpillStore() as store:
+            run = OnePass(program, ann, snn, data, store, self.progress)
+            for index, site in enumerate(run.sites):
+                theta = np.asarray(program.thresholds[site.name], np.float64)
+                errors, target_rank = None, 0
+                for target, z in run.currents_of(index):
+                    batch_errors = self._channel_errors(z, target, theta, program.options.T, z.shape[0] == 1)
+                    errors = batch_errors if errors is None else errors + batch_errors
+                    target_rank = target.ndim
+                program.v_init[site.name], per_site[site.name] = self._choose(errors, theta, target_rank)
+                run.fire(index, program.v_init[site.name])
+            program.metadata[INIT_CANDIDATES_KEY] = str(self.K)
+            # Layer-wise least squares does not guarantee a better network output: keep Alg 1's
+            # potentials if the calibrated ones do worse end to end on the same data.
+            output_errors = run.output_errors(program.v_init)
         calibrated = dict(program.v_init)
-        output_errors = (
-            self._output_error(program, half_start, ann, data),
-            self._output_error(program, calibrated, ann, data),
-        )
         kept_half = output_errors[1] > output_errors[0]
         if kept_half:
             logger.info(
@@ -133,7 +127,7 @@ class CalibrateInitialPotential(Pass):
             )
             program.v_init.update(half_start)
             program.metadata[INIT_FALLBACK_KEY] = "half"
-        program.init_calibration = InitCalibration(per_site, output_errors, kept_half)
+        program.init_calibration = InitCalibration(per_site, output_errors, kept_half, calibrated)
         return PassResult(program, True)
 
     def _trial_snn(self, program: Program, v_init: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -146,24 +140,6 @@ class CalibrateInitialPotential(Pass):
         )
         PassManager([InsertNeurons(), Unroll()])(trial)
         return trial.to_onnx()
-
-    def _output_error(
-        self, program: Program, v_init: dict[str, np.ndarray], ann: onnx.ModelProto, data: Dataset
-    ) -> float:
-        """Mean squared difference of the float outputs of SNN (with ``v_init``) and ANN."""
-        snn = self._trial_snn(program, v_init)
-        names = [o.name for o in ann.graph.output if o.type.tensor_type.elem_type in FLOAT_TENSOR_TYPES]
-        total, count = 0.0, 0
-        batches = zip(
-            stream_tensors(ann, names, data, program.options.batch_size),
-            stream_tensors(snn, names, data, program.options.batch_size),
-            strict=True,
-        )
-        for a, b in batches:
-            for name in names:
-                total += float(np.sum((b[name].astype(np.float64) - a[name]) ** 2))
-                count += a[name].size
-        return total / max(count, 1)
 
     def _channel_errors(
         self, z: np.ndarray, target: np.ndarray, theta: np.ndarray, T: int, constant: bool
@@ -180,7 +156,7 @@ class CalibrateInitialPotential(Pass):
             if constant:
                 rate = constant_input_rate(z[0], params, T)
             else:
-                rate = simulate(z, params).out.mean(axis=0)
+                rate = mean_output(z, params)
             rows.append(np.sum((rate - target) ** 2, axis=reduce_axes))
         return np.atleast_2d(np.stack(rows)) if target.ndim >= 2 else np.stack(rows)[:, None]
 
@@ -199,9 +175,3 @@ class CalibrateInitialPotential(Pass):
         else:
             fraction = fraction.reshape(())
         return (theta * fraction).astype(np.float32), report
-
-
-def _topological_sites(program: Program) -> list[ActivationSite]:
-    program.graph.toposort()
-    position = {n.name: i for i, n in enumerate(program.graph.nodes)}
-    return sorted(program.sites.values(), key=lambda s: position[s.nodes[0]])

@@ -1,0 +1,185 @@
+"""Alg 2's data flow in one pass: each site's currents from its segment, computed once.
+
+The trial SNN (θ/2 everywhere) and the ANN are cut at every site: the segment of site ``l``
+computes its currents ``z_l(1..T)`` (SNN) and its activation (ANN) from the graph inputs and the
+stored outputs of earlier sites. After ``v_l(0)`` is chosen, the site's spikes are simulated by the
+IF reference (:func:`icsnn_onnx.neuron.simulate`: the same float32 operations as the file's
+neuron function) and stored as bits; later segments read ``θ·s``. So every site sees what the
+finished SNN would feed it, as in rebuilding the SNN per site, at the cost of one run. The
+stored tensors live on disk (:class:`~icsnn_onnx.segments.SpillStore`) and are dropped after
+their last reader, so memory is a batch's, whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from icsnn_onnx.calibration import run_batches
+from icsnn_onnx.contract import step_name
+from icsnn_onnx.data import Dataset
+from icsnn_onnx.elementwise import FLOAT_TENSOR_TYPES
+from icsnn_onnx.neuron import IFParams, simulate
+from icsnn_onnx.program import ActivationSite, Program
+from icsnn_onnx.progress import ProgressFactory
+from icsnn_onnx.runtime.instrument import NeuronLayer, neuron_layers
+from icsnn_onnx.segments import SpillStore, extract
+
+
+class OnePass:
+    """Segments of the ANN and the trial SNN per site, their stored cuts, and the head."""
+
+    def __init__(
+        self,
+        program: Program,
+        ann: onnx.ModelProto,
+        snn: onnx.ModelProto,
+        data: Dataset,
+        store: SpillStore,
+        progress: ProgressFactory,
+    ) -> None:
+        self.T, self.batch = program.options.T, program.options.batch_size
+        self.data, self.store, self.n = data, store, len(data)
+        self.ann, self.snn = ann, snn
+        self.sites = topological_sites(program)
+        by_tensor = {layer.tensor: layer for layer in neuron_layers(snn)}
+        self.layers: list[NeuronLayer] = [by_tensor[site.output] for site in self.sites]
+        self.thresholds = [np.asarray(program.thresholds[s.name], np.float32) for s in self.sites]
+        self._bar = progress(len(self.sites), "calibrating v(0)")
+        produced = {out for node in snn.graph.node for out in node.output}
+        self._spike_of = {
+            out: (i, t) for i, layer in enumerate(self.layers) for t, out in enumerate(layer.outputs)
+        }
+        self._membrane_of = {layer.membranes[-1]: i for i, layer in enumerate(self.layers)}
+        ann_cuts = {site.output for site in self.sites}
+        self.currents: list[list[str]] = []
+        self._segments: list[tuple[onnx.ModelProto, list[str], onnx.ModelProto, list[str]]] = []
+        last_read: dict[tuple[str, int], int] = {}
+        index_of = {site.output: i for i, site in enumerate(self.sites)}
+        for i, site in enumerate(self.sites):
+            stream = step_name(site.input, 1) in produced
+            self.currents.append(
+                [step_name(site.input, t) for t in range(1, self.T + 1)] if stream else [site.input]
+            )
+            ann_seg, ann_reads = extract(ann, [site.input, site.output], ann_cuts - {site.output})
+            snn_seg, snn_reads = extract(snn, self.currents[i], set(self._spike_of))
+            self._segments.append((ann_seg, ann_reads, snn_seg, snn_reads))
+            for cut in ann_reads:
+                last_read[("ann", index_of[cut])] = i
+            for cut in snn_reads:
+                last_read[("snn", self._spike_of[cut][0])] = i
+        outputs = [o.name for o in ann.graph.output if o.type.tensor_type.elem_type in FLOAT_TENSOR_TYPES]
+        self._outputs = outputs
+        self._head, self._head_reads = extract(snn, outputs, set(self._spike_of) | set(self._membrane_of))
+        for cut in self._head_reads:
+            key = ("snn", self._spike_of[cut][0] if cut in self._spike_of else self._membrane_of[cut])
+            last_read[key] = len(self.sites)
+        self._last_read = last_read
+        self._keep_membrane = {self._membrane_of[c] for c in self._head_reads if c in self._membrane_of}
+
+    def currents_of(self, i: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Per batch: the site's target (its transfer of the ANN's current) and its currents
+        ``[T or 1, batch, …]`` (as the SNN computes them), stored for :meth:`fire`."""
+        site = self.sites[i]
+        ann_seg, ann_reads, snn_seg, snn_reads = self._segments[i]
+        ranges = list(self._ranges())
+        ann_feeds = (self._feeds(ann_seg, ann_reads, a, b, ann=True) for a, b in ranges)
+        ann_runs = run_batches(ann_seg, ann_feeds, [site.input, site.output])
+        snn_runs = run_batches(
+            snn_seg, (self._feeds(snn_seg, snn_reads, a, b) for a, b in ranges), self.currents[i]
+        )
+        keep_activation = ("ann", i) in self._last_read
+        for (start, stop), ann_out, snn_out in zip(ranges, ann_runs, snn_runs, strict=True):
+            if start == 0:
+                first = snn_out[self.currents[i][0]]
+                self.store.create(f"z{i}", (len(self.currents[i]), self.n, *first.shape[1:]), first.dtype)
+                if keep_activation:
+                    activation = ann_out[site.output]
+                    self.store.create(f"ann{i}", (self.n, *activation.shape[1:]), activation.dtype)
+            stored = self.store[f"z{i}"]
+            for t, current in enumerate(self.currents[i]):
+                stored[t, start:stop] = snn_out[current]
+            if keep_activation:
+                self.store[f"ann{i}"][start:stop] = ann_out[site.output]
+            # float32, as the SNN computes them
+            yield site.transfer(ann_out[site.input].astype(np.float64)), np.asarray(stored[:, start:stop])
+
+    def fire(self, i: int, v_init: np.ndarray) -> None:
+        """Simulate site ``i`` with its chosen v(0); store its spikes (and v(T) if the head reads
+        it); drop what no later segment reads."""
+        z_all = self.store[f"z{i}"]
+        params = IFParams(self.thresholds[i], np.asarray(v_init, np.float32))
+        if ("snn", i) in self._last_read:
+            spikes = self.store.create(f"s{i}", (self.T, *z_all.shape[1:]), np.uint8)
+        if i in self._keep_membrane:
+            membrane = self.store.create(f"v{i}", z_all.shape[1:], z_all.dtype)
+        for start, stop in self._ranges():
+            z = np.asarray(z_all[:, start:stop])
+            trace = simulate(np.broadcast_to(z, (self.T, *z.shape[1:])), params)
+            if ("snn", i) in self._last_read:
+                spikes[:, start:stop] = trace.out != 0
+            if i in self._keep_membrane:
+                membrane[start:stop] = trace.v[-1]
+        self.store.drop(f"z{i}")
+        for (kind, k), last in self._last_read.items():
+            if last == i:
+                self.store.drop(f"{'ann' if kind == 'ann' else 's'}{k}")
+        self._bar.update()
+
+    def output_errors(self, v_init: dict[str, np.ndarray]) -> tuple[float, float]:
+        """Mean squared difference from the ANN's float outputs of the trial SNN (θ/2) and of the
+        calibrated one (its head on the stored spikes, with ``v_init`` in the read-out)."""
+        self._bar.close()
+        head = onnx.ModelProto()
+        head.CopyFrom(self._head)
+        names = {layer.v_init: site.name for layer, site in zip(self.layers, self.sites, strict=True)}
+        for tensor in head.graph.initializer:
+            if tensor.name in names:
+                tensor.CopyFrom(
+                    numpy_helper.from_array(np.asarray(v_init[names[tensor.name]], np.float32), tensor.name)
+                )
+        ranges = list(self._ranges())
+        runs = zip(
+            run_batches(self.ann, (self._feeds(self.ann, [], a, b) for a, b in ranges), self._outputs),
+            run_batches(self.snn, (self._feeds(self.snn, [], a, b) for a, b in ranges), self._outputs),
+            run_batches(head, (self._feeds(head, self._head_reads, a, b) for a, b in ranges), self._outputs),
+            strict=True,
+        )
+        totals, count = [0.0, 0.0], 0
+        for ann_out, half_out, calibrated_out in runs:
+            for name in self._outputs:
+                reference = ann_out[name].astype(np.float64)
+                totals[0] += float(np.sum((half_out[name] - reference) ** 2))
+                totals[1] += float(np.sum((calibrated_out[name] - reference) ** 2))
+                count += reference.size
+        return totals[0] / max(count, 1), totals[1] / max(count, 1)
+
+    def _ranges(self) -> Iterator[tuple[int, int]]:
+        for start in range(0, self.n, self.batch):
+            yield start, min(start + self.batch, self.n)
+
+    def _feeds(
+        self, model: onnx.ModelProto, cuts: list[str], start: int, stop: int, ann: bool = False
+    ) -> dict[str, np.ndarray]:
+        """``model``'s graph inputs and the stored cuts it reads, for samples ``start:stop``."""
+        wanted = {i.name for i in model.graph.input}
+        feeds = {name: values[start:stop] for name, values in self.data.inputs.items() if name in wanted}
+        for cut in cuts:
+            if ann:
+                k = next(i for i, site in enumerate(self.sites) if site.output == cut)
+                feeds[cut] = np.asarray(self.store[f"ann{k}"][start:stop])
+            elif cut in self._spike_of:
+                k, t = self._spike_of[cut]
+                feeds[cut] = self.store[f"s{k}"][t, start:stop].astype(np.float32) * self.thresholds[k]
+            else:
+                feeds[cut] = np.asarray(self.store[f"v{self._membrane_of[cut]}"][start:stop])
+        return feeds
+
+
+def topological_sites(program: Program) -> list[ActivationSite]:
+    program.graph.toposort()
+    position = {n.name: i for i, n in enumerate(program.graph.nodes)}
+    return sorted(program.sites.values(), key=lambda s: position[s.nodes[0]])

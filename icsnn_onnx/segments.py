@@ -1,0 +1,112 @@
+"""Run a network one segment at a time, from stored cut tensors (Alg 2 in one pass).
+
+:func:`extract` takes the nodes that compute some tensors from the graph inputs and a set of
+*cut* tensors, and makes the reached cuts graph inputs: a segment. Run in topological order,
+each segment reads the cuts its predecessors stored, so a network is computed once, layer by
+layer, instead of from the input for every layer. :class:`SpillStore` keeps the cut tensors of
+the calibration samples on disk (memory-mapped) and frees each once its last reader has run, so
+memory is bounded by a batch, not by the samples × the network.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+
+def extract(
+    model: onnx.ModelProto, outputs: Iterable[str], cuts: set[str]
+) -> tuple[onnx.ModelProto, list[str]]:
+    """The segment of ``model`` computing ``outputs`` from its graph inputs and ``cuts``; returns
+    it and the cuts it reads (its inputs besides the graph's own)."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    constants = {t.name for t in graph.initializer}
+    graph_inputs = {i.name for i in graph.input if i.name not in constants}
+    kept: list[onnx.NodeProto] = []
+    seen: set[int] = set()
+    read_cuts: list[str] = []
+    read_inputs: set[str] = set()
+    stack = list(outputs)
+    visited: set[str] = set()
+    while stack:
+        tensor = stack.pop()
+        if tensor in visited or not tensor:
+            continue
+        visited.add(tensor)
+        if tensor in cuts:
+            read_cuts.append(tensor)
+        elif tensor in graph_inputs:
+            read_inputs.add(tensor)
+        elif tensor in producer and id(producer[tensor]) not in seen:
+            node = producer[tensor]
+            seen.add(id(node))
+            kept.append(node)
+            stack.extend(node.input)
+    order = {id(n): i for i, n in enumerate(graph.node)}
+    kept.sort(key=lambda n: order[id(n)])
+    used = {i for n in kept for i in n.input}
+    types = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+    inputs = [i for i in graph.input if i.name in read_inputs]
+    for cut in read_cuts:
+        elem = types[cut].type.tensor_type.elem_type if cut in types else onnx.TensorProto.FLOAT
+        inputs.append(helper.make_tensor_value_info(cut, elem, None))
+    outs = [helper.make_tensor_value_info(o, _elem(types, o), None) for o in outputs]
+    segment_graph = helper.make_graph(
+        kept,
+        f"{graph.name}.segment",
+        inputs,
+        outs,
+        initializer=[t for t in graph.initializer if t.name in used],
+    )
+    segment = helper.make_model(segment_graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    segment.functions.extend(model.functions)
+    return segment, read_cuts
+
+
+def _elem(types: Mapping[str, onnx.ValueInfoProto], name: str) -> int:
+    value = types.get(name)
+    return value.type.tensor_type.elem_type if value is not None else onnx.TensorProto.FLOAT
+
+
+class SpillStore:
+    """Arrays ``[samples, …]`` by name, memory-mapped in a temporary folder (deleted on close)."""
+
+    def __init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="icsnn-segments-"))
+        self._arrays: dict[str, np.memmap] = {}
+
+    def create(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
+        path = self._dir / f"{len(self._arrays)}_{abs(hash(name))}.bin"
+        array = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
+        self._arrays[name] = array
+        return array
+
+    def __getitem__(self, name: str) -> np.memmap:
+        return self._arrays[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._arrays
+
+    def drop(self, name: str) -> None:
+        array = self._arrays.pop(name, None)
+        if array is not None:
+            path = Path(array.filename)
+            del array
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._arrays.clear()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> SpillStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
