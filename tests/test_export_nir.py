@@ -29,11 +29,32 @@ def _routes_net(count_include_pad: int = 1):
     return model
 
 
+def _resnet_stem():
+    """A ResNet stem: Conv-BN-ReLU, MaxPool(3, stride 2, padding 1) (decomposed: Pad, then
+    overlapping strided slices that stop before the border), a Conv, a global average, Linear."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    ).eval()
+
+
 NETS = {
     "routes": lambda d: _routes_net(),  # padded AvgPool, strided Conv, Add into a membrane, Concat
     "residual": lambda d: models.residual_block(),  # GlobalAveragePool, MatMul + Add head
     "concat": lambda d: models.concat_block(),  # Concat of three sites, ReLU6 (Clip) site
     "maxpool": lambda d: models.maxpool_cnn(),
+    "resnet-stem": lambda d: models.torch_export(_resnet_stem(), d[0][:2], dynamo=False),
     "torch-cnn": lambda d: models.torch_export(models.torch_cnn(), d[0][:2], dynamo=False),
     "densenet": lambda d: models.torch_export(models.torch_densenet_block(), d[0][:2], dynamo=False),
     "inverted-residual": lambda d: models.torch_export(

@@ -277,7 +277,8 @@ def _concat(lo: Lowering, node: onnx.NodeProto, tensor: str, hint: np.ndarray | 
 @rule("Slice")
 def _slice(lo: Lowering, node: onnx.NodeProto, tensor: str, hint: np.ndarray | None) -> Value:
     """A strided slice (MaxPool's decomposition reads them) is a convolution whose kernel picks
-    one cell: kernel start+1, stride step, one-hot at ``start``; channels by one-hot rows."""
+    one cell: stride ``step``, one-hot at ``start``, of the size that gives the slice's length
+    (``d − step·(n − 1)``); channels by one-hot rows."""
     x = node.input[0]
     in_shape, out_shape = lo.g.shape(x), lo.g.shape(tensor)
     args = [lo.constant(a) if a else None for a in node.input[1:]]
@@ -314,18 +315,58 @@ def _slice(lo: Lowering, node: onnx.NodeProto, tensor: str, hint: np.ndarray | N
         return [lo.add(node.name, affine, sources)], out
     if len(in_shape) != 3:
         return lo.problem(node, "only Slice of vectors and (C, H, W) maps is written as NIR", tensor)
-    first, stride = [], []
+    first, stride, size = [], [], []
     for p, d in zip(picked[1:], in_shape[1:], strict=True):
         step = int(p[1] - p[0]) if len(p) > 1 else d  # one cell picked: any stride past the map
-        if np.any(np.diff(p) != step) or (d - p[0] - 1) // step + 1 != len(p):
-            return lo.problem(node, "a Slice that stops before the border has no convolution form", tensor)
+        if np.any(np.diff(p) != step):
+            return lo.problem(node, "an irregular Slice has no convolution form", tensor)
+        # The largest kernel with len(p) windows at this stride; p[0] is inside it.
         first.append(int(p[0]))
         stride.append(step)
+        size.append(d - step * (len(p) - 1))
     whole = len(picked[0]) == in_shape[0]  # every channel kept: a depthwise kernel suffices
-    weight = np.zeros((out_shape[0], 1 if whole else in_shape[0], first[0] + 1, first[1] + 1))
+    weight = np.zeros((out_shape[0], 1 if whole else in_shape[0], *size))
     rows = np.arange(out_shape[0])
     weight[rows, 0 if whole else picked[0], first[0], first[1]] = sx[picked[0]] / out
     conv = lo.conv(
         weight, np.zeros(out_shape[0]), stride, (0, 0), (1, 1), in_shape[0] if whole else 1, in_shape[1:]
+    )
+    return [lo.add(node.name, conv, sources)], _as_map(out, out_shape)
+
+
+@rule("Pad")
+def _pad(lo: Lowering, node: onnx.NodeProto, tensor: str, hint: np.ndarray | None) -> Value:
+    """Zero padding of the spatial axes (a padded MaxPool's decomposition) is a depthwise 1×1
+    convolution with that padding."""
+    x = node.input[0]
+    in_shape, out_shape = lo.g.shape(x), lo.g.shape(tensor)
+    a = attrs(node)
+    mode = a.get("mode", b"constant")
+    pads = (
+        lo.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else np.asarray(a.get("pads", []))
+    )
+    value = lo.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(())
+    axes = lo.constant(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    rank = len(in_shape) + 1
+    if pads is None or value is None or (len(node.input) > 3 and node.input[3] and axes is None):
+        return lo.problem(node, "only Pad with constant pads and value is written as NIR", tensor)
+    full = np.zeros(2 * rank, int)
+    for i, axis in enumerate(range(rank) if axes is None else [int(a) % rank for a in axes]):
+        full[axis], full[rank + axis] = int(pads[i]), int(pads[i + len(pads) // 2])
+    begin, end = full[:rank], full[rank:]
+    if (
+        (mode.decode() if isinstance(mode, bytes) else mode) != "constant"
+        or np.any(value != 0)
+        or len(in_shape) != 3
+        or np.any(full[:2] != 0)
+        or np.any(full[rank : rank + 2] != 0)
+        or np.any(begin[2:] != end[2:])
+        or np.any(full < 0)
+    ):
+        return lo.problem(node, "only symmetric zero padding of H and W is written as NIR", tensor)
+    sources, sx = lo.channel_input(x)
+    out = _out_vector(hint, out_shape)
+    conv = lo.conv(
+        (sx / out).reshape(-1, 1, 1, 1), np.zeros(len(out)), (1, 1), begin[2:], (1, 1), len(out), in_shape[1:]
     )
     return [lo.add(node.name, conv, sources)], _as_map(out, out_shape)

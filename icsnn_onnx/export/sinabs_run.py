@@ -50,7 +50,7 @@ def run_sinabs(
         with torch.no_grad():
             out = model(stacked)
         out = out[0] if isinstance(out, tuple) else out
-        outputs.append(out.reshape(n, T, -1).mean(1).numpy())
+        outputs.append(out.reshape(n, T, *out.shape[1:]).mean(1).numpy())
     return np.concatenate(outputs)
 
 
