@@ -181,3 +181,22 @@ def test_each_potential_is_the_best_for_the_currents_the_finished_snn_feeds_it(b
         chosen = np.round(np.asarray(chosen_v[site.name]).reshape(-1) / np.asarray(theta).reshape(-1) * K)
         chosen = np.broadcast_to(chosen, best.shape).astype(int)
         np.testing.assert_allclose(errors[chosen, np.arange(len(best))], best, rtol=1e-12, err_msg=site.name)
+
+
+def test_calibrated_init_on_a_graph_with_a_fixed_batch_of_one(digits):
+    """Old model-zoo graphs fix the batch to 1: the segments run one sample at a time."""
+    dynamic = models.residual_block()
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(dynamic)
+    for value in (*fixed.graph.input, *fixed.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    calib = digits[0][:24]
+    expected = icsnn_onnx.convert(dynamic, calib, T=3, init="calibrated")
+    got = icsnn_onnx.convert(fixed, calib, T=3, init="calibrated")
+    potentials = [
+        {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer if t.name.endswith(".v_init")}
+        for m in (expected, got)
+    ]
+    assert potentials[0].keys() == potentials[1].keys()
+    for name, v in potentials[0].items():
+        np.testing.assert_array_equal(potentials[1][name], v, err_msg=name)

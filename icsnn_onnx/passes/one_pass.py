@@ -41,7 +41,7 @@ class OnePass:
         store: SpillStore,
         progress: ProgressFactory,
     ) -> None:
-        self.T, self.batch = program.options.T, program.options.batch_size
+        self.T, self.batch = program.options.T, min(program.options.batch_size, _static_batch(ann))
         self.data, self.store, self.n = data, store, len(data)
         self.ann, self.snn = ann, snn
         self.sites = topological_sites(program)
@@ -177,6 +177,19 @@ class OnePass:
             else:
                 feeds[cut] = np.asarray(self.store[f"v{self._membrane_of[cut]}"][start:stop])
         return feeds
+
+
+def _static_batch(model: onnx.ModelProto) -> int:
+    """The batch every graph input is fixed to (e.g. 1 in old model-zoo graphs), else no limit."""
+    constants = {t.name for t in model.graph.initializer}
+    sizes = [
+        i.type.tensor_type.shape.dim[0].dim_value
+        for i in model.graph.input
+        if i.name not in constants
+        and i.type.tensor_type.shape.dim
+        and i.type.tensor_type.shape.dim[0].HasField("dim_value")
+    ]
+    return min(sizes) if sizes else 1 << 30
 
 
 def topological_sites(program: Program) -> list[ActivationSite]:
