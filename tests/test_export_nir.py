@@ -232,3 +232,21 @@ def test_cli_export(tmp_path, digits, capsys, caplog):
     assert main(["export", str(snn), "--to", "nir", "-o", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
     assert main(["export", str(snn), "--to", "nir", "-o", str(out), "--force", "--thresholds", "keep"]) == 0
+
+
+def test_a_maxpool_on_the_read_out_is_refused(digits):
+    """After the last neurons a MaxPool acts once on the read-out; NIR would take the maximum at
+    every step, and the mean of maxima is not the maximum of means."""
+    nodes = [
+        helper.make_node("Conv", ["x", "c1"], ["z1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z1"], ["a1"]),
+        helper.make_node("MaxPool", ["a1"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "g"], ["y"], transB=1),
+    ]
+    model = models.make_model(
+        nodes, {"c1": models._w(4, 1, 3, 3), "g": models._w(10, 4 * 4 * 4)}, ["N", 1, 8, 8], ["N", 10]
+    )
+    with pytest.raises(UnexportableError, match="after the last neurons") as err:
+        to_nir(_exact_snn(model, digits))
+    assert [n.op_type for n in err.value.nodes] == ["MaxPool"]

@@ -44,7 +44,12 @@ def rule(*ops: str) -> Callable[[Handler], Handler]:
     return register
 
 
-_GATES = ("Gather", "GatherElements", "MaxPool", "GlobalMaxPool", "ArgMax")
+_GATE = "a MaxPool gate (spiking max) has no NIR form: convert with --maxpool decompose"
+_HEAD_MAX = (
+    "a MaxPool after the last neurons acts once on the read-out; NIR would apply it at every step "
+    "(a mean of maxima is not the maximum of means): use an average pool there"
+)
+_REASONS = {"Gather": _GATE, "GatherElements": _GATE, "MaxPool": _HEAD_MAX, "GlobalMaxPool": _HEAD_MAX}
 
 
 class Lowering:
@@ -88,11 +93,7 @@ class Lowering:
         node = origin.node
         handler = RULES.get(node.op_type)
         if handler is None:
-            why = (
-                "a MaxPool gate (spiking max) has no NIR form: convert with --maxpool decompose"
-                if node.op_type in _GATES
-                else "not a linear synaptic op NIR can express"
-            )
+            why = _REASONS.get(node.op_type, "not a linear synaptic op NIR can express")
             for x in node.input:  # walk on: every offending node is reported at once
                 if x and x not in self.g.constants:
                     self.value(x)
