@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from onnx import helper
@@ -250,3 +252,9 @@ def test_a_maxpool_on_the_read_out_is_refused(digits):
     with pytest.raises(UnexportableError, match="after the last neurons") as err:
         to_nir(_exact_snn(model, digits))
     assert [n.op_type for n in err.value.nodes] == ["MaxPool"]
+
+
+def test_without_the_nir_package_the_error_names_the_extra(monkeypatch, digits):
+    monkeypatch.setitem(sys.modules, "nir", None)  # `import nir` now raises ImportError
+    with pytest.raises(ExportError, match=r"icsnn-onnx\[nir\]"):
+        to_nir(_exact_snn(models.residual_block(), digits))
