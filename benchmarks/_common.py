@@ -92,6 +92,17 @@ def agreement(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(got.reshape(len(got), -1).argmax(1) == ref.reshape(len(ref), -1).argmax(1)))
 
 
+def net_axes(count: int, width: float = 5.0) -> tuple:
+    """A figure with one accuracy panel per network (matplotlib, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, count, figsize=(width * count, 4.0), dpi=110, squeeze=False)
+    return fig, axes[0]
+
+
 def save_json(path: Path, record: dict) -> None:
     """A benchmark's record, as every script writes it (indented, a final newline)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo
-from _common import CACHE, RESULTS, plain_accuracy, save_json
+from _common import CACHE, RESULTS, net_axes, plain_accuracy, save_json
 from mnist_data import DEFAULT_DIR, load_mnist
 from mnist_nets import CALIB_SAMPLES, EPOCHS, HELD_OUT, SEED, build, train
 
@@ -342,14 +342,9 @@ def table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     nets = list(report["nets"])
-    fig, axes = plt.subplots(1, len(nets), figsize=(5.0 * len(nets), 4.0), dpi=110, squeeze=False)
-    for ax, net in zip(axes[0], nets, strict=True):
+    fig, axes = net_axes(len(nets), 5.0)
+    for ax, net in zip(axes, nets, strict=True):
         entry = report["nets"][net]
         ts = [int(t) for t in entry["ours_selected"]]
         ax.plot(
