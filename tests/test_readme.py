@@ -91,25 +91,13 @@ def test_results_table_is_the_committed_measurement():
         assert row[1:] == expected
 
 
-def test_throughput_table_is_the_committed_measurement():
-    """README's speed table is what `python benchmarks/throughput.py --table` prints."""
-    throughput = load_benchmark("throughput")
-    report = json.loads((ROOT / "benchmarks" / "results" / "throughput.json").read_text())
-    table = re.search(r"<!-- results: throughput -->\n(.*?)\n\n", README, re.S).group(1)
-    assert table == throughput.table(report)
-
-
-def test_fidelity_table_is_the_committed_measurement():
-    """README's fidelity table is what `python benchmarks/mnist_fidelity.py --table` prints."""
-    fidelity = load_benchmark("mnist_fidelity")
-    report = json.loads((ROOT / "benchmarks" / "results" / "mnist_fidelity.json").read_text())
-    table = re.search(r"<!-- results: mnist_fidelity -->\n(.*?)\n\n", README, re.S).group(1)
-    assert table == fidelity.table(report)
-
-
-def test_architectures_table_is_the_committed_measurement():
-    """README's real-architecture table is what `python benchmarks/architectures.py --table` prints."""
-    architectures = load_benchmark("architectures")
-    report = json.loads((ROOT / "benchmarks" / "results" / "architectures.json").read_text())
-    table = re.search(r"<!-- results: architectures -->\n(.*?)\n\n", README, re.S).group(1)
-    assert table == architectures.table(report)
+@pytest.mark.parametrize(
+    "benchmark", ["throughput", "mnist_fidelity", "architectures", "nir_fidelity", "alg2_scale"]
+)
+def test_benchmark_table_is_the_committed_measurement(benchmark):
+    """Each README results table is what `python benchmarks/<benchmark>.py --table` prints from
+    the committed JSON."""
+    module = load_benchmark(benchmark)
+    report = json.loads((ROOT / "benchmarks" / "results" / f"{benchmark}.json").read_text())
+    table = re.search(rf"<!-- results: {benchmark} -->\n(.*?)\n\n", README, re.S).group(1)
+    assert table == module.table(report)
