@@ -1,12 +1,20 @@
 """ONNX's sliding-window padding (Conv, AveragePool, MaxPool): ``auto_pad`` resolved to explicit
-pads, one rule for the compiler's MaxPool lowering and the runtime's fan-out counts."""
+pads, one rule for the compiler's MaxPool lowering, the runtime's fan-out counts and the NIR
+export; and the attribute mapping those rules read."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
 
+import onnx
+
 SAME = ("SAME_UPPER", "SAME_LOWER")
+
+
+def attributes(node: onnx.NodeProto) -> dict[str, object]:
+    """A node's attributes by name, as Python values."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def auto_pad(attrs: Mapping[str, object]) -> str:

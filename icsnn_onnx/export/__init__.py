@@ -82,7 +82,7 @@ def to_nir(snn: str | Path | onnx.ModelProto, options: NirOptions | None = None)
             "NIR",
         )
     lowering = Lowering(graph, options, nir)
-    inputs = {x: lowering._input_node(x) for x in graph.inputs}
+    inputs = {x: lowering.input_node(x) for x in graph.inputs}
     outputs = {}
     for y in graph.outputs:
         shape = np.array(graph.shape(y))

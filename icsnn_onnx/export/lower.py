@@ -18,7 +18,6 @@ from types import ModuleType
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from icsnn_onnx.contract import base_name
 from icsnn_onnx.errors import UnsupportedNode
@@ -87,7 +86,7 @@ class Lowering:
     def _natural(self, tensor: str, hint: np.ndarray | None) -> Value:
         origin = self.g.origin(tensor)
         if isinstance(origin, GraphInput):
-            return [self._input_node(origin.name)], np.ones(())
+            return [self.input_node(origin.name)], np.ones(())
         if isinstance(origin, Spikes):
             return [self.neuron(origin.layer)], _site_array(origin.layer.threshold, self.g.shape(tensor))
         node = origin.node
@@ -222,7 +221,7 @@ class Lowering:
             bias=_f32(bias),
         )
 
-    def _input_node(self, name: str) -> str:
+    def input_node(self, name: str) -> str:
         if name not in self._built:
             shape = np.array(self.g.shape(name))
             self._built[name] = self.add(name, self.nir.Input(input_type={"input": shape}), [])
@@ -282,7 +281,3 @@ def _if_fields(nir: ModuleType, r: np.ndarray, threshold: np.ndarray) -> dict[st
     if "v_reset" in getattr(nir.IF, "__dataclass_fields__", {}):
         fields["v_reset"] = np.zeros_like(r)
     return fields
-
-
-def attrs(node: onnx.NodeProto) -> dict[str, object]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}

@@ -11,7 +11,8 @@ import math
 import numpy as np
 import onnx
 
-from icsnn_onnx.export.lower import Lowering, Value, _channel_vector, _site_array, attrs, rule
+from icsnn_onnx.export.lower import Lowering, Value, _channel_vector, _site_array, rule
+from icsnn_onnx.windows import attributes as attrs
 from icsnn_onnx.windows import resolve_pads
 
 

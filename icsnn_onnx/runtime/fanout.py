@@ -30,7 +30,7 @@ from onnx.reference import ReferenceEvaluator
 from icsnn_onnx import neuron
 from icsnn_onnx.contract import PER_STEP_HEAD, base_name, is_readout_name, parse_step_name
 from icsnn_onnx.runtime.synapses import SYNAPTIC_OPS, Synapse, fanout
-from icsnn_onnx.windows import resolve_pads
+from icsnn_onnx.windows import attributes, resolve_pads
 
 #: Ops a spike passes through with its value scaled, not multiplied by another spike.
 ELEMENTWISE = ("Identity", "Cast", "CastLike", "Dropout", "Neg", "Add", "Sub", "Sum", "Mul", "Div")
@@ -249,7 +249,7 @@ def _keep_dims(node: onnx.NodeProto, grad: np.ndarray, shape: tuple[int, ...]) -
     """A reduction's output gradient with its reduced axes restored as size 1."""
     if grad.ndim == len(shape):
         return grad
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     axes = attrs.get("axes")
     if axes is None:
         axes = [a for a in range(len(shape)) if a not in range(grad.ndim)]
@@ -260,7 +260,7 @@ def _keep_dims(node: onnx.NodeProto, grad: np.ndarray, shape: tuple[int, ...]) -
 
 def _pull_pool(node: onnx.NodeProto, grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The transpose of a sum-pool: each input element gets the cost of every window it is in."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     kernel = list(attrs["kernel_shape"])
     n = len(kernel)
     strides = list(attrs.get("strides", [1] * n))

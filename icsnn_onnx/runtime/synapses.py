@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from icsnn_onnx.contract import PER_STEP_HEAD, base_name, parse_step_name
-from icsnn_onnx.windows import resolve_pads
+from icsnn_onnx.windows import attributes, resolve_pads
 
 SYNAPTIC_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -48,7 +48,7 @@ def find_synapses(model: onnx.ModelProto) -> list[Synapse]:
         parsed = parse_step_name(node.name)
         if base in found or (parsed is not None and parsed[1] != 1):
             continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = attributes(node)
         weight = tuple(constants[node.input[1]].dims)
         stepped = base != node.name
         found[base] = Synapse(base, node.op_type, weight, attrs, node.name, node.input[0], stepped)
