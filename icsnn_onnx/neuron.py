@@ -140,13 +140,18 @@ class IFTrace:
         return nonzero.astype(np.int64)
 
 
-def simulate(z: np.ndarray, params: IFParams) -> IFTrace:
-    """Run IF neurons over ``T = len(z)`` steps of input current ``z[t]`` (reference simulator)."""
+def _start(z: np.ndarray, params: IFParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(z, v(0), θ)`` in z's dtype, v(0) broadcast to a step's shape."""
     z = np.asarray(z)
     if z.ndim < 1 or z.shape[0] < 1:
         raise ValueError("z must have a leading time axis of length >= 1")
     v = np.broadcast_to(params.v_init.astype(z.dtype), np.broadcast_shapes(params.v_init.shape, z.shape[1:]))
-    theta = params.threshold.astype(z.dtype)
+    return z, v, params.threshold.astype(z.dtype)
+
+
+def simulate(z: np.ndarray, params: IFParams) -> IFTrace:
+    """Run IF neurons over ``T = len(z)`` steps of input current ``z[t]`` (reference simulator)."""
+    z, v, theta = _start(z, params)
     outs, vs = [], [np.array(v)]
     for z_t in z:
         out, v = if_step(v, z_t, theta)
@@ -158,9 +163,7 @@ def simulate(z: np.ndarray, params: IFParams) -> IFTrace:
 def mean_output(z: np.ndarray, params: IFParams) -> np.ndarray:
     """The mean over ``T = len(z)`` steps of :func:`simulate`'s output, without keeping every
     step (what Alg 2 scores its candidates by: memory of one step, not T + 1)."""
-    z = np.asarray(z)
-    v = np.broadcast_to(params.v_init.astype(z.dtype), np.broadcast_shapes(params.v_init.shape, z.shape[1:]))
-    theta = params.threshold.astype(z.dtype)
+    z, v, theta = _start(z, params)
     total = np.zeros(np.broadcast_shapes(v.shape, z.shape[1:], theta.shape), z.dtype)
     for z_t in z:
         out, v = if_step(v, z_t, theta)
