@@ -57,13 +57,15 @@ def run_sinabs(
 def _topological(order: list, edges: list[tuple[str, str]]) -> list:
     """``order`` (nirtorch's nodes, named as the graph's) sorted so every node follows its inputs;
     ties keep nirtorch's order."""
+    inputs: dict[str, set[str]] = {}
+    for src, dst in edges:
+        if src != dst:
+            inputs.setdefault(dst, set()).add(src)
     remaining = list(order)
     done: set[str] = set()
     result = []
     while remaining:
-        ready = next(
-            n for n in remaining if all(src in done for src, dst in edges if dst == n.name and src != n.name)
-        )
+        ready = next(n for n in remaining if inputs.get(n.name, set()) <= done)
         remaining.remove(ready)
         done.add(ready.name)
         result.append(ready)

@@ -58,7 +58,7 @@ class OnePass:
         self.currents: list[list[str]] = []
         self._segments: list[tuple[onnx.ModelProto, list[str], onnx.ModelProto, list[str]]] = []
         last_read: dict[tuple[str, int], int] = {}
-        index_of = {site.output: i for i, site in enumerate(self.sites)}
+        self._site_of = {site.output: i for i, site in enumerate(self.sites)}
         for i, site in enumerate(self.sites):
             stream = step_name(site.input, 1) in produced
             self.currents.append(
@@ -68,7 +68,7 @@ class OnePass:
             snn_seg, snn_reads = extract(snn, self.currents[i], set(self._spike_of))
             self._segments.append((ann_seg, ann_reads, snn_seg, snn_reads))
             for cut in ann_reads:
-                last_read[("ann", index_of[cut])] = i
+                last_read[("ann", self._site_of[cut])] = i
             for cut in snn_reads:
                 last_read[("snn", self._spike_of[cut][0])] = i
         outputs = [o.name for o in ann.graph.output if o.type.tensor_type.elem_type in FLOAT_TENSOR_TYPES]
@@ -169,8 +169,7 @@ class OnePass:
         feeds = {name: values[start:stop] for name, values in self.data.inputs.items() if name in wanted}
         for cut in cuts:
             if ann:
-                k = next(i for i, site in enumerate(self.sites) if site.output == cut)
-                feeds[cut] = np.asarray(self.store[f"ann{k}"][start:stop])
+                feeds[cut] = np.asarray(self.store[f"ann{self._site_of[cut]}"][start:stop])
             elif cut in self._spike_of:
                 k, t = self._spike_of[cut]
                 feeds[cut] = self.store[f"s{k}"][t, start:stop].astype(np.float32) * self.thresholds[k]
