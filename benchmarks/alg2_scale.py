@@ -34,7 +34,7 @@ import onnx
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, RESULTS, save_json, smooth_images
+from _common import CACHE, RESULTS, architecture, save_json, smooth_images
 
 import icsnn_onnx
 from icsnn_onnx.data import Dataset
@@ -47,20 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def model(name: str) -> onnx.ModelProto:
-    path = CACHE / "alg2" / f"{name.replace(' ', '_')}.onnx"
-    if path.exists():
-        return onnx.load(path)
-    if name.startswith("zoo "):
-        import onnx_zoo
-
-        built = onnx_zoo.randomized(name.removeprefix("zoo "))
-    else:
-        import torchvision_zoo
-
-        built = torchvision_zoo.export(torchvision_zoo.build(name, 224), 224, dynamo=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(built, path)
-    return built
+    return architecture(name, cache=CACHE / "alg2")
 
 
 def potentials(snn: onnx.ModelProto) -> dict[str, np.ndarray]:

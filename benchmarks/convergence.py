@@ -22,31 +22,26 @@ import time
 
 import numpy as np
 import onnx
-from _common import RESULTS, agreement, centred, relative_error, run, smooth_images, write_json
+from _common import RESULTS, agreement, architecture, centred, relative_error, run, smooth_images, write_json
 
 OUT = RESULTS / "convergence.json"
 TS = (32, 64, 128, 256, 512, 1024)
 TRACE_TS = (64, 1024)
-MODELS = {  # name → (source, size, test images, batch)
-    "resnet18": ("torchvision", 64, 8, None),
-    "resnet50": ("torchvision", 64, 8, None),
-    "resnet50 exact-BN": ("torchvision", 64, 8, None),
-    "mobilenet_v2": ("torchvision", 64, 8, None),
-    "densenet121": ("torchvision", 64, 8, None),
-    "zoo resnet50": ("onnx-zoo", 224, 2, 1),
+MODELS = {  # name → (size, test images, batch); "zoo X" is the model zoo's X
+    "resnet18": (64, 8, None),
+    "resnet50": (64, 8, None),
+    "resnet50 exact-BN": (64, 8, None),
+    "mobilenet_v2": (64, 8, None),
+    "densenet121": (64, 8, None),
+    "zoo resnet50": (224, 2, 1),
 }
 
 
 def load(name: str) -> onnx.ModelProto:
-    source, size, _, _ = MODELS[name]
-    if source == "onnx-zoo":
-        import onnx_zoo
-
-        return onnx_zoo.randomized(name.split()[-1])
-    import torchvision_zoo
-
-    net = torchvision_zoo.build(name.split()[0], size, exact_bn=name.endswith("exact-BN"))
-    return torchvision_zoo.export(net, size, dynamo=False)
+    size, _, _ = MODELS[name]
+    if name.startswith("zoo "):
+        return architecture(name)
+    return architecture(name.split()[0], size, exact_bn=name.endswith("exact-BN"))
 
 
 def measure(name: str) -> dict:
@@ -54,7 +49,7 @@ def measure(name: str) -> dict:
     from icsnn_onnx.data import Dataset
     from icsnn_onnx.runtime.diagnose import diagnose
 
-    _, size, images, batch = MODELS[name]
+    size, images, batch = MODELS[name]
     model, mean = centred(load(name), smooth_images(16, size, 3), batch)
     calib, test = smooth_images(16 if batch is None else 4, size, 1), smooth_images(images, size, 2)
     ann = run(model, test, batch)

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, RESULTS, save_json, smooth_images
+from _common import CACHE, RESULTS, architecture, save_json, smooth_images
 
 import icsnn_onnx
 from icsnn_onnx.export import NirOptions, to_nir
@@ -39,23 +39,11 @@ NETS = ("resnet18", "resnet50", "mobilenet_v2", "zoo densenet121", "zoo resnet50
 
 
 def model(name: str) -> onnx.ModelProto:
-    path = CACHE / "nir_architectures" / f"{name.replace(' ', '_')}.onnx"
-    if path.exists():
-        return onnx.load(path)
-    if name.startswith("zoo "):
-        import onnx_zoo
-
-        built = onnx_zoo.randomized(name.removeprefix("zoo "))
-        last = built.graph.node[-1]
-        if last.op_type == "Softmax":  # NIR has no Softmax: export the logits, as a user would
-            del built.graph.node[-1]
-            built.graph.output[0].name = last.input[0]
-    else:
-        import torchvision_zoo
-
-        built = torchvision_zoo.export(torchvision_zoo.build(name, 224), 224, dynamo=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(built, path)
+    built = architecture(name, cache=CACHE / "nir_architectures")
+    last = built.graph.node[-1]
+    if last.op_type == "Softmax":  # NIR has no Softmax: export the logits, as a user would
+        del built.graph.node[-1]
+        built.graph.output[0].name = last.input[0]
     return built
 
 
