@@ -61,10 +61,11 @@ def test_other_float_types_convert_and_keep_their_type(digits, dtype):
     model = bad_models.typed(dtype)
     np_type = onnx.helper.tensor_dtype_to_np_dtype(dtype)
     x = digits[0][:200].astype(np_type)
-    snn = icsnn_onnx.convert(model, x[:100], T=64, threshold="max")
-    (ann,), (out,) = run(model, x[100:]), run(snn, x[100:])
-    assert out.dtype == ann.dtype == np_type
-    assert np.mean(out.argmax(1) == ann.argmax(1)) > 0.9
+    for init in ("half", "calibrated"):  # Alg 2's segments and head run in the model's type too
+        snn = icsnn_onnx.convert(model, x[:100], T=64, threshold="max", init=init)
+        (ann,), (out,) = run(model, x[100:]), run(snn, x[100:])
+        assert out.dtype == ann.dtype == np_type
+        assert np.mean(out.argmax(1) == ann.argmax(1)) > 0.9
 
 
 def test_names_that_look_generated_do_not_collide(digits):

@@ -78,6 +78,7 @@ class OnePass:
             key = ("snn", self._spike_of[cut][0] if cut in self._spike_of else self._membrane_of[cut])
             last_read[key] = len(self.sites)
         self._last_read = last_read
+        self._dtype: dict[int, np.dtype] = {}
         self._keep_membrane = {self._membrane_of[c] for c in self._head_reads if c in self._membrane_of}
 
     def currents_of(self, i: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -111,6 +112,7 @@ class OnePass:
         """Simulate site ``i`` with its chosen v(0); store its spikes (and v(T) if the head reads
         it); drop what no later segment reads."""
         z_all = self.store[f"z{i}"]
+        self._dtype[i] = z_all.dtype  # what later segments read θ·s as
         params = IFParams(self.thresholds[i], np.asarray(v_init, np.float32))
         if ("snn", i) in self._last_read:
             spikes = self.store.create(f"s{i}", (self.T, *z_all.shape[1:]), np.uint8)
@@ -138,8 +140,9 @@ class OnePass:
         names = {layer.v_init: site.name for layer, site in zip(self.layers, self.sites, strict=True)}
         for tensor in head.graph.initializer:
             if tensor.name in names:
+                dtype = numpy_helper.to_array(tensor).dtype  # the model's float type (float16, …)
                 tensor.CopyFrom(
-                    numpy_helper.from_array(np.asarray(v_init[names[tensor.name]], np.float32), tensor.name)
+                    numpy_helper.from_array(np.asarray(v_init[names[tensor.name]], dtype), tensor.name)
                 )
         ranges = list(self._ranges())
         runs = zip(
@@ -172,7 +175,8 @@ class OnePass:
                 feeds[cut] = np.asarray(self.store[f"ann{self._site_of[cut]}"][start:stop])
             elif cut in self._spike_of:
                 k, t = self._spike_of[cut]
-                feeds[cut] = self.store[f"s{k}"][t, start:stop].astype(np.float32) * self.thresholds[k]
+                spikes = self.store[f"s{k}"][t, start:stop].astype(np.float32) * self.thresholds[k]
+                feeds[cut] = spikes.astype(self._dtype[k])
             else:
                 feeds[cut] = np.asarray(self.store[f"v{self._membrane_of[cut]}"][start:stop])
         return feeds
