@@ -15,7 +15,7 @@ Statistics are of the ReLU'd pre-activation ``max(z, 0)`` — the ANN's activati
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -67,20 +67,27 @@ def activation_thresholds(
     percentile: float | None,
     channel_wise: bool,
     levels: int | None = None,
+    bounds: Mapping[str, float] | None = None,
     batch_size: int = 64,
     progress: ProgressFactory = silent,
 ) -> dict[str, np.ndarray]:
-    """Per tensor, a statistic of ``a = max(z, 0)``: shape ``[C]`` or ``[1]``.
+    """Per tensor, a statistic of ``a = max(z, 0)`` (``min(max(z, 0), λ)`` for a tensor with a
+    bound λ in ``bounds``: a clipped activation's values): shape ``[C]`` or ``[1]``.
 
     The max; or the ``percentile``; or, with ``levels`` = T, the θ minimizing the squared error
     of ``a`` rounded to the T levels ``k·θ/T``, ``k = 0..T`` (the quantization an IF neuron
     started at θ/2 applies to a constant current, docs/method.md eq. 2).
     """
     names = list(tensors)
+    bounds = bounds or {}
+
+    def activation(out: dict[str, np.ndarray], name: str) -> np.ndarray:
+        return np.clip(out[name], 0, bounds.get(name))
+
     maxima: dict[str, np.ndarray] = {}
     for out in stream_tensors(model, names, data, batch_size, progress, "calibrating (max)"):
         for name in names:
-            m = _rows_per_channel(np.maximum(out[name], 0), channel_wise).max(axis=1).astype(np.float64)
+            m = _rows_per_channel(activation(out, name), channel_wise).max(axis=1).astype(np.float64)
             maxima[name] = m if name not in maxima else np.maximum(maxima[name], m)
     if levels is None and (percentile is None or percentile >= 100.0):
         return maxima
@@ -89,7 +96,7 @@ def activation_thresholds(
     what = f"T={levels} levels" if levels is not None else f"p{percentile:g}"
     for out in stream_tensors(model, names, data, batch_size, progress, f"calibrating ({what})"):
         for name in names:
-            values = _rows_per_channel(np.maximum(out[name], 0), channel_wise).astype(np.float64)
+            values = _rows_per_channel(activation(out, name), channel_wise).astype(np.float64)
             top = np.where(maxima[name] > 0, maxima[name], 1.0)[:, None]
             bins = np.minimum((values / top * BINS).astype(np.int64), BINS - 1)
             rows = np.arange(len(values))[:, None] * BINS

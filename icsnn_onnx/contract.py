@@ -28,6 +28,7 @@ TARGET_KEY = metadata_key("target")  # ConversionOptions.target
 LAYOUT_KEY = metadata_key("layout")  # the layout emitted (auto resolved)
 THRESHOLD_SOURCE_KEY = metadata_key("threshold_source")
 THRESHOLD_METHOD_KEY = metadata_key("threshold_method")  # the method at this T (auto resolved)
+INIT_METHOD_KEY = metadata_key("init_method")  # the initial potential used (auto resolved)
 INIT_CANDIDATES_KEY = metadata_key("init_candidates")
 INIT_FALLBACK_KEY = metadata_key("init_fallback")
 CHANNELWISE_SITES_KEY = metadata_key("channelwise_sites")

@@ -14,13 +14,13 @@ from icsnn_onnx.contract import CONVERTER_VERSION_KEY, SITES_KEY
 from icsnn_onnx.data import DataSource, InputSpec, input_specs, load_dataset
 from icsnn_onnx.errors import CalibrationError, UnsupportedNode
 from icsnn_onnx.model_io import load_model
-from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions, InitPolicy
+from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions
 from icsnn_onnx.passes import Pass, PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
 from icsnn_onnx.passes.canonicalize import Canonicalize, default_opset, import_model
 from icsnn_onnx.passes.encoding import EncodeInputs
 from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
-from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential
+from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential, ResolveInit
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
 from icsnn_onnx.passes.maxpool import LowerMaxPool
 from icsnn_onnx.passes.scale import CheckScale
@@ -72,26 +72,25 @@ def convert(
         [
             *front_end(),
             CheckSupport(),
+            ResolveInit(has_calibration=dataset is not None),
             CheckScale(),
             NormalizeThresholds(dataset, progress),
             EncodeInputs(dataset),
             InitialPotential(),
-            *(
-                [CalibrateInitialPotential(dataset, progress)]
-                if options.init is InitPolicy.CALIBRATED
-                else []
-            ),
+            CalibrateInitialPotential(dataset, progress),  # where init is (or became) calibrated
             InsertNeurons(),
             Unroll(),
         ]
     )(program)
-    result = finalize(program, source)
+    result = finalize(program, source, options)
     logger.info("converted %d activation site(s) into IF neurons over T=%d", len(program.sites), options.T)
     return result
 
 
-def finalize(program: Program, source: onnx.ModelProto) -> onnx.ModelProto:
-    """Export the SNN graph as a self-describing model the installed ONNX Runtime accepts."""
+def finalize(program: Program, source: onnx.ModelProto, requested: ConversionOptions) -> onnx.ModelProto:
+    """Export the SNN graph as a self-describing model the installed ONNX Runtime accepts; its
+    metadata records the ``requested`` options (``auto`` values as asked; what they resolved to
+    under their own keys)."""
     model = program.to_onnx()
     model.producer_name = "icsnn-onnx"
     model.producer_version = __version__
@@ -103,7 +102,7 @@ def finalize(program: Program, source: onnx.ModelProto) -> onnx.ModelProto:
     metadata = {
         **{p.key: p.value for p in source.metadata_props},
         CONVERTER_VERSION_KEY: __version__,
-        **program.options.as_metadata(),
+        **requested.as_metadata(),
         SITES_KEY: str(len(program.sites)),
         **program.metadata,
     }

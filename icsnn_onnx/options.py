@@ -21,6 +21,7 @@ class InitPolicy(Choice):
     ZERO = "zero"
     HALF = "half"  # θ/2, IC-SNN Alg 1
     CALIBRATED = "calibrated"  # per channel on calibration data, Alg 2
+    AUTO = "auto"  # calibrated where it wins and data is given, else half (resolve_init)
 
 
 class Encoding(Choice):
@@ -60,11 +61,27 @@ TARGETS: tuple[str, ...] = tuple(c.value for c in Target)
 
 _PERCENTILE = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
 
-#: ``--threshold auto``: the least-squares θ for the compiled T's levels up to this T, the
-#: 99.99th percentile above it. On the held-out MNIST images (benchmarks/mnist_fidelity.py's ReLU
-#: and MaxPool CNNs, init half, compensation) mse wins by up to 71 points at T = 4 and p99.99 by
-#: 0.04–0.12 points from T = 32 on (benchmarks/threshold_auto.py).
-AUTO_MSE_MAX_T = 16
+#: ``--threshold auto`` is the least-squares θ for the compiled T's levels (``mse``) at every T;
+#: ``channel_wise`` is on by default. On the six MNIST nets of benchmarks/mnist_fidelity.py (held-out
+#: split) mse wins by up to 71 points at T <= 4; the 99.99th percentile, the old choice above
+#: T = 16, wins by at most 0.12 points at T >= 32 on 3-layer CNNs and loses points on deep ones
+#: (docs/method.md §13).
+#: ``--init auto``: Alg 2 (calibrated) up to this T when calibration data is given, θ/2 above or
+#: without data. Chosen on the held-out split of benchmarks/mnist_fidelity.py's six nets
+#: (docs/method.md §13).
+AUTO_CALIBRATED_MAX_T = 64
+
+
+def resolve_init(options: ConversionOptions, has_calibration: bool, trial_fits: bool = True) -> InitPolicy:
+    """The initial potential ``options.init`` stands for: ``auto`` becomes calibrated (Alg 2) with
+    calibration data up to :data:`AUTO_CALIBRATED_MAX_T` steps where its unrolled trial SNN fits
+    (``trial_fits``, :class:`~icsnn_onnx.passes.initial_potential.ResolveInit`), else half. The
+    layout does not enter: every layout gets the same potentials."""
+    if options.init is not InitPolicy.AUTO:
+        return options.init
+    if has_calibration and options.T <= AUTO_CALIBRATED_MAX_T and trial_fits:
+        return InitPolicy.CALIBRATED
+    return InitPolicy.HALF
 
 
 def parse_threshold_method(spec: str) -> float | None:
@@ -80,11 +97,9 @@ def parse_threshold_method(spec: str) -> float | None:
     return float(match.group(1))
 
 
-def resolve_threshold_method(spec: str, T: int) -> str:
-    """The method ``spec`` stands for at ``T``: ``auto`` becomes ``mse`` or ``p99.99``."""
-    if spec != "auto":
-        return spec
-    return "mse" if T <= AUTO_MSE_MAX_T else "p99.99"
+def resolve_threshold_method(spec: str) -> str:
+    """The method ``spec`` stands for: ``auto`` becomes ``mse`` (fitted to the compiled T)."""
+    return "mse" if spec == "auto" else spec
 
 
 def threshold_depends_on_T(spec: str) -> bool:
@@ -113,8 +128,8 @@ class ConversionOptions:
 
     T: int = 32
     threshold: str = "auto"
-    channel_wise: bool = False
-    init: InitPolicy = InitPolicy.HALF
+    channel_wise: bool = True
+    init: InitPolicy = InitPolicy.AUTO
     encoding: Encoding = Encoding.DIRECT
     compensation: bool = True
     maxpool: MaxPoolPolicy = DEFAULT_MAXPOOL
@@ -146,7 +161,7 @@ class ConversionOptions:
     @property
     def threshold_method(self) -> str:
         """The threshold method at this T (``auto`` resolved)."""
-        return resolve_threshold_method(self.threshold, self.T)
+        return resolve_threshold_method(self.threshold)
 
     @property
     def percentile(self) -> float | None:

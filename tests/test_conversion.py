@@ -56,7 +56,13 @@ def test_snn_converges_to_ann_as_T_grows(case):
     for T in (8, 32, 128, 512):
         # T = 512 in the loop layout: an unrolled graph that size takes ONNX Runtime long to load.
         snn = icsnn_onnx.convert(
-            model, calib, T=T, threshold="max", layout="loop" if T > 128 else "step-major"
+            model,
+            calib,
+            T=T,
+            threshold="max",
+            init="half",
+            channel_wise=False,
+            layout="loop" if T > 128 else "step-major",
         )
         (out,) = run(snn, test)
         assert out.shape == ann.shape and out.dtype == ann.dtype

@@ -35,7 +35,7 @@ def example():
 def test_each_site_is_never_worse_than_half_init(example):
     model, calib, _, _ = example
     # Alg 2 against Alg 1 under a T-independent θ (mse already fits θ to the T levels).
-    program = import_model(model, ConversionOptions(T=4, threshold="p99.99"))
+    program = import_model(model, ConversionOptions(T=4, threshold="p99.99", init="calibrated"))
     data = Dataset({"image": calib})
     PassManager(
         [
@@ -140,7 +140,9 @@ def test_each_potential_is_the_best_for_the_currents_the_finished_snn_feeds_it(b
     """Alg 2 in one pass reads each site's currents from stored upstream spikes; they must be the
     currents of the SNN it finally builds, so each chosen v(0) is the best candidate for them."""
     K = 16
-    program = import_model(build(), ConversionOptions(T=T, threshold="p99.99", channel_wise=True))
+    program = import_model(
+        build(), ConversionOptions(T=T, threshold="p99.99", channel_wise=True, init="calibrated")
+    )
     data = Dataset({"x": digits[0][:120]})
     passes = [
         Canonicalize(),

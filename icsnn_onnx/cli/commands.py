@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from icsnn_onnx.contract import LAYOUT_KEY, SITES_KEY, THRESHOLD_METHOD_KEY
+from icsnn_onnx.contract import INIT_METHOD_KEY, LAYOUT_KEY, SITES_KEY, THRESHOLD_METHOD_KEY
 from icsnn_onnx.errors import DataError, IcsnnError, OptionError
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.progress import Progress, ProgressFactory, silent
@@ -47,9 +47,9 @@ def _convert(args: argparse.Namespace) -> int:
     meta = {p.key: p.value for p in model.metadata_props}
     print(
         f"{args.model} -> {output}: {meta[SITES_KEY]} activation site(s) as IF neurons, "
-        f"T={options.T}, init={options.init}, compensation {'on' if options.compensation else 'off'}, "
+        f"T={options.T}, init={meta[INIT_METHOD_KEY]}{' (auto)' if options.init == 'auto' else ''}, compensation {'on' if options.compensation else 'off'}, "
         f"{options.encoding} coding, threshold={meta.get(THRESHOLD_METHOD_KEY, 'clip bounds')}"
-        f"{' (channel-wise)' if options.channel_wise else ''}, {meta[LAYOUT_KEY]} layout, "
+        f"{' (channel-wise)' if options.channel_wise and THRESHOLD_METHOD_KEY in meta else ''}, {meta[LAYOUT_KEY]} layout, "
         f"{options.target} target, {len(model.graph.node)} nodes"
     )
     return 0

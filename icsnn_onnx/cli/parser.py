@@ -9,6 +9,7 @@ from typing import NoReturn
 from icsnn_onnx._version import __version__
 from icsnn_onnx.export.options import GROUPS, INITIAL_POTENTIALS, THRESHOLDS, NirOptions
 from icsnn_onnx.options import (
+    AUTO_CALIBRATED_MAX_T,
     ENCODINGS,
     INIT_POLICIES,
     LAYOUTS,
@@ -121,15 +122,24 @@ def _method_options() -> argparse.ArgumentParser:
         "--threshold",
         type=_threshold,
         default=DEFAULTS.threshold,
-        help="threshold of unclipped ReLUs: mse (least squares for the levels of the compiled T), "
-        "max, a percentile pNN.NN, or auto (default: mse up to T=16, p99.99 above)",
+        help="threshold of ReLUs (and of clipped ones, below their bound, when --calib is given): mse "
+        "(least squares for the levels of the compiled T), max, a percentile pNN.NN, or auto "
+        "(default: mse)",
     )
-    method.add_argument("--channel-wise", action="store_true", help="one threshold per channel")
+    method.add_argument(
+        "--channel-wise",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.channel_wise,
+        help=f"one threshold per channel (default {'on' if DEFAULTS.channel_wise else 'off'}); "
+        "--no-channel-wise: one per layer",
+    )
     method.add_argument(
         "--init",
         choices=INIT_POLICIES,
         default=DEFAULTS.init,
-        help="initial potential: half = θ/2 (default, Alg 1), zero, or calibrated on --calib data for this T (Alg 2)",
+        help="initial potential: half = θ/2 (Alg 1), zero, calibrated on --calib data for this T (Alg 2), "
+        f"or auto (default): calibrated with --calib up to T={AUTO_CALIBRATED_MAX_T} where its unrolled "
+        "trial SNN fits, half otherwise; the model's metadata records which",
     )
     method.add_argument(
         "--compensation",

@@ -5,6 +5,7 @@
   (v(T) − v(0))/T is zero-mean for inputs uniform within a quantization step, which is
   optimal in expectation (docs/method.md).
 - ``calibrated``: per channel, chosen on calibration data for the compiled T (Alg 2, below).
+- ``auto``: one of these, decided by :class:`ResolveInit` (docs/method.md §13).
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from icsnn_onnx.contract import INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY
+from icsnn_onnx.contract import INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY, INIT_METHOD_KEY
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.neuron import IFParams, constant_input_rate, mean_output
-from icsnn_onnx.options import InitPolicy, Layout, Target
+from icsnn_onnx.options import InitPolicy, Layout, Target, resolve_init
 from icsnn_onnx.passes import Pass, PassManager, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
 from icsnn_onnx.passes.one_pass import OnePass
+from icsnn_onnx.passes.scale import MAX_UNROLLED_OPS, estimate
 from icsnn_onnx.passes.unroll import Unroll
 from icsnn_onnx.program import Program
 from icsnn_onnx.progress import ProgressFactory, silent
@@ -45,12 +47,36 @@ class InitCalibration:
     calibrated: dict[str, np.ndarray]  # the potentials Alg 2 chose (in use unless kept_half)
 
 
+class ResolveInit(Pass):
+    """``--init auto`` → calibrated or half (:func:`~icsnn_onnx.options.resolve_init`), before
+    anything depends on it; records the choice (``icsnn.init_method``)."""
+
+    def __init__(self, has_calibration: bool) -> None:
+        self.has_calibration = has_calibration
+
+    def ensures(self, program: Program) -> None:
+        ensure(program.options.init is not InitPolicy.AUTO, self.name, "init left unresolved")
+
+    def call(self, program: Program) -> PassResult:
+        options = program.options
+        fits = estimate(program).unrolled_ops(options.T) <= MAX_UNROLLED_OPS  # Alg 2's trial SNN
+        init = resolve_init(options, self.has_calibration, fits)
+        program.options = replace(options, init=init)
+        program.metadata[INIT_METHOD_KEY] = str(init)
+        return PassResult(program, init is not options.init)
+
+
 class InitialPotential(Pass):
     """v(0) = 0 or θ/2 (``program.options.init``; Alg 2 starts from θ/2)."""
 
     def requires(self, program: Program) -> None:
         missing = set(program.sites) - set(program.thresholds)
         require(not missing, self.name, f"thresholds needed first for {sorted(missing)}")
+        require(
+            program.options.init in INIT_FRACTION,
+            self.name,
+            f"init {program.options.init} must be resolved first (ResolveInit)",
+        )
 
     def ensures(self, program: Program) -> None:
         missing = set(program.sites) - set(program.v_init)
@@ -94,6 +120,8 @@ class CalibrateInitialPotential(Pass):
         require(not missing, self.name, f"start values (Alg 1) needed first for {sorted(missing)}")
 
     def call(self, program: Program) -> PassResult:
+        if program.options.init is not InitPolicy.CALIBRATED:  # auto resolved to another
+            return PassResult(program, False)
         if self.calib is None:
             raise CalibrationError("--init calibrated needs calibration data (--calib)")
         data = self.calib.head(self.samples)

@@ -21,7 +21,7 @@ from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.passes import Pass, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
-from icsnn_onnx.program import ActivationKind, Program
+from icsnn_onnx.program import ActivationKind, ActivationSite, Program
 from icsnn_onnx.progress import ProgressFactory, silent
 
 logger = logging.getLogger(__name__)
@@ -47,31 +47,47 @@ class NormalizeThresholds(Pass):
         for site in program.sites.values():
             if site.transfer.upper_bound is not None:
                 program.thresholds[site.name] = np.asarray(site.transfer.upper_bound, np.float32)
-        if unclipped:
-            if self.calib is None:
-                names = ", ".join(s.name for s in unclipped[:5]) + (" …" if len(unclipped) > 5 else "")
-                raise CalibrationError(
-                    f"{len(unclipped)} unclipped ReLU site(s) ({names}) need calibration data "
-                    "for their thresholds (--calib)"
-                )
+        if unclipped and self.calib is None:
+            names = ", ".join(s.name for s in unclipped[:5]) + (" …" if len(unclipped) > 5 else "")
+            raise CalibrationError(
+                f"{len(unclipped)} unclipped ReLU site(s) ({names}) need calibration data "
+                "for their thresholds (--calib)"
+            )
+        fitted = unclipped + self._clipped_to_fit(program) if self.calib is not None else []
+        if fitted:
             calib = self.calib.head(options.calib_samples)
             stats = activation_thresholds(
                 program.to_onnx(),
-                [s.input for s in unclipped],
+                [s.input for s in fitted],
                 calib,
                 percentile=options.percentile,
                 levels=options.T if options.threshold_method == "mse" else None,
                 channel_wise=options.channel_wise,
+                bounds={
+                    s.input: s.transfer.upper_bound for s in fitted if s.transfer.upper_bound is not None
+                },
                 batch_size=options.batch_size,
                 progress=self.progress,
             )
-            for site in unclipped:
+            for site in fitted:
                 program.thresholds[site.name] = self._shape(program, site.name, site.input, stats[site.input])
-            logger.info("calibrated %d threshold(s) on %d samples", len(unclipped), len(calib))
-        program.metadata[THRESHOLD_SOURCE_KEY] = "calibration" if unclipped else "clip bounds"
-        if unclipped:
+            logger.info("calibrated %d threshold(s) on %d samples", len(fitted), len(calib))
+        program.metadata[THRESHOLD_SOURCE_KEY] = "calibration" if fitted else "clip bounds"
+        if fitted:
             program.metadata[THRESHOLD_METHOD_KEY] = options.threshold_method
         return PassResult(program, True)
+
+    @staticmethod
+    def _clipped_to_fit(program: Program) -> list[ActivationSite]:
+        """Clipped sites (ReLU6, hardtanh at 0) whose θ data can fit below their bound λ: the IF
+        neuron saturates at θ as the ANN does at λ, and a lower θ gives small T finer levels.
+        Quantized sites keep θ = λ: their levels are what the SNN reproduces. A tensor read by
+        sites of different bounds keeps them (one statistic per tensor)."""
+        clipped = [s for s in program.sites.values() if s.transfer.kind is ActivationKind.CLIPPED]
+        bounds: dict[str, set[float | None]] = {}
+        for site in program.sites.values():
+            bounds.setdefault(site.input, set()).add(site.transfer.upper_bound)
+        return [s for s in clipped if len(bounds[s.input]) == 1]
 
     @staticmethod
     def _shape(program: Program, site: str, tensor: str, theta: np.ndarray) -> np.ndarray:
