@@ -77,6 +77,12 @@ class Case:
         return f"{self.source}/{self.exporter}/{self.name}"
 
 
+def as_measured(T: int) -> dict:
+    """The defaults when the committed table was measured (before docs/method.md §13's): θ/2,
+    layer-wise thresholds, mse up to T=16 and p99.99 above. Pinned so the script reproduces it."""
+    return {"init": "half", "channel_wise": False, "threshold": "mse" if T <= 16 else "p99.99"}
+
+
 def cases() -> list[Case]:
     found = []
     for name, kwargs in TORCHVISION:
@@ -153,7 +159,7 @@ def measure(case: Case) -> dict:
         layout = "loop" if T >= LOOP_FROM else "step-major"
         start = time.perf_counter()
         try:
-            snn = icsnn_onnx.convert(model, calib, T=T, layout=layout)
+            snn = icsnn_onnx.convert(model, calib, T=T, layout=layout, **as_measured(T))
         except icsnn_onnx.IcsnnError as err:
             row["status"], row["reason"] = "refused", str(err).splitlines()[0]
             return row

@@ -39,7 +39,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import RESULTS, save_json  # noqa: E402 - the folder is on the path from here
+from _common import RESULTS, TIMED, save_json  # noqa: E402 - the folder is on the path from here
 
 CACHE = HERE / ".cache" / "gpu_throughput"
 
@@ -197,7 +197,9 @@ def main() -> None:
                     report["skipped"].append({"model": name, "T": T, "layout": layout})
                     continue
                 start = time.perf_counter()
-                snn = icsnn_onnx.convert(anns[name], throughput.calibration(name), T=T, layout=layout)
+                snn = icsnn_onnx.convert(
+                    anns[name], throughput.calibration(name), T=T, layout=layout, **TIMED
+                )
                 compile_s = time.perf_counter() - start
                 snn_path = CACHE / f"{name}.T{T}.{layout}.snn.onnx"
                 icsnn_onnx.save_model(snn, snn_path, force=True)

@@ -94,12 +94,25 @@ def measure(name: str, ann: Path, calib: Path, x: np.ndarray, y: np.ndarray) -> 
         row: dict = {}
         paths = {}
         for variant, flags in {
-            "default": [],
+            "default": [],  # the defaults when measured (pinned): later flags override
             "no_compensation": ["--no-compensation"],
             "exact": ["--init", "zero", "--no-compensation"],
         }.items():
             snn = CACHE / f"nir_{name}_{variant}_T{T}.onnx"
-            cli("convert", str(ann), "--calib", str(calib), "-T", str(T), "-o", str(snn), "--force", *flags)
+            pinned = ["--init", "half", "--no-channel-wise", "--threshold", "mse" if T <= 16 else "p99.99"]
+            cli(
+                "convert",
+                str(ann),
+                "--calib",
+                str(calib),
+                "-T",
+                str(T),
+                "-o",
+                str(snn),
+                "--force",
+                *pinned,
+                *flags,
+            )
             paths[variant] = snn
             row[f"icsnn_{variant}"] = accuracy(run(icsnn_onnx.load_model(snn), x, 500), y)
         for variant in ("default", "exact"):

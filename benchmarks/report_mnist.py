@@ -57,6 +57,7 @@ def main() -> None:
             str(snn),
             "--force",
             "-q",
+            *("--init", "half", "--no-channel-wise", "--threshold", "p99.99"),  # the defaults when measured
         ],
         check=True,
     )

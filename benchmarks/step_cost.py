@@ -33,7 +33,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import RESULTS, save_json  # noqa: E402 - the folder is on the path from here
+from _common import RESULTS, TIMED, save_json  # noqa: E402 - the folder is on the path from here
 
 T = 32
 BATCH = 64
@@ -213,8 +213,10 @@ def main() -> None:
         snn = str(Path(tmp) / "mnist_cnn.snn.onnx")
         snn_cpu = str(Path(tmp) / "mnist_cnn.cpu.snn.onnx")
         zoo.export(build("mnist_cnn"), (1, 28, 28), ann)
-        icsnn_onnx.save_model(icsnn_onnx.convert(ann, calibration("mnist_cnn"), T=T), snn)
-        icsnn_onnx.save_model(icsnn_onnx.convert(ann, calibration("mnist_cnn"), T=T, target="cpu"), snn_cpu)
+        icsnn_onnx.save_model(icsnn_onnx.convert(ann, calibration("mnist_cnn"), T=T, **TIMED), snn)
+        icsnn_onnx.save_model(
+            icsnn_onnx.convert(ann, calibration("mnist_cnn"), T=T, target="cpu", **TIMED), snn_cpu
+        )
         feeds = {session(ann).get_inputs()[0].name: x}
         ann_ms, snn_ms, snn_cpu_ms = (1000 * median_run_s(session(m), feeds, 15) for m in (ann, snn, snn_cpu))
         ann_ops = by_operator(ann, feeds)

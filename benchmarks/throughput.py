@@ -36,7 +36,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache" / "throughput"
 sys.path.insert(0, str(HERE))
-from _common import RESULTS, save_json  # noqa: E402 - the folder is on the path from here
+from _common import RESULTS, TIMED, save_json  # noqa: E402 - the folder is on the path from here
 
 BATCH = 64
 TS = (4, 8, 16, 32)
@@ -216,7 +216,9 @@ def main() -> None:
         for T in TS:
             for layout, target in VARIANTS:
                 start = time.perf_counter()
-                snn = icsnn_onnx.convert(ann_path, calibration(name), T=T, layout=layout, target=target)
+                snn = icsnn_onnx.convert(
+                    ann_path, calibration(name), T=T, layout=layout, target=target, **TIMED
+                )
                 compile_s = time.perf_counter() - start
                 snn_path = CACHE / f"{name}.T{T}.{layout}.{target}.snn.onnx"
                 icsnn_onnx.save_model(snn, snn_path, force=True)
