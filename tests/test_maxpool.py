@@ -230,7 +230,8 @@ def test_padded_maxpools_of_a_concat_or_a_maxpool_decompose_exactly(digits):
     assert np.allclose(out, ann, rtol=1e-5, atol=1e-5)
     errors = {}
     for T in (16, 64):
-        (snn,) = run(icsnn_onnx.convert(model, digits[0][:300], T=T, threshold="max"), digits[0][300:500])
+        snn_model = icsnn_onnx.convert(model, digits[0][:300], T=T, threshold="max", init="half")
+        (snn,) = run(snn_model, digits[0][300:500])
         errors[T] = relative_error(snn, run(model, digits[0][300:500])[0])
     assert errors[64] < errors[16] and errors[64] < 0.1, errors
 

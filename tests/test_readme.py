@@ -82,7 +82,7 @@ def test_results_table_is_the_committed_measurement():
         "--init half",
         "--init zero",
         "--init calibrated",
-        "--init half --threshold auto",
+        "-T N",
     ]
     for row, run in zip(rows, ("half", "zero", "calibrated", "default"), strict=True):
         snn = results["snn"][run]
