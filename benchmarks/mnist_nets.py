@@ -1,9 +1,14 @@
-"""The MNIST CNNs of the fidelity benchmarks (mnist_fidelity.py, threshold_auto.py): their
-architecture, seeded training and the split every choice is made on."""
+"""The MNIST networks of the fidelity benchmarks (mnist_fidelity.py, threshold_auto.py): their
+architecture, seeded training and the split every choice is made on.
+
+Three 3-convolution CNNs (``relu_avgpool``, ``qcfs_avgpool``, ``relu_maxpool``) and three deeper
+nets built the way their families are (``resnet``, ``vgg``, ``mobilenet``), on which the defaults
+were chosen (docs/method.md §13)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,8 +48,84 @@ class QCFS(nn.Module):
         return torch.clamp(y, 0, 1) * self.lam
 
 
-def build(net: str) -> nn.Sequential:
-    act = (lambda: QCFS()) if net == "qcfs_avgpool" else nn.ReLU
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3×3 convolutions and a residual Add; a strided 1×1 convolution
+    on the shortcut where the shape changes (a downsampling shortcut)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, act: type[nn.Module] = nn.ReLU) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*conv_bn(cin, cout, 3, stride), act(), *conv_bn(cout, cout))
+        self.shortcut = (
+            nn.Sequential(*conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else nn.Identity()
+        )
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1×1 expansion, 3×3 depthwise, linear 1×1 projection (ReLU6 after the
+    first two), a residual Add where the shape is kept."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, act: type[nn.Module]) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.body = nn.Sequential(
+            *conv_bn(cin, hidden, 1), act(), *conv_bn(hidden, hidden, 3, stride, groups=hidden), act(),
+            *conv_bn(hidden, cout, 1),
+        )  # fmt: skip
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+def resnet(act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """9 convolutions: a stem, three basic blocks (16, 32, 64 channels; the last two downsample
+    through strided 1×1 shortcuts), global average pool, linear."""
+    return nn.Sequential(
+        *conv_bn(1, 16), act(), BasicBlock(16, 16, 1, act), BasicBlock(16, 32, 2, act),
+        BasicBlock(32, 64, 2, act), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+
+
+def vgg(act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """7 convolutions (16, 16, M, 32, 32, M, 64, 64, 64), two MaxPools, global average pool."""
+    layers: list[nn.Module] = []
+    channels = 1
+    for v in (16, 16, "M", 32, 32, "M", 64, 64, 64):
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [*conv_bn(channels, int(v)), act()]
+            channels = int(v)
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))
+
+
+def mobilenet(act: type[nn.Module] = nn.ReLU6) -> nn.Sequential:
+    """A strided stem, five inverted residuals (expansion 4; 16, 24, 24, 32, 32 channels, two of them
+    strided, three with residual Adds), a 1×1 convolution to 128, global average pool, linear."""
+    blocks = [(16, 16, 1), (16, 24, 2), (24, 24, 1), (24, 32, 2), (32, 32, 1)]
+    return nn.Sequential(
+        *conv_bn(1, 16, 3, 2), act(), *(InvertedResidual(i, o, s, 4, act) for i, o, s in blocks),
+        *conv_bn(32, 128, 1), act(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
+    )  # fmt: skip
+
+
+DEEP = {"resnet": resnet, "vgg": vgg, "mobilenet": mobilenet}
+
+
+def build(net: str, relu: bool = False) -> nn.Sequential:
+    """``net``'s architecture; ``relu``: with nn.ReLU for its activations (SpikingJelly's
+    converter replaces only those), so a twin takes the trained weights."""
+    if net in DEEP:
+        return DEEP[net](nn.ReLU) if relu else DEEP[net]()
+    act = (lambda: QCFS()) if net == "qcfs_avgpool" and not relu else nn.ReLU
     pool = (lambda: nn.MaxPool2d(2)) if net == "relu_maxpool" else (lambda: nn.AvgPool2d(2))
     layers: list[nn.Module] = []
     channels = 1
@@ -54,9 +135,21 @@ def build(net: str) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 3 * 3, 10))
 
 
-def train(net: str, x: np.ndarray, y: np.ndarray) -> tuple[nn.Sequential, float]:
+def train(net: str, x: np.ndarray, y: np.ndarray, cache: Path | None = None) -> tuple[nn.Sequential, float]:
+    """The seeded model and its training seconds; with ``cache``, the weights a previous run
+    trained on the same split are reused, so later runs (``--trace``, ``--only-defaults``) measure
+    the same weights: seeded training gives other weights on another CPU."""
     torch.manual_seed(SEED)
     model = build(net)
+    saved = cache / f"mnist_{net}_e{EPOCHS}_s{SEED}_n{len(x)}.pt" if cache else None
+    if saved is not None and saved.exists():
+        state = torch.load(saved)
+        model.load_state_dict(state["weights"])
+        return model.eval(), state["train_seconds"]
     start = time.perf_counter()
     model = zoo.fit_classifier(model, x, y, EPOCHS, SEED)
-    return model, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"weights": model.state_dict(), "train_seconds": seconds}, saved)
+    return model, seconds

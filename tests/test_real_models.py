@@ -27,7 +27,7 @@ def test_squeezenet_ir3_converts_and_converges():
     (ann,) = run(model, x[:1])
     errors = {}
     for T in (8, 64):
-        snn = icsnn_onnx.convert(model, x, T=T, layout="loop")
+        snn = icsnn_onnx.convert(model, x, T=T, layout="loop", init="half")  # Alg 2 here: alg2_scale.py
         assert [i.name for i in snn.graph.input] == ["data_0"]
         (out,) = run(snn, x[:1])
         errors[T] = relative_error(out, ann)
