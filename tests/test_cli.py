@@ -103,6 +103,28 @@ def test_method_options_reach_the_model_and_inspect_reports_maxpools(tmp_path, c
     assert "spike gate" in report
 
 
+def test_defaults_and_their_opposites_reach_the_model(tmp_path, capsys):
+    """No method flag: Alg 2 (auto), mse, channel-wise — said on the summary line and in the
+    metadata; --init half --no-channel-wise turn them off."""
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.load(EXAMPLE / "calib.npz")["x"][:64])
+    out = tmp_path / "d.snn.onnx"
+    argv = ["convert", str(EXAMPLE / "digits_cnn.onnx"), "--calib", str(calib), "-T", "4", "-o", str(out)]
+    for extra, init, scope in (
+        ([], "calibrated (auto)", "True"),
+        (["--init", "half", "--no-channel-wise"], "half", "False"),
+    ):
+        assert main([*argv, "-q", "--force", *extra]) == 0
+        line = capsys.readouterr().out
+        assert f"init={init}," in line and ("(channel-wise)" in line) == (scope == "True")
+        meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+        assert (meta["icsnn.init_method"], meta["icsnn.channel_wise"], meta["icsnn.threshold_method"]) == (
+            init.split()[0],
+            scope,
+            "mse",
+        )
+
+
 def test_default_output_name_and_options(files, capsys):
     tmp, model = files
     code = main(
