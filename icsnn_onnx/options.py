@@ -61,11 +61,6 @@ TARGETS: tuple[str, ...] = tuple(c.value for c in Target)
 
 _PERCENTILE = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
 
-#: ``--threshold auto`` is the least-squares θ for the compiled T's levels (``mse``) at every T;
-#: ``channel_wise`` is on by default. On the six MNIST nets of benchmarks/mnist_fidelity.py (held-out
-#: split) mse wins by up to 71 points at T <= 4; the 99.99th percentile, the old choice above
-#: T = 16, wins by at most 0.12 points at T >= 32 on 3-layer CNNs and loses points on deep ones
-#: (docs/method.md §13).
 #: ``--init auto``: Alg 2 (calibrated) up to this T when calibration data is given, θ/2 above or
 #: without data. Chosen on the held-out split of benchmarks/mnist_fidelity.py's six nets
 #: (docs/method.md §13).
@@ -98,7 +93,10 @@ def parse_threshold_method(spec: str) -> float | None:
 
 
 def resolve_threshold_method(spec: str) -> str:
-    """The method ``spec`` stands for: ``auto`` becomes ``mse`` (fitted to the compiled T)."""
+    """The method ``spec`` stands for: ``auto`` becomes ``mse`` (fitted to the compiled T), at
+    every T. On the MNIST nets of benchmarks/mnist_fidelity.py (held-out split) mse wins by up to
+    71 points at T <= 4; the 99.99th percentile, the old choice above T = 16, wins by at most 0.12
+    points at T >= 32 on 3-layer CNNs and loses points on deep ones (docs/method.md §13)."""
     return "mse" if spec == "auto" else spec
 
 
@@ -128,7 +126,7 @@ class ConversionOptions:
 
     T: int = 32
     threshold: str = "auto"
-    channel_wise: bool = True
+    channel_wise: bool = True  # one θ per channel: wins at small T (docs/method.md §13)
     init: InitPolicy = InitPolicy.AUTO
     encoding: Encoding = Encoding.DIRECT
     compensation: bool = True

@@ -59,7 +59,9 @@ class ResolveInit(Pass):
 
     def call(self, program: Program) -> PassResult:
         options = program.options
-        fits = estimate(program).unrolled_ops(options.T) <= MAX_UNROLLED_OPS  # Alg 2's trial SNN
+        # Whether Alg 2's unrolled trial SNN fits matters only where auto could choose it.
+        could_calibrate = options.init is InitPolicy.AUTO and self.has_calibration
+        fits = not could_calibrate or estimate(program).unrolled_ops(options.T) <= MAX_UNROLLED_OPS
         init = resolve_init(options, self.has_calibration, fits)
         program.options = replace(options, init=init)
         program.metadata[INIT_METHOD_KEY] = str(init)
