@@ -16,8 +16,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, RESULTS, plain_accuracy, save_json
 
@@ -36,9 +34,8 @@ def main() -> None:
 
     torch.set_num_threads(2)
     train_x, train_y, _, _ = load_mnist()
-    fit_x, fit_y = train_x[: -nets.HELD_OUT], train_y[: -nets.HELD_OUT]
-    x, y = train_x[-nets.HELD_OUT :][:SAMPLES], train_y[-nets.HELD_OUT :][:SAMPLES]
-    calib = fit_x[np.random.default_rng(nets.SEED).choice(len(fit_x), nets.CALIB_SAMPLES, replace=False)]
+    (fit_x, fit_y), (held_x, held_y), calib = nets.split(train_x, train_y)
+    x, y = held_x[:SAMPLES], held_y[:SAMPLES]
     model, _ = nets.train("mobilenet", fit_x, fit_y, CACHE)
     ann = CACHE / "clip_threshold_mobilenet.onnx"
     zoo.export(model, fit_x.shape[1:], str(ann))

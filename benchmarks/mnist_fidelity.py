@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo
 from _common import CACHE, RESULTS, net_axes, plain_accuracy, save_json
 from mnist_data import DEFAULT_DIR, load_mnist
-from mnist_nets import CALIB_SAMPLES, EPOCHS, HELD_OUT, SEED, build, train
+from mnist_nets import CALIB_SAMPLES, EPOCHS, HELD_OUT, SEED, build, split, train
 
 import icsnn_onnx
 from icsnn_onnx.options import threshold_depends_on_T
@@ -288,16 +288,12 @@ def main() -> None:
     if args.summarize:
         report = json.loads(path.read_text())
         for net, entry in report["nets"].items():
-            ours = [
-                {**r, "val": _int_keys(r["val"]), "test": _int_keys(r["test"])} for r in entry["ours_all"]
-            ]
-            sj = [{**r, "test": _int_keys(r["test"])} for r in entry["spikingjelly"]]
             ann = entry["ann"]
-            kept = {k: v for k, v in entry.items() if k.startswith("trace")}
-            report["nets"][net] = {
-                **summarize(net, entry["train_seconds"], ann["val"], ann["test"], ours, sj),
-                **kept,
-            }
+            summary = summarize(
+                net, entry["train_seconds"], ann["val"], ann["test"], _stored(entry["ours_all"]),
+                _stored(entry["spikingjelly"], ("test",)),
+            )  # fmt: skip
+            report["nets"][net] = {**summary, **{k: v for k, v in entry.items() if k.startswith("trace")}}
         save_json(path, report)
         report = json.loads(path.read_text())
         plot(report, RESULTS / "mnist_fidelity.png")
@@ -306,11 +302,8 @@ def main() -> None:
     torch.set_num_threads(2)
     CACHE.mkdir(parents=True, exist_ok=True)
     train_x, train_y, test_x, test_y = load_mnist(args.data_dir)
-    fit_x, fit_y = train_x[:-HELD_OUT], train_y[:-HELD_OUT]
-    val = (train_x[-HELD_OUT:], train_y[-HELD_OUT:])
+    (fit_x, fit_y), val, calib = split(train_x, train_y)
     test = (test_x, test_y)
-    rng = np.random.default_rng(SEED)
-    calib = fit_x[rng.choice(len(fit_x), CALIB_SAMPLES, replace=False)]
 
     report = json.loads(path.read_text()) if path.exists() else {}
     report.setdefault("nets", {})
@@ -333,10 +326,10 @@ def main() -> None:
         if args.only_defaults:
             ours = run_ours(ann_path, calib, val, test, net, [DEFAULTS])
             ours += [r for r in previous.get("ours_all", []) if r["label"] != label(DEFAULTS)]
-            ours = [{**r, "val": _int_keys(r["val"]), "test": _int_keys(r["test"])} for r in ours]
+            ours = _stored(ours)
         else:
             ours = run_ours(ann_path, calib, val, test, net, settings(net))
-        sj = [{**r, "test": _int_keys(r["test"])} for r in previous.get("spikingjelly", [])]
+        sj = _stored(previous.get("spikingjelly", []), ("test",))
         if not args.no_spikingjelly and not args.only_defaults:
             sj = []
             for recipe in SJ_DEEP if net in DEEP else SJ_RECIPES:
@@ -409,8 +402,9 @@ def trace(ann: Path, calib: np.ndarray, val: tuple, samples: int = 500) -> dict:
     return result
 
 
-def _int_keys(by_T: dict) -> dict[int, float]:
-    return {int(T): a for T, a in by_T.items()}
+def _stored(rows: list[dict], keys: tuple[str, ...] = ("val", "test")) -> list[dict]:
+    """Result rows as read back from the JSON, their T keys ints again (as freshly measured)."""
+    return [{**r, **{k: {int(T): a for T, a in r[k].items()} for k in keys}} for r in rows]
 
 
 def summarize(

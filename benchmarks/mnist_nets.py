@@ -135,6 +135,16 @@ def build(net: str, relu: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 3 * 3, 10))
 
 
+def split(train_x: np.ndarray, train_y: np.ndarray) -> tuple[tuple, tuple, np.ndarray]:
+    """The training split every choice is made on: ``(fit_x, fit_y)``, the held-out ``(x, y)``
+    (the last HELD_OUT training images) and CALIB_SAMPLES calibration images drawn (seeded)
+    from the fit part."""
+    fit = (train_x[:-HELD_OUT], train_y[:-HELD_OUT])
+    held_out = (train_x[-HELD_OUT:], train_y[-HELD_OUT:])
+    calib = fit[0][np.random.default_rng(SEED).choice(len(fit[0]), CALIB_SAMPLES, replace=False)]
+    return fit, held_out, calib
+
+
 def train(net: str, x: np.ndarray, y: np.ndarray, cache: Path | None = None) -> tuple[nn.Sequential, float]:
     """The seeded model and its training seconds; with ``cache``, the weights a previous run
     trained on the same split are reused, so later runs (``--trace``, ``--only-defaults``) measure

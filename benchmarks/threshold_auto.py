@@ -18,8 +18,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, RESULTS, plain_accuracy, save_json
 
@@ -38,10 +36,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     train_x, train_y, _, _ = load_mnist()
-    fit_x, fit_y = train_x[: -nets.HELD_OUT], train_y[: -nets.HELD_OUT]
-    held_out = (train_x[-nets.HELD_OUT :], train_y[-nets.HELD_OUT :])
-    rng = np.random.default_rng(nets.SEED)
-    calib = fit_x[rng.choice(len(fit_x), nets.CALIB_SAMPLES, replace=False)]
+    (fit_x, fit_y), held_out, calib = nets.split(train_x, train_y)
     report: dict = {
         "benchmark": "threshold_auto",
         "setting": "init half, compensation, layer-wise thresholds, direct coding",
