@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from icsnn_onnx.calibration import BINS, activation_thresholds
+from icsnn_onnx.calibration import BINS, _least_squares_threshold, activation_thresholds
 from icsnn_onnx.data import Dataset
 from tests import models
 
@@ -72,3 +72,25 @@ def test_least_squares_threshold_minimizes_the_rounding_error_of_T_levels(T):
         model, ["z"], Dataset({"x": x}), percentile=None, channel_wise=True, levels=T * 8
     )["z"]
     assert np.all(finer > got)
+
+
+@pytest.mark.parametrize("T", [1, 3, 4, 64])
+def test_least_squares_threshold_equals_the_direct_search_over_bins(T):
+    """The prefix-sum search picks the θ that scoring every bin centre for every candidate picks."""
+    rng = np.random.default_rng(T)
+    values = np.abs(rng.standard_normal((40, 3000))) * rng.uniform(0.1, 3.0, (40, 1))
+    values[::5] *= rng.uniform(size=(8, 3000)) > 0.8  # sparse channels
+    values[3] = 0.0  # a dead channel: θ = 0
+    top = values.max(axis=1)
+    scaled = values / np.where(top > 0, top, 1.0)[:, None] * BINS
+    hist = np.stack([np.bincount(np.minimum(r.astype(np.int64), BINS - 1), minlength=BINS) for r in scaled])
+    expected = np.zeros(len(hist))
+    for row, (h, m) in enumerate(zip(hist, top, strict=True)):
+        if m <= 0:
+            continue
+        centres = (np.arange(BINS) + 0.5) / BINS * m
+        thetas = np.arange(1, 257) / 256 * m
+        step = thetas[:, None] / T
+        quantized = step * np.minimum(np.floor(centres / step + 0.5), T)
+        expected[row] = thetas[np.argmin((((quantized - centres) ** 2) * h).sum(axis=1))]
+    assert np.array_equal(_least_squares_threshold(hist, top, T), expected)
