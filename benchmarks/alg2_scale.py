@@ -106,7 +106,7 @@ PHASES = {
     "segment extraction": ("segments.py", "extract"),
     "session creation": ("session.py", "__init__"),
     "segment runs (ORT)": ("one_pass.py", "currents_of"),
-    "candidate scoring (K=16 × T steps)": ("initial_potential.py", "_channel_errors"),
+    "candidate scoring (one IF run per site)": ("initial_potential.py", "_block_errors"),
     "spike simulation": ("one_pass.py", "fire"),
     "end-to-end check (ANN, θ/2 SNN, head)": ("one_pass.py", "output_errors"),
 }

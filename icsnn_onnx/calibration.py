@@ -46,8 +46,10 @@ def stream_tensors(
 def run_batches(
     model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]], outputs: Sequence[str]
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Run ``model`` (a segment, :mod:`icsnn_onnx.segments`) on each feed dict in turn."""
-    session = Session(model, provider="cpu")
+    """Run ``model`` (a segment, :mod:`icsnn_onnx.segments`) on each feed dict in turn. Graph
+    optimizations off: a segment runs on a few batches, and they cost it more to load (114
+    sessions of ResNet-50: 1 s) than they save."""
+    session = Session(model, provider="cpu", optimize=False)
     for feed in feeds:
         yield session.run(feed, list(outputs))
 

@@ -118,11 +118,17 @@ class IFParams:
         object.__setattr__(self, "v_init", v_init)
 
 
-def if_step(v: np.ndarray, z: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One IF step: returns ``(out(t), v(t))`` from ``v(t-1)``, ``z(t)`` and ``θ``."""
+def _step(v: np.ndarray, z: np.ndarray, theta: np.ndarray) -> dict[str, np.ndarray]:
+    """Every value of one IF step (``m``, ``fired``, ``out``, ``v_next``, …), by name."""
     env: dict[str, np.ndarray] = {"v": np.asarray(v), "z": np.asarray(z), "theta": np.asarray(theta)}
     for eq in IF_EQUATIONS:
         env[eq.result] = evaluate(eq.op_type, [env[a] for a in eq.args], {})
+    return env
+
+
+def if_step(v: np.ndarray, z: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One IF step: returns ``(out(t), v(t))`` from ``v(t-1)``, ``z(t)`` and ``θ``."""
+    env = _step(v, z, theta)
     return env["out"], env["v_next"]
 
 
@@ -160,15 +166,36 @@ def simulate(z: np.ndarray, params: IFParams) -> IFTrace:
     return IFTrace(out=np.stack(outs), v=np.stack(vs))
 
 
-def mean_output(z: np.ndarray, params: IFParams) -> np.ndarray:
-    """The mean over ``T = len(z)`` steps of :func:`simulate`'s output, without keeping every
-    step (what Alg 2 scores its candidates by: memory of one step, not T + 1)."""
-    z, v, theta = _start(z, params)
-    total = np.zeros(np.broadcast_shapes(v.shape, z.shape[1:], theta.shape), z.dtype)
-    for z_t in z:
-        out, v = if_step(v, z_t, theta)
-        total += out
-    return total / len(z)
+def count_breakpoint(z: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spike counts over ``T = len(z)`` steps as a function of ``v(0)`` in ``[0, θ)``, from one run.
+
+    Returns ``(n, v*)``: started at ``v(0)``, each neuron fires ``n + [v(0) >= v*]`` times
+    (``v* = inf``: never one more). Why (docs/method.md §2b): against the run from 0, a start
+    ``δ`` in ``[0, θ)`` higher is, at every step, either level with it and ``δ`` above, or one spike
+    ahead and ``θ − δ`` below. It goes ahead at a silent step whose ``m(t) >= θ − δ`` and falls back
+    at a firing step whose ``m(t) < 2θ − δ``; no other step changes it. So it ends ahead iff some
+    silent step has ``δ >= θ − m(t)`` and ``δ >= 2θ − m(t')`` at every firing step ``t'`` after it:
+    ``v* = min over silent t of max(θ − m(t), max over firing t' > t of 2θ − m(t'))``.
+    Exact in real arithmetic; computed in z's dtype, a start within its rounding of ``v*`` can
+    differ from a simulation.
+    """
+    z = np.asarray(z)
+    theta = np.asarray(threshold).astype(z.dtype)
+    shape = np.broadcast_shapes(z.shape[1:], theta.shape)
+    m, fired = np.empty((len(z), *shape), z.dtype), np.empty((len(z), *shape), bool)
+    v: np.ndarray = np.zeros((), z.dtype)
+    for t, z_t in enumerate(z):
+        env = _step(v, z_t, theta)
+        m[t], fired[t], v = env["m"], env["fired"], env["v_next"]
+    # Backwards, in place (this runs over every calibration neuron, Alg 2's hot loop):
+    # ahead_until is the largest 2θ − m(t') over the firing steps after t.
+    v_star, ahead_until = np.full(shape, np.inf, z.dtype), np.full(shape, -np.inf, z.dtype)
+    gap, silent = np.empty(shape, z.dtype), np.empty(shape, bool)
+    for t in reversed(range(len(z))):
+        np.maximum(np.subtract(theta, m[t], out=gap), ahead_until, out=gap)
+        np.minimum(v_star, gap, out=v_star, where=np.logical_not(fired[t], out=silent))
+        np.maximum(ahead_until, np.subtract(2 * theta, m[t], out=gap), out=ahead_until, where=fired[t])
+    return fired.sum(axis=0, dtype=np.int32), v_star
 
 
 def constant_input_rate(z: np.ndarray, params: IFParams, T: int) -> np.ndarray:

@@ -76,19 +76,27 @@ def _elem(types: Mapping[str, onnx.ValueInfoProto], name: str) -> int:
 
 
 class SpillStore:
-    """Arrays ``[samples, …]`` by name, memory-mapped in a temporary folder (deleted on close)."""
+    """Arrays ``[samples, …]`` by name: in memory while they fit ``memory_bytes`` together, else
+    memory-mapped in a temporary folder (deleted on close). Small calibration sets stay off the
+    disk; large ones cost a budget's worth of memory, whatever the number of samples."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_bytes: int = 512 << 20) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="icsnn-segments-"))
-        self._arrays: dict[str, np.memmap] = {}
+        self._arrays: dict[str, np.ndarray] = {}
+        self._budget = memory_bytes
 
-    def create(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
-        path = self._dir / f"{len(self._arrays)}_{abs(hash(name))}.bin"
-        array = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
+    def create(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        in_memory = sum(a.nbytes for a in self._arrays.values() if not isinstance(a, np.memmap))
+        if in_memory + size <= self._budget:
+            array: np.ndarray = np.empty(shape, dtype)
+        else:
+            path = self._dir / f"{len(self._arrays)}_{abs(hash(name))}.bin"
+            array = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
         self._arrays[name] = array
         return array
 
-    def __getitem__(self, name: str) -> np.memmap:
+    def __getitem__(self, name: str) -> np.ndarray:
         return self._arrays[name]
 
     def __contains__(self, name: str) -> bool:
@@ -96,7 +104,7 @@ class SpillStore:
 
     def drop(self, name: str) -> None:
         array = self._arrays.pop(name, None)
-        if array is not None:
+        if isinstance(array, np.memmap):
             path = Path(array.filename)
             del array
             path.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import pytest
 import icsnn_onnx
 from icsnn_onnx.contract import step_name
 from icsnn_onnx.data import Dataset
+from icsnn_onnx.neuron import IFParams, simulate
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.passes import PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
@@ -178,11 +179,47 @@ def test_each_potential_is_the_best_for_the_currents_the_finished_snn_feeds_it(b
         theta = program.thresholds[site.name]
         z = np.stack([z_all[c] for c in currents[site.name]])
         target = site.transfer(a_all[site.input].astype(np.float64))
-        errors = calibrate._channel_errors(z, target, np.asarray(theta, np.float64), T, len(z) == 1)
+        errors = _simulated_errors(np.broadcast_to(z, (T, *z.shape[1:])), target, theta, K)
         best = errors.min(axis=0)
         chosen = np.round(np.asarray(chosen_v[site.name]).reshape(-1) / np.asarray(theta).reshape(-1) * K)
         chosen = np.broadcast_to(chosen, best.shape).astype(int)
         np.testing.assert_allclose(errors[chosen, np.arange(len(best))], best, rtol=1e-12, err_msg=site.name)
+
+
+def _simulated_errors(z: np.ndarray, target: np.ndarray, theta: np.ndarray, K: int) -> np.ndarray:
+    """``[K, C]``: every candidate v(0) = k·θ/K simulated over T steps by the IF reference and
+    scored against ``target`` per channel (axis 1) — what Alg 2's one-run scoring must equal."""
+    theta = np.asarray(theta, np.float64)
+    axes = tuple(a for a in range(target.ndim) if a != 1) if target.ndim >= 2 else None
+    rows = []
+    for k in range(K):
+        params = IFParams(theta.astype(z.dtype), (theta * k / K).astype(z.dtype))
+        rate = theta * simulate(z, params).spikes.sum(axis=0) / len(z)
+        rows.append(np.sum((rate - target) ** 2, axis=axes))
+    return np.stack(rows).reshape(K, -1)
+
+
+@pytest.mark.parametrize("T", [1, 2, 4, 7])
+@pytest.mark.parametrize("shape", [(5, 3, 4, 4), (40, 6), (30,)])
+def test_one_run_scoring_equals_simulating_every_candidate(T, shape):
+    """Alg 2 scores its K candidates from one IF run (``neuron.count_breakpoint``): the errors are
+    those of K separate simulations, for time-varying, constant (first-layer) and rank-1 currents,
+    with per-channel and per-layer thresholds."""
+    rng = np.random.default_rng(T)
+    channels = shape[1] if len(shape) >= 2 else 1
+    per_channel = (rng.uniform(0.3, 2.0, channels) * np.ones(1)).reshape([channels] + [1] * (len(shape) - 2))
+    K = 8
+    calibrate = CalibrateInitialPotential(None, candidates=K)
+    for theta in (per_channel if len(shape) >= 2 else np.float64(0.9), np.float64(0.9)):
+        target = np.maximum(rng.standard_normal(shape), 0)
+        for z in (
+            rng.standard_normal((T, *shape)).astype(np.float32),
+            rng.standard_normal((1, *shape)).astype(np.float32),  # constant over time
+            np.round(rng.standard_normal((T, *shape)) * 8).astype(np.float32) / 8,  # ties on a grid
+        ):
+            got = calibrate._channel_errors(z, target, theta, T)
+            expected = _simulated_errors(np.broadcast_to(z, (T, *shape)), target, theta, K)
+            np.testing.assert_allclose(got, np.broadcast_to(expected, got.shape), rtol=1e-9, atol=1e-9)
 
 
 def test_calibrated_init_on_a_graph_with_a_fixed_batch_of_one(digits):

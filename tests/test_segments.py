@@ -26,14 +26,19 @@ def test_a_segment_fed_its_cuts_computes_what_the_whole_network_does(digits):
     assert read_first == [] and [i.name for i in first.graph.input] == ["x"]
 
 
-def test_spill_store_keeps_arrays_on_disk_and_forgets_them(tmp_path):
-    with SpillStore() as store:
-        a = store.create("a", (3, 4), np.float32)
-        a[:] = np.arange(12).reshape(3, 4)
-        assert "a" in store and np.array_equal(np.asarray(store["a"]), np.arange(12).reshape(3, 4))
-        path = a.filename
-        store.drop("a")
-        assert "a" not in store
-
+def test_spill_store_keeps_arrays_in_memory_within_its_budget_then_on_disk():
+    with SpillStore(memory_bytes=64) as store:
+        small = store.create("small", (3, 4), np.float32)  # 48 bytes: in memory
+        small[:] = np.arange(12).reshape(3, 4)
+        large = store.create("large", (3, 4), np.float32)  # 96 > 64 together: on disk
+        large[:] = small * 2
+        assert not isinstance(small, np.memmap) and isinstance(large, np.memmap)
+        assert np.array_equal(np.asarray(store["large"]), np.arange(12).reshape(3, 4) * 2)
+        path = large.filename
+        store.drop("large")
+        store.drop("small")
+        assert "large" not in store and "small" not in store
         assert not os.path.exists(path)
+        again = store.create("again", (3, 4), np.float32)  # the budget is free again
+        assert not isinstance(again, np.memmap)
     assert not os.path.exists(os.path.dirname(path))

@@ -16,10 +16,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
+from icsnn_onnx.blocks import Block, blocks, run_blocks
 from icsnn_onnx.contract import INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY, INIT_METHOD_KEY
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import CalibrationError
-from icsnn_onnx.neuron import IFParams, constant_input_rate, mean_output
+from icsnn_onnx.neuron import count_breakpoint
 from icsnn_onnx.options import InitPolicy, Layout, Target, resolve_init
 from icsnn_onnx.passes import Pass, PassManager, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
@@ -139,7 +140,7 @@ class CalibrateInitialPotential(Pass):
                 theta = np.asarray(program.thresholds[site.name], np.float64)
                 errors, target_rank = None, 0
                 for target, z in run.currents_of(index):
-                    batch_errors = self._channel_errors(z, target, theta, program.options.T, z.shape[0] == 1)
+                    batch_errors = self._block_errors(z, target, theta, program.options.T)
                     errors = batch_errors if errors is None else errors + batch_errors
                     target_rank = target.ndim
                 program.v_init[site.name], per_site[site.name] = self._choose(errors, theta, target_rank)
@@ -171,24 +172,53 @@ class CalibrateInitialPotential(Pass):
         PassManager([InsertNeurons(), Unroll()])(trial)
         return trial.to_onnx()
 
-    def _channel_errors(
-        self, z: np.ndarray, target: np.ndarray, theta: np.ndarray, T: int, constant: bool
-    ) -> np.ndarray:
+    def _block_errors(self, z: np.ndarray, target: np.ndarray, theta: np.ndarray, T: int) -> np.ndarray:
+        """:meth:`_channel_errors` of a batch, block by block on every core (:mod:`icsnn_onnx.blocks`)."""
+        channels = target.shape[1] if target.ndim >= 2 else 1
+        theta = np.broadcast_to(np.asarray(theta).reshape(-1), (channels,))
+        errors = np.zeros((self.K, channels))
+
+        def work(block: Block) -> tuple[slice, np.ndarray]:
+            batch, channel = block
+            if target.ndim < 2:
+                return slice(None), self._channel_errors(z[:, batch], target[batch], theta, T)
+            return channel, self._channel_errors(
+                z[:, batch, channel], target[batch, channel], theta[channel], T
+            )
+
+        for channel, block_errors in run_blocks(work, blocks(target.shape)):
+            errors[:, channel] += block_errors
+        return errors
+
+    def _channel_errors(self, z: np.ndarray, target: np.ndarray, theta: np.ndarray, T: int) -> np.ndarray:
         """Squared error per candidate and channel: ``[K, C]`` (one channel when rank < 2).
 
         ``z`` is ``[T, …]``, or ``[1, …]`` for a current constant over time (a first layer under
-        direct coding), whose rate has a closed form (docs/method.md, eq. 2).
+        direct coding). One run from ``v(0) = 0`` gives every candidate's spike count
+        (:func:`~icsnn_onnx.neuron.count_breakpoint`: ``n``, or ``n + 1`` from ``v(0) >= v*`` on),
+        so each element adds ``(θn/T − a)²`` to every candidate and the difference to ``n + 1``'s
+        error to the candidates from its breakpoint on: a histogram over breakpoints, summed up.
         """
-        reduce_axes = tuple(a for a in range(target.ndim) if a != 1) if target.ndim >= 2 else (0,)
-        rows = []
-        for k in range(self.K):
-            params = IFParams(theta, theta * k / self.K)
-            if constant:
-                rate = constant_input_rate(z[0], params, T)
-            else:
-                rate = mean_output(z, params)
-            rows.append(np.sum((rate - target) ** 2, axis=reduce_axes))
-        return np.atleast_2d(np.stack(rows)) if target.ndim >= 2 else np.stack(rows)[:, None]
+        channels = target.shape[1] if target.ndim >= 2 else 1
+        shape = channel_shape(target.ndim, channels) if target.ndim >= 2 else ()
+        theta = np.broadcast_to(np.asarray(theta).reshape(-1), (channels,)).reshape(shape)
+        count, v_star = count_breakpoint(np.broadcast_to(z, (T, *z.shape[1:])), theta)
+        # With r = θn/T and e = r − a: (r − a)² below the breakpoint, and from it on the error
+        # grows by (r + θ/T − a)² − (r − a)² = (θ/T)·(2e + θ/T).
+        error = theta * count / T - target
+        jump = (theta / T) * (2 * error + theta / T)
+        # The first candidate k with k·θ/K >= v* (K: none), exact at the boundary.
+        with np.errstate(invalid="ignore"):
+            first = np.clip(np.ceil(v_star * (self.K / theta)), 0, self.K)
+        first -= (first > 0) & (theta * (first - 1) / self.K >= v_star)
+        index = np.arange(channels).reshape(shape) * (self.K + 1) + first.astype(np.int64)
+        jumps = np.bincount(index.ravel(), jump.ravel(), channels * (self.K + 1))
+        base = np.bincount(
+            np.broadcast_to(np.arange(channels).reshape(shape), target.shape).ravel(),
+            (error**2).ravel(),
+            channels,
+        )
+        return base + np.cumsum(jumps.reshape(channels, self.K + 1)[:, : self.K], axis=1).T
 
     def _choose(
         self, errors: np.ndarray, theta: np.ndarray, rank: int

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from icsnn_onnx.blocks import Block, blocks, run_blocks
 from icsnn_onnx.calibration import run_batches
 from icsnn_onnx.contract import step_name
 from icsnn_onnx.data import Dataset
@@ -113,18 +114,38 @@ class OnePass:
         it); drop what no later segment reads."""
         z_all = self.store[f"z{i}"]
         self._dtype[i] = z_all.dtype  # what later segments read θ·s as
-        params = IFParams(self.thresholds[i], np.asarray(v_init, np.float32))
-        if ("snn", i) in self._last_read:
+        theta, v_init = self.thresholds[i], np.asarray(v_init, np.float32)
+        keep_spikes = ("snn", i) in self._last_read
+        if keep_spikes:
             spikes = self.store.create(f"s{i}", (self.T, *z_all.shape[1:]), np.uint8)
         if i in self._keep_membrane:
             membrane = self.store.create(f"v{i}", z_all.shape[1:], z_all.dtype)
+        # z is [T or 1, N, C, …]: a block of channels takes its slice of per-channel θ and v(0).
+        per_channel = z_all.ndim >= 3 and max(theta.size, v_init.size) > 1
+        if per_channel:
+            channels, tail = z_all.shape[2], [1] * (z_all.ndim - 3)
+            theta_c = np.broadcast_to(theta.reshape(-1), (channels,))
+            v_init_c = np.broadcast_to(v_init.reshape(-1), (channels,))
+
+        def work(block: Block, z: np.ndarray, start: int) -> None:
+            batch, channel = block
+            where = (slice(None), batch, channel) if z.ndim >= 3 else (slice(None), batch)
+            params = (
+                IFParams(theta_c[channel].reshape(-1, *tail), v_init_c[channel].reshape(-1, *tail))
+                if per_channel
+                else IFParams(theta, v_init)
+            )
+            trace = simulate(np.broadcast_to(z[where], (self.T, *z[where].shape[1:])), params)
+            rows = (slice(start + batch.start, start + batch.stop), *where[2:])
+            if keep_spikes:
+                spikes[(slice(None), *rows)] = trace.out != 0
+            if i in self._keep_membrane:
+                membrane[rows] = trace.v[-1]
+
         for start, stop in self._ranges():
             z = np.asarray(z_all[:, start:stop])
-            trace = simulate(np.broadcast_to(z, (self.T, *z.shape[1:])), params)
-            if ("snn", i) in self._last_read:
-                spikes[:, start:stop] = trace.out != 0
-            if i in self._keep_membrane:
-                membrane[start:stop] = trace.v[-1]
+            for _ in run_blocks(lambda block, z=z, start=start: work(block, z, start), blocks(z.shape[1:])):
+                pass
         self.store.drop(f"z{i}")
         for (kind, k), last in self._last_read.items():
             if last == i:
