@@ -44,12 +44,16 @@ def stream_tensors(
 
 
 def run_batches(
-    model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]], outputs: Sequence[str]
+    model: onnx.ModelProto,
+    feeds: Iterable[dict[str, np.ndarray]],
+    outputs: Sequence[str],
+    threads: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Run ``model`` (a segment, :mod:`icsnn_onnx.segments`) on each feed dict in turn. Graph
     optimizations off: a segment runs on a few batches, and they cost it more to load (114
-    sessions of ResNet-50: 1 s) than they save."""
-    session = Session(model, provider="cpu", optimize=False)
+    sessions of ResNet-50: 1 s) than they save. Idle threads sleep instead of spinning, so work
+    beside it (Alg 2's numpy, its reference run) keeps the cores."""
+    session = Session(model, provider="cpu", threads=threads, spin=False, optimize=False)
     for feed in feeds:
         yield session.run(feed, list(outputs))
 

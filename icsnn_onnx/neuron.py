@@ -166,6 +166,20 @@ def simulate(z: np.ndarray, params: IFParams) -> IFTrace:
     return IFTrace(out=np.stack(outs), v=np.stack(vs))
 
 
+#: Alg 2's one-run analysis (:func:`count_breakpoint`), one step of it after the IF step from
+#: ``v(0) = 0``: ``v_star``, the least start that ends one spike ahead of that run after the steps
+#: so far, updated from ``m(t)`` and ``fired(t)``. A silent step offers ``θ − m(t)`` (a start that
+#: high fires here, one spike ahead); a firing step raises every offer to at least ``2θ − m(t)``
+#: (below that, the start falls back: level again).
+BREAKPOINT_EQUATIONS: tuple[Equation, ...] = (
+    Equation("gap", "Sub", ("theta", "m")),  # θ − m(t)
+    Equation("fall", "Add", ("theta", "gap")),  # 2θ − m(t)
+    Equation("raised", "Max", ("v_star", "fall")),
+    Equation("lowered", "Min", ("v_star", "gap")),
+    Equation("v_star_next", "Where", ("fired", "raised", "lowered")),
+)
+
+
 def count_breakpoint(z: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spike counts over ``T = len(z)`` steps as a function of ``v(0)`` in ``[0, θ)``, from one run.
 
@@ -175,27 +189,24 @@ def count_breakpoint(z: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, 
     ahead and ``θ − δ`` below. It goes ahead at a silent step whose ``m(t) >= θ − δ`` and falls back
     at a firing step whose ``m(t) < 2θ − δ``; no other step changes it. So it ends ahead iff some
     silent step has ``δ >= θ − m(t)`` and ``δ >= 2θ − m(t')`` at every firing step ``t'`` after it:
-    ``v* = min over silent t of max(θ − m(t), max over firing t' > t of 2θ − m(t'))``.
-    Exact in real arithmetic; computed in z's dtype, a start within its rounding of ``v*`` can
-    differ from a simulation.
+    ``v* = min over silent t of max(θ − m(t), max over firing t' > t of 2θ − m(t'))``, which
+    :data:`BREAKPOINT_EQUATIONS` accumulate forwards (a max over later firing steps distributes
+    over the min of the offers so far). Exact in real arithmetic; in z's dtype a start within its
+    rounding of ``v*`` can differ from a simulation.
     """
     z = np.asarray(z)
     theta = np.asarray(threshold).astype(z.dtype)
-    shape = np.broadcast_shapes(z.shape[1:], theta.shape)
-    m, fired = np.empty((len(z), *shape), z.dtype), np.empty((len(z), *shape), bool)
     v: np.ndarray = np.zeros((), z.dtype)
-    for t, z_t in enumerate(z):
+    v_star: np.ndarray = np.asarray(np.inf, z.dtype)
+    count: np.ndarray = np.zeros((), np.int32)
+    for z_t in z:
         env = _step(v, z_t, theta)
-        m[t], fired[t], v = env["m"], env["fired"], env["v_next"]
-    # Backwards, in place (this runs over every calibration neuron, Alg 2's hot loop):
-    # ahead_until is the largest 2θ − m(t') over the firing steps after t.
-    v_star, ahead_until = np.full(shape, np.inf, z.dtype), np.full(shape, -np.inf, z.dtype)
-    gap, silent = np.empty(shape, z.dtype), np.empty(shape, bool)
-    for t in reversed(range(len(z))):
-        np.maximum(np.subtract(theta, m[t], out=gap), ahead_until, out=gap)
-        np.minimum(v_star, gap, out=v_star, where=np.logical_not(fired[t], out=silent))
-        np.maximum(ahead_until, np.subtract(2 * theta, m[t], out=gap), out=ahead_until, where=fired[t])
-    return fired.sum(axis=0, dtype=np.int32), v_star
+        env["v_star"] = v_star
+        for eq in BREAKPOINT_EQUATIONS:
+            env[eq.result] = evaluate(eq.op_type, [env[a] for a in eq.args], {})
+        v, v_star, count = env["v_next"], env["v_star_next"], count + env["fired"]
+    shape = np.broadcast_shapes(z.shape[1:], theta.shape)
+    return np.broadcast_to(count, shape), np.broadcast_to(v_star, shape)
 
 
 def constant_input_rate(z: np.ndarray, params: IFParams, T: int) -> np.ndarray:

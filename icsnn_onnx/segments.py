@@ -10,8 +10,10 @@ memory is bounded by a batch, not by the samples × the network.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -84,16 +86,19 @@ class SpillStore:
         self._dir = Path(tempfile.mkdtemp(prefix="icsnn-segments-"))
         self._arrays: dict[str, np.ndarray] = {}
         self._budget = memory_bytes
+        self._lock = threading.Lock()  # Alg 2's reference run stores from its own thread
+        self._files = itertools.count()
 
     def create(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        in_memory = sum(a.nbytes for a in self._arrays.values() if not isinstance(a, np.memmap))
-        if in_memory + size <= self._budget:
-            array: np.ndarray = np.empty(shape, dtype)
-        else:
-            path = self._dir / f"{len(self._arrays)}_{abs(hash(name))}.bin"
-            array = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
-        self._arrays[name] = array
+        with self._lock:
+            in_memory = sum(a.nbytes for a in self._arrays.values() if not isinstance(a, np.memmap))
+            if in_memory + size <= self._budget:
+                array: np.ndarray = np.empty(shape, dtype)
+            else:
+                path = self._dir / f"{next(self._files)}.bin"
+                array = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
+            self._arrays[name] = array
         return array
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -103,7 +108,8 @@ class SpillStore:
         return name in self._arrays
 
     def drop(self, name: str) -> None:
-        array = self._arrays.pop(name, None)
+        with self._lock:
+            array = self._arrays.pop(name, None)
         if isinstance(array, np.memmap):
             path = Path(array.filename)
             del array

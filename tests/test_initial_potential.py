@@ -11,7 +11,7 @@ import pytest
 import icsnn_onnx
 from icsnn_onnx.contract import step_name
 from icsnn_onnx.data import Dataset
-from icsnn_onnx.neuron import IFParams, simulate
+from icsnn_onnx.neuron import IFParams, count_breakpoint, simulate
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.passes import PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
@@ -217,7 +217,11 @@ def test_one_run_scoring_equals_simulating_every_candidate(T, shape):
             rng.standard_normal((1, *shape)).astype(np.float32),  # constant over time
             np.round(rng.standard_normal((T, *shape)) * 8).astype(np.float32) / 8,  # ties on a grid
         ):
-            got = calibrate._channel_errors(z, target, theta, T)
+            steps = np.broadcast_to(z, (T, *shape))
+            count, v_star = count_breakpoint(
+                steps, np.asarray(theta, np.float32).reshape(-1, *[1] * (len(shape) - 2))
+            )
+            got = calibrate._channel_errors(count, v_star, target, theta, T)
             expected = _simulated_errors(np.broadcast_to(z, (T, *shape)), target, theta, K)
             np.testing.assert_allclose(got, np.broadcast_to(expected, got.shape), rtol=1e-9, atol=1e-9)
 

@@ -149,3 +149,25 @@ def test_constant_input_closed_form_matches_the_simulator(T):
 def test_closed_form_needs_v0_below_threshold():
     with pytest.raises(ValueError, match="0 <= v_init < threshold"):
         constant_input_rate(np.zeros(3), IFParams(np.float64(1.0), np.float64(1.0)), 4)
+
+
+@pytest.mark.parametrize("T", [1, 3, 8])
+@pytest.mark.parametrize("constant", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_count_breakpoint_predicts_the_count_of_every_start(T, constant, dtype):
+    """One run from v(0) = 0 gives the spike count of every start in [0, θ): n, or n + 1 from v*
+    on — checked against simulating each start."""
+    rng = np.random.default_rng(T)
+    theta = rng.uniform(0.5, 2.0, (3, 1, 1)).astype(dtype)
+    steps = 1 if constant else T
+    z = (rng.standard_normal((steps, 20, 3, 4, 4)) * 1.5).astype(dtype)
+    z[:, :5] = np.round(z[:, :5] * 4) / 4  # currents on a grid: ties with the candidates
+    full = np.broadcast_to(z, (T, *z.shape[1:]))
+    count, v_star = neuron.count_breakpoint(full, theta)
+    assert count.shape == v_star.shape == z.shape[1:]
+    for k in range(16):
+        start = (theta * k / 16).astype(dtype)
+        simulated = simulate(full, IFParams(theta, start)).spikes.sum(axis=0)
+        predicted = count + (start >= v_star)
+        # Exact in real arithmetic; float16's rounding near v* flips a few of the tied currents.
+        assert np.mean(simulated == predicted) >= (1.0 if dtype == np.float32 else 0.99), k

@@ -136,19 +136,22 @@ class CalibrateInitialPotential(Pass):
         per_site: dict[str, tuple[float, float]] = {}
         with SpillStore() as store:
             run = OnePass(program, ann, snn, data, store, self.progress)
-            for index, site in enumerate(run.sites):
-                theta = np.asarray(program.thresholds[site.name], np.float64)
-                errors, target_rank = None, 0
-                for target, z in run.currents_of(index):
-                    batch_errors = self._block_errors(z, target, theta, program.options.T)
-                    errors = batch_errors if errors is None else errors + batch_errors
-                    target_rank = target.ndim
-                program.v_init[site.name], per_site[site.name] = self._choose(errors, theta, target_rank)
-                run.fire(index, program.v_init[site.name])
-            program.metadata[INIT_CANDIDATES_KEY] = str(self.K)
-            # Layer-wise least squares does not guarantee a better network output: keep Alg 1's
-            # potentials if the calibrated ones do worse end to end on the same data.
-            output_errors = run.output_errors(program.v_init)
+            try:
+                for index, site in enumerate(run.sites):
+                    theta = np.asarray(program.thresholds[site.name], np.float64)
+                    errors, target_rank = None, 0
+                    for target, z in run.currents_of(index):
+                        batch_errors = self._block_errors(z, target, theta, program.options.T)
+                        errors = batch_errors if errors is None else errors + batch_errors
+                        target_rank = target.ndim
+                    program.v_init[site.name], per_site[site.name] = self._choose(errors, theta, target_rank)
+                    run.fire(index, program.v_init[site.name])
+                program.metadata[INIT_CANDIDATES_KEY] = str(self.K)
+                # Layer-wise least squares does not guarantee a better network output: keep Alg
+                # 1's potentials if the calibrated ones do worse end to end on the same data.
+                output_errors = run.output_errors(program.v_init)
+            finally:
+                run.close()
         calibrated = dict(program.v_init)
         kept_half = output_errors[1] > output_errors[0]
         if kept_half:
@@ -173,51 +176,54 @@ class CalibrateInitialPotential(Pass):
         return trial.to_onnx()
 
     def _block_errors(self, z: np.ndarray, target: np.ndarray, theta: np.ndarray, T: int) -> np.ndarray:
-        """:meth:`_channel_errors` of a batch, block by block on every core (:mod:`icsnn_onnx.blocks`)."""
+        """Squared error per candidate and channel, ``[K, C]`` (one channel when rank < 2), of a
+        batch's currents ``z`` (``[T, …]``, or ``[1, …]`` for a current constant over time: a
+        first layer under direct coding): one IF run per neuron
+        (:func:`~icsnn_onnx.neuron.count_breakpoint`) scored by :meth:`_channel_errors`, block by
+        block on every core (:mod:`icsnn_onnx.blocks`)."""
         channels = target.shape[1] if target.ndim >= 2 else 1
         theta = np.broadcast_to(np.asarray(theta).reshape(-1), (channels,))
         errors = np.zeros((self.K, channels))
 
         def work(block: Block) -> tuple[slice, np.ndarray]:
-            batch, channel = block
-            if target.ndim < 2:
-                return slice(None), self._channel_errors(z[:, batch], target[batch], theta, T)
-            return channel, self._channel_errors(
-                z[:, batch, channel], target[batch, channel], theta[channel], T
-            )
+            where = block if target.ndim >= 2 else block[:1]
+            block_theta = theta[block[1]].reshape(channel_shape(target.ndim, -1) if target.ndim >= 2 else ())
+            block_z = z[(slice(None), *where)]
+            steps = np.broadcast_to(block_z, (T, *block_z.shape[1:]))
+            count, v_star = count_breakpoint(steps, block_theta.astype(z.dtype))
+            part = self._channel_errors(count, v_star, target[where], block_theta, T)
+            return block[1] if target.ndim >= 2 else slice(None), part
 
         for channel, block_errors in run_blocks(work, blocks(target.shape)):
             errors[:, channel] += block_errors
         return errors
 
-    def _channel_errors(self, z: np.ndarray, target: np.ndarray, theta: np.ndarray, T: int) -> np.ndarray:
+    def _channel_errors(
+        self, count: np.ndarray, v_star: np.ndarray, target: np.ndarray, theta: np.ndarray, T: int
+    ) -> np.ndarray:
         """Squared error per candidate and channel: ``[K, C]`` (one channel when rank < 2).
 
-        ``z`` is ``[T, …]``, or ``[1, …]`` for a current constant over time (a first layer under
-        direct coding). One run from ``v(0) = 0`` gives every candidate's spike count
-        (:func:`~icsnn_onnx.neuron.count_breakpoint`: ``n``, or ``n + 1`` from ``v(0) >= v*`` on),
-        so each element adds ``(θn/T − a)²`` to every candidate and the difference to ``n + 1``'s
-        error to the candidates from its breakpoint on: a histogram over breakpoints, summed up.
+        From one run from ``v(0) = 0`` (:func:`~icsnn_onnx.neuron.count_breakpoint`), a neuron
+        fires ``n`` times, or ``n + 1`` from ``v(0) >= v*`` on; so it adds ``(θn/T − a)²`` to every
+        candidate and the difference to ``n + 1``'s error to the candidates from its breakpoint
+        on: a histogram over breakpoints, summed up.
         """
         channels = target.shape[1] if target.ndim >= 2 else 1
         shape = channel_shape(target.ndim, channels) if target.ndim >= 2 else ()
-        theta = np.broadcast_to(np.asarray(theta).reshape(-1), (channels,)).reshape(shape)
-        count, v_star = count_breakpoint(np.broadcast_to(z, (T, *z.shape[1:])), theta)
+        theta = np.broadcast_to(np.asarray(theta, np.float64).reshape(-1), (channels,)).reshape(shape)
         # With r = θn/T and e = r − a: (r − a)² below the breakpoint, and from it on the error
         # grows by (r + θ/T − a)² − (r − a)² = (θ/T)·(2e + θ/T).
         error = theta * count / T - target
         jump = (theta / T) * (2 * error + theta / T)
         # The first candidate k with k·θ/K >= v* (K: none), exact at the boundary.
+        v_star = v_star.astype(np.float64)
         with np.errstate(invalid="ignore"):
             first = np.clip(np.ceil(v_star * (self.K / theta)), 0, self.K)
         first -= (first > 0) & (theta * (first - 1) / self.K >= v_star)
-        index = np.arange(channels).reshape(shape) * (self.K + 1) + first.astype(np.int64)
+        channel = np.broadcast_to(np.arange(channels).reshape(shape), target.shape)
+        index = channel * (self.K + 1) + first.astype(np.int64)
         jumps = np.bincount(index.ravel(), jump.ravel(), channels * (self.K + 1))
-        base = np.bincount(
-            np.broadcast_to(np.arange(channels).reshape(shape), target.shape).ravel(),
-            (error**2).ravel(),
-            channels,
-        )
+        base = np.bincount(channel.ravel(), (error**2).ravel(), channels)
         return base + np.cumsum(jumps.reshape(channels, self.K + 1)[:, : self.K], axis=1).T
 
     def _choose(

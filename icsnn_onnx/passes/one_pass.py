@@ -13,6 +13,7 @@ their last reader, so memory is a batch's, whatever the number of samples.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -81,6 +82,29 @@ class OnePass:
         self._last_read = last_read
         self._dtype: dict[int, np.dtype] = {}
         self._keep_membrane = {self._membrane_of[c] for c in self._head_reads if c in self._membrane_of}
+        # What the output check compares with depends on nothing Alg 2 chooses: it runs beside the
+        # pass, on one thread, mostly while the pass's own Python and numpy leave a core idle.
+        self._pool = ThreadPoolExecutor(1)
+        self._reference = self._pool.submit(self._reference_run)
+
+    def close(self) -> None:
+        """Waits for the reference run (its errors surface in :meth:`output_errors`)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _reference_run(self) -> float:
+        """Stores the ANN's float outputs (``ref:<name>``) and returns the θ/2 trial SNN's summed
+        squared error from them."""
+        ranges = list(self._ranges())
+        ann = run_batches(self.ann, (self._feeds(self.ann, [], a, b) for a, b in ranges), self._outputs, 1)
+        half = run_batches(self.snn, (self._feeds(self.snn, [], a, b) for a, b in ranges), self._outputs, 1)
+        total = 0.0
+        for (start, stop), ann_out, half_out in zip(ranges, ann, half, strict=True):
+            for name in self._outputs:
+                if start == 0:
+                    self.store.create(f"ref:{name}", (self.n, *ann_out[name].shape[1:]), ann_out[name].dtype)
+                self.store[f"ref:{name}"][start:stop] = ann_out[name]
+                total += float(np.sum((half_out[name] - ann_out[name].astype(np.float64)) ** 2))
+        return total
 
     def currents_of(self, i: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Per batch: the site's target (its transfer of the ANN's current) and its currents
@@ -165,21 +189,18 @@ class OnePass:
                 tensor.CopyFrom(
                     numpy_helper.from_array(np.asarray(v_init[names[tensor.name]], dtype), tensor.name)
                 )
+        half_total = self._reference.result()
         ranges = list(self._ranges())
-        runs = zip(
-            run_batches(self.ann, (self._feeds(self.ann, [], a, b) for a, b in ranges), self._outputs),
-            run_batches(self.snn, (self._feeds(self.snn, [], a, b) for a, b in ranges), self._outputs),
-            run_batches(head, (self._feeds(head, self._head_reads, a, b) for a, b in ranges), self._outputs),
-            strict=True,
+        runs = run_batches(
+            head, (self._feeds(head, self._head_reads, a, b) for a, b in ranges), self._outputs
         )
-        totals, count = [0.0, 0.0], 0
-        for ann_out, half_out, calibrated_out in runs:
+        total, count = 0.0, 0
+        for (start, stop), calibrated_out in zip(ranges, runs, strict=True):
             for name in self._outputs:
-                reference = ann_out[name].astype(np.float64)
-                totals[0] += float(np.sum((half_out[name] - reference) ** 2))
-                totals[1] += float(np.sum((calibrated_out[name] - reference) ** 2))
+                reference = np.asarray(self.store[f"ref:{name}"][start:stop], np.float64)
+                total += float(np.sum((calibrated_out[name] - reference) ** 2))
                 count += reference.size
-        return totals[0] / max(count, 1), totals[1] / max(count, 1)
+        return half_total / max(count, 1), total / max(count, 1)
 
     def _ranges(self) -> Iterator[tuple[int, int]]:
         for start in range(0, self.n, self.batch):
@@ -196,8 +217,10 @@ class OnePass:
                 feeds[cut] = np.asarray(self.store[f"ann{self._site_of[cut]}"][start:stop])
             elif cut in self._spike_of:
                 k, t = self._spike_of[cut]
-                spikes = self.store[f"s{k}"][t, start:stop].astype(np.float32) * self.thresholds[k]
-                feeds[cut] = spikes.astype(self._dtype[k])
+                # bits × θ in the model's float type: one pass (θ·1 rounds as θ does)
+                feeds[cut] = np.multiply(
+                    self.store[f"s{k}"][t, start:stop], self.thresholds[k].astype(self._dtype[k])
+                )
             else:
                 feeds[cut] = np.asarray(self.store[f"v{self._membrane_of[cut]}"][start:stop])
         return feeds
