@@ -28,6 +28,7 @@ tests can hold it to :func:`if_step`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -155,14 +156,24 @@ def _start(z: np.ndarray, params: IFParams) -> tuple[np.ndarray, np.ndarray, np.
     return z, v, params.threshold.astype(z.dtype)
 
 
+def steps(z: np.ndarray, params: IFParams) -> Iterator[dict[str, np.ndarray]]:
+    """Every value of each step (``m``, ``fired``, ``out``, ``v_next``, …) of IF neurons over
+    ``T = len(z)`` steps of input current ``z[t]``, one step at a time: for callers that keep a
+    few of them (Alg 2 keeps the spike bits and v(T))."""
+    z, v, theta = _start(z, params)
+    for z_t in z:
+        env = _step(v, z_t, theta)
+        yield env
+        v = env["v_next"]
+
+
 def simulate(z: np.ndarray, params: IFParams) -> IFTrace:
     """Run IF neurons over ``T = len(z)`` steps of input current ``z[t]`` (reference simulator)."""
-    z, v, theta = _start(z, params)
+    _, v, _ = _start(z, params)
     outs, vs = [], [np.array(v)]
-    for z_t in z:
-        out, v = if_step(v, z_t, theta)
-        outs.append(out)
-        vs.append(v)
+    for step in steps(z, params):
+        outs.append(step["out"])
+        vs.append(step["v_next"])
     return IFTrace(out=np.stack(outs), v=np.stack(vs))
 
 
@@ -196,15 +207,13 @@ def count_breakpoint(z: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, 
     """
     z = np.asarray(z)
     theta = np.asarray(threshold).astype(z.dtype)
-    v: np.ndarray = np.zeros((), z.dtype)
     v_star: np.ndarray = np.asarray(np.inf, z.dtype)
     count: np.ndarray = np.zeros((), np.int32)
-    for z_t in z:
-        env = _step(v, z_t, theta)
+    for env in steps(z, IFParams(theta)):
         env["v_star"] = v_star
         for eq in BREAKPOINT_EQUATIONS:
             env[eq.result] = evaluate(eq.op_type, [env[a] for a in eq.args], {})
-        v, v_star, count = env["v_next"], env["v_star_next"], count + env["fired"]
+        v_star, count = env["v_star_next"], count + env["fired"]
     shape = np.broadcast_shapes(z.shape[1:], theta.shape)
     return np.broadcast_to(count, shape), np.broadcast_to(v_star, shape)
 

@@ -72,6 +72,44 @@ def extract(
     return segment, read_cuts
 
 
+def merge(first: onnx.ModelProto, second: onnx.ModelProto) -> onnx.ModelProto | None:
+    """One model computing both segments' outputs (one session to load instead of two), or None
+    where they disagree on a name: a tensor both compute differently, an input one of them
+    computes, a constant of the same name with other values, an opset of another version."""
+    g1, g2 = first.graph, second.graph
+    made1 = {out: node for node in g1.node for out in node.output}
+    made2 = {out: node for node in g2.node for out in node.output}
+    constants1 = {t.name: t for t in g1.initializer}
+    constants2 = {t.name: t for t in g2.initializer}
+    inputs1, inputs2 = {i.name for i in g1.input}, {i.name for i in g2.input}
+    opsets = {o.domain: o.version for o in first.opset_import}
+    if (
+        any(made1[name] != made2[name] for name in made1.keys() & made2.keys())
+        or any(constants1[name] != constants2[name] for name in constants1.keys() & constants2.keys())
+        or (inputs1 | constants1.keys()) & made2.keys()
+        or (inputs2 | constants2.keys()) & made1.keys()
+        or any(opsets.get(o.domain, o.version) != o.version for o in second.opset_import)
+    ):
+        return None
+    names1 = {o.name for o in g1.output}
+    graph = helper.make_graph(
+        [*g1.node, *(n for n in g2.node if not all(made1.get(out) == n for out in n.output))],
+        g1.name,
+        [*g1.input, *(i for i in g2.input if i.name not in inputs1)],
+        [*g1.output, *(o for o in g2.output if o.name not in names1)],
+        initializer=[*g1.initializer, *(t for t in g2.initializer if t.name not in constants1)],
+    )
+    imports = [*first.opset_import, *(o for o in second.opset_import if o.domain not in opsets)]
+    merged = helper.make_model(
+        graph, opset_imports=imports, ir_version=max(first.ir_version, second.ir_version)
+    )
+    functions = {(f.domain, f.name) for f in first.functions}
+    merged.functions.extend(
+        [*first.functions, *(f for f in second.functions if (f.domain, f.name) not in functions)]
+    )
+    return merged
+
+
 def _elem(types: Mapping[str, onnx.ValueInfoProto], name: str) -> int:
     value = types.get(name)
     return value.type.tensor_type.elem_type if value is not None else onnx.TensorProto.FLOAT

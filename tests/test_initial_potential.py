@@ -243,3 +243,20 @@ def test_calibrated_init_on_a_graph_with_a_fixed_batch_of_one(digits):
     assert potentials[0].keys() == potentials[1].keys()
     for name, v in potentials[0].items():
         np.testing.assert_array_equal(potentials[1][name], v, err_msg=name)
+
+
+def test_calibrated_init_spilled_to_disk_equals_in_memory(digits, monkeypatch):
+    """The store keeps Alg 2's tensors in memory up to its budget and on disk beyond: with no
+    budget at all (every tensor memory-mapped) the potentials and the output check are the same."""
+    from icsnn_onnx.passes import initial_potential
+    from icsnn_onnx.segments import SpillStore
+
+    model, calib = models.routes_net(), digits[0][:40]
+    in_memory = icsnn_onnx.convert(model, calib, T=4, init="calibrated", batch_size=16)
+    monkeypatch.setattr(initial_potential, "SpillStore", lambda: SpillStore(memory_bytes=0))
+    on_disk = icsnn_onnx.convert(model, calib, T=4, init="calibrated", batch_size=16)
+    for a, b in zip(in_memory.graph.initializer, on_disk.graph.initializer, strict=True):
+        assert a.name == b.name
+        np.testing.assert_array_equal(
+            onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b), err_msg=a.name
+        )

@@ -3,7 +3,7 @@
 The trial SNN (θ/2 everywhere) and the ANN are cut at every site: the segment of site ``l``
 computes its currents ``z_l(1..T)`` (SNN) and its activation (ANN) from the graph inputs and the
 stored outputs of earlier sites. After ``v_l(0)`` is chosen, the site's spikes are simulated by the
-IF reference (:func:`icsnn_onnx.neuron.simulate`: the same float32 operations as the file's
+IF reference (:func:`icsnn_onnx.neuron.steps`: the same float32 operations as the file's
 neuron function) and stored as bits; later segments read ``θ·s``. So every site sees what the
 finished SNN would feed it, as in rebuilding the SNN per site, at the cost of one run. The
 stored tensors live on disk (:class:`~icsnn_onnx.segments.SpillStore`) and are dropped after
@@ -24,11 +24,11 @@ from icsnn_onnx.calibration import run_batches
 from icsnn_onnx.contract import step_name
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.elementwise import FLOAT_TENSOR_TYPES
-from icsnn_onnx.neuron import IFParams, simulate
+from icsnn_onnx.neuron import IFParams, steps
 from icsnn_onnx.program import ActivationSite, Program
 from icsnn_onnx.progress import ProgressFactory
 from icsnn_onnx.runtime.instrument import NeuronLayer, neuron_layers
-from icsnn_onnx.segments import SpillStore, extract
+from icsnn_onnx.segments import SpillStore, extract, merge
 
 
 class OnePass:
@@ -113,12 +113,22 @@ class OnePass:
         ann_seg, ann_reads, snn_seg, snn_reads = self._segments[i]
         ranges = list(self._ranges())
         ann_feeds = (self._feeds(ann_seg, ann_reads, a, b, ann=True) for a, b in ranges)
-        ann_runs = run_batches(ann_seg, ann_feeds, [site.input, site.output])
-        snn_runs = run_batches(
-            snn_seg, (self._feeds(snn_seg, snn_reads, a, b) for a, b in ranges), self.currents[i]
-        )
+        snn_feeds = (self._feeds(snn_seg, snn_reads, a, b) for a, b in ranges)
+        ann_outputs = [site.input, site.output]
+        both = merge(ann_seg, snn_seg)  # one session to load, where their names allow it
+        runs: Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+        if both is not None:
+            feeds = ({**a, **s} for a, s in zip(ann_feeds, snn_feeds, strict=True))
+            outputs = list(dict.fromkeys([*ann_outputs, *self.currents[i]]))
+            runs = ((out, out) for out in run_batches(both, feeds, outputs))
+        else:
+            runs = zip(
+                run_batches(ann_seg, ann_feeds, ann_outputs),
+                run_batches(snn_seg, snn_feeds, self.currents[i]),
+                strict=True,
+            )
         keep_activation = ("ann", i) in self._last_read
-        for (start, stop), ann_out, snn_out in zip(ranges, ann_runs, snn_runs, strict=True):
+        for (start, stop), (ann_out, snn_out) in zip(ranges, runs, strict=True):
             if start == 0:
                 first = snn_out[self.currents[i][0]]
                 self.store.create(f"z{i}", (len(self.currents[i]), self.n, *first.shape[1:]), first.dtype)
@@ -159,12 +169,12 @@ class OnePass:
                 if per_channel
                 else IFParams(theta, v_init)
             )
-            trace = simulate(np.broadcast_to(z[where], (self.T, *z[where].shape[1:])), params)
             rows = (slice(start + batch.start, start + batch.stop), *where[2:])
-            if keep_spikes:
-                spikes[(slice(None), *rows)] = trace.out != 0
+            for t, step in enumerate(steps(np.broadcast_to(z[where], (self.T, *z[where].shape[1:])), params)):
+                if keep_spikes:
+                    spikes[(t, *rows)] = step["fired"]
             if i in self._keep_membrane:
-                membrane[rows] = trace.v[-1]
+                membrane[rows] = step["v_next"]
 
         for start, stop in self._ranges():
             z = np.asarray(z_all[:, start:stop])
