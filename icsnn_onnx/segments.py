@@ -72,6 +72,24 @@ def extract(
     return segment, read_cuts
 
 
+def rename_outputs(model: onnx.ModelProto, names: Mapping[str, str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs are renamed (``names``: old → new), e.g. to merge
+    two segments computing tensors of the same names."""
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(model)
+    graph = renamed.graph
+    produced = {out for node in graph.node for out in node.output}
+    for node in graph.node:
+        node.output[:] = [names.get(o, o) if o in produced else o for o in node.output]
+        node.input[:] = [names.get(i, i) if i in produced else i for i in node.input]
+    for output in graph.output:
+        if output.name in names:
+            if output.name not in produced:  # an input or constant passed through
+                graph.node.append(helper.make_node("Identity", [output.name], [names[output.name]]))
+            output.name = names[output.name]
+    return renamed
+
+
 def merge(first: onnx.ModelProto, second: onnx.ModelProto) -> onnx.ModelProto | None:
     """One model computing both segments' outputs (one session to load instead of two), or None
     where they disagree on a name: a tensor both compute differently, an input one of them

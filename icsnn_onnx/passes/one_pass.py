@@ -28,7 +28,7 @@ from icsnn_onnx.neuron import IFParams, steps
 from icsnn_onnx.program import ActivationSite, Program
 from icsnn_onnx.progress import ProgressFactory
 from icsnn_onnx.runtime.instrument import NeuronLayer, neuron_layers
-from icsnn_onnx.segments import SpillStore, extract, merge
+from icsnn_onnx.segments import SpillStore, extract, merge, rename_outputs
 
 
 class OnePass:
@@ -79,11 +79,18 @@ class OnePass:
         for cut in self._head_reads:
             key = ("snn", self._spike_of[cut][0] if cut in self._spike_of else self._membrane_of[cut])
             last_read[key] = len(self.sites)
+        # The ANN's outputs, for the output check: its head on the stored activations (no second
+        # ANN run), renamed so that one session can run both heads.
+        ann_head, self._ann_head_reads = extract(ann, outputs, ann_cuts)
+        self._ann_names = {name: f"icsnn.ann:{name}" for name in outputs}
+        self._ann_head = rename_outputs(ann_head, self._ann_names)
+        for cut in self._ann_head_reads:
+            last_read[("ann", self._site_of[cut])] = len(self.sites)
         self._last_read = last_read
         self._dtype: dict[int, np.dtype] = {}
         self._keep_membrane = {self._membrane_of[c] for c in self._head_reads if c in self._membrane_of}
-        # What the output check compares with depends on nothing Alg 2 chooses: it runs beside the
-        # pass, on one thread, mostly while the pass's own Python and numpy leave a core idle.
+        # The θ/2 SNN the output check compares with depends on nothing Alg 2 chooses: it runs
+        # beside the pass, on one thread, mostly while the pass's Python leaves a core idle.
         self._pool = ThreadPoolExecutor(1)
         self._reference = self._pool.submit(self._reference_run)
 
@@ -91,20 +98,17 @@ class OnePass:
         """Waits for the reference run (its errors surface in :meth:`output_errors`)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _reference_run(self) -> float:
-        """Stores the ANN's float outputs (``ref:<name>``) and returns the θ/2 trial SNN's summed
-        squared error from them."""
+    def _reference_run(self) -> None:
+        """Stores the θ/2 trial SNN's float outputs (``half:<name>``) for the output check."""
         ranges = list(self._ranges())
-        ann = run_batches(self.ann, (self._feeds(self.ann, [], a, b) for a, b in ranges), self._outputs, 1)
-        half = run_batches(self.snn, (self._feeds(self.snn, [], a, b) for a, b in ranges), self._outputs, 1)
-        total = 0.0
-        for (start, stop), ann_out, half_out in zip(ranges, ann, half, strict=True):
+        runs = run_batches(self.snn, (self._feeds(self.snn, [], a, b) for a, b in ranges), self._outputs, 1)
+        for (start, stop), half_out in zip(ranges, runs, strict=True):
             for name in self._outputs:
                 if start == 0:
-                    self.store.create(f"ref:{name}", (self.n, *ann_out[name].shape[1:]), ann_out[name].dtype)
-                self.store[f"ref:{name}"][start:stop] = ann_out[name]
-                total += float(np.sum((half_out[name] - ann_out[name].astype(np.float64)) ** 2))
-        return total
+                    self.store.create(
+                        f"half:{name}", (self.n, *half_out[name].shape[1:]), half_out[name].dtype
+                    )
+                self.store[f"half:{name}"][start:stop] = half_out[name]
 
     def currents_of(self, i: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Per batch: the site's target (its transfer of the ANN's current) and its currents
@@ -199,18 +203,31 @@ class OnePass:
                 tensor.CopyFrom(
                     numpy_helper.from_array(np.asarray(v_init[names[tensor.name]], dtype), tensor.name)
                 )
-        half_total = self._reference.result()
+        self._reference.result()
         ranges = list(self._ranges())
-        runs = run_batches(
-            head, (self._feeds(head, self._head_reads, a, b) for a, b in ranges), self._outputs
-        )
-        total, count = 0.0, 0
-        for (start, stop), calibrated_out in zip(ranges, runs, strict=True):
+        snn_feeds = (self._feeds(head, self._head_reads, a, b) for a, b in ranges)
+        ann_feeds = (self._feeds(self._ann_head, self._ann_head_reads, a, b, ann=True) for a, b in ranges)
+        ann_outputs = list(self._ann_names.values())
+        both = merge(head, self._ann_head)
+        runs: Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+        if both is not None:
+            feeds = ({**s, **a} for s, a in zip(snn_feeds, ann_feeds, strict=True))
+            runs = ((out, out) for out in run_batches(both, feeds, [*self._outputs, *ann_outputs]))
+        else:
+            runs = zip(
+                run_batches(head, snn_feeds, self._outputs),
+                run_batches(self._ann_head, ann_feeds, ann_outputs),
+                strict=True,
+            )
+        totals, count = [0.0, 0.0], 0
+        for (start, stop), (calibrated_out, ann_out) in zip(ranges, runs, strict=True):
             for name in self._outputs:
-                reference = np.asarray(self.store[f"ref:{name}"][start:stop], np.float64)
-                total += float(np.sum((calibrated_out[name] - reference) ** 2))
+                reference = ann_out[self._ann_names[name]].astype(np.float64)
+                half = self.store[f"half:{name}"][start:stop]
+                totals[0] += float(np.sum((half - reference) ** 2))
+                totals[1] += float(np.sum((calibrated_out[name] - reference) ** 2))
                 count += reference.size
-        return half_total / max(count, 1), total / max(count, 1)
+        return totals[0] / max(count, 1), totals[1] / max(count, 1)
 
     def _ranges(self) -> Iterator[tuple[int, int]]:
         for start in range(0, self.n, self.batch):
