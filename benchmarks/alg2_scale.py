@@ -14,6 +14,7 @@ per-site rebuild, b2b579e the first one-pass version), their potentials compared
 channel and their outputs' errors measured the same way.
 
     python benchmarks/alg2_scale.py [--baseline b2b579e]    # ~8 min (+ ~3 min with the baseline)
+    python benchmarks/alg2_scale.py --sweep-T               # cost against T (MNIST), ~5 min
 
 Writes benchmarks/results/alg2_scale.{json,png}.
 """
@@ -200,6 +201,37 @@ def measure(name: str, x: np.ndarray, held_out: np.ndarray, worktree: Path | Non
     return entry
 
 
+def sweep_T(ts: tuple[int, ...] = (1, 4, 16, 32)) -> dict:
+    """Conversion time against T on the ResNet-style MNIST net of mnist_fidelity.py with its
+    defaults (Alg 2 via auto, on the first 256 of 2,000 calibration images) and with θ/2. Weights
+    untrained (the cost does not depend on them); needs ../shared/data/mnist."""
+    import torch
+    import zoo
+    from mnist_data import load_mnist
+    from mnist_nets import SEED, build, split
+
+    train_x, train_y, _, _ = load_mnist()
+    _, _, calib = split(train_x, train_y)
+    torch.manual_seed(SEED)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "resnet.onnx"
+        zoo.export(build("resnet").eval(), calib.shape[1:], str(path))
+        ann = onnx.load(path)
+    rows = {}
+    for t in ts:
+        times = {}
+        for init in ("auto", "half"):  # interleaved, median of 3
+            samples = []
+            for _ in range(3):
+                start = time.perf_counter()
+                icsnn_onnx.convert(ann, calib, T=t, init=init)
+                samples.append(time.perf_counter() - start)
+            times[init] = round(float(np.median(samples)), 2)
+        rows[str(t)] = {"defaults_convert_s": times["auto"], "half_convert_s": times["half"]}
+        print("T", t, rows[str(t)], flush=True)
+    return {"net": "mnist_nets resnet (untrained), 2,000 calibration images", "T": rows}
+
+
 def table(report: dict) -> str:
     before_label = f"before ({report.get('baseline') or '—'})"
     rows = [
@@ -266,9 +298,16 @@ def main() -> None:
     parser.add_argument("--baseline", help="a git revision whose calibrated conversion to time and compare")
     parser.add_argument("--nets", nargs="+", default=list(NETS), choices=NETS)
     parser.add_argument("--table", action="store_true", help="print README's table of the committed JSON")
+    parser.add_argument("--sweep-T", action="store_true", help="only the cost against T (MNIST ResNet-style)")
     args = parser.parse_args()
     if args.table:
         print(table(json.loads((RESULTS / "alg2_scale.json").read_text())))
+        return
+    if args.sweep_T:
+        path = RESULTS / "alg2_scale.json"
+        report = json.loads(path.read_text())
+        report["sweep_T"] = sweep_T()
+        save_json(path, report)
         return
     x, held_out = smooth_images(IMAGES, 224, seed=7), smooth_images(8, 224, seed=8)
     worktree = None

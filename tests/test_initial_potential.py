@@ -260,3 +260,35 @@ def test_calibrated_init_spilled_to_disk_equals_in_memory(digits, monkeypatch):
         np.testing.assert_array_equal(
             onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b), err_msg=a.name
         )
+
+
+@pytest.mark.parametrize("name", ["example", "torch_inverted_residual"])
+def test_the_output_check_measures_the_snns_that_are_written(example, digits, name, monkeypatch):
+    """Alg 2's output check (θ/2 kept if it does better) sees the files a user gets: its errors are
+    those of the θ/2 and the calibrated conversions (in the trial's form: portable, step-major),
+    run as a user runs them — though its reference runs on a thread and the ANN's outputs come
+    from the ANN's head on stored activations."""
+    if name == "example":
+        model, calib = example[0], example[1][:64]
+    else:
+        model, calib = (
+            models.torch_export(models.torch_inverted_residual(), digits[0][:2], dynamo=False),
+            digits[0][:64],
+        )
+    found = {}
+    call = CalibrateInitialPotential.call
+
+    def keep(self, program):
+        result = call(self, program)
+        if program.init_calibration is not None:  # (the θ/2 conversion skips Alg 2)
+            found["errors"] = program.init_calibration.output_errors
+        return result
+
+    monkeypatch.setattr(CalibrateInitialPotential, "call", keep)
+    form = {"T": 4, "target": "portable", "layout": "step-major"}
+    (ann,) = run(model, calib)
+    errors = []
+    for init in ("half", "calibrated"):
+        (out,) = run(icsnn_onnx.convert(model, calib, init=init, **form), calib)
+        errors.append(float(np.mean((out - ann.astype(np.float64)) ** 2)))
+    np.testing.assert_allclose(found["errors"], errors, rtol=1e-4)

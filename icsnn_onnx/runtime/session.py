@@ -59,13 +59,9 @@ def _metadata(model: str | bytes) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def _session_options(
-    threads: int | None, spin: bool, snn: SnnMetadata | None, optimize: bool
-) -> ort.SessionOptions:
+def _session_options(threads: int | None, spin: bool, snn: SnnMetadata | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or available_cores()
     options.enable_mem_pattern = True
     if not spin:
@@ -89,8 +85,6 @@ class Session:
     binding) and, with ``cuda_graph=True``, replays a captured CUDA graph; if capture is not
     possible the session falls back to plain CUDA execution and logs why. ``cuda_options`` go to
     ONNX Runtime's CUDA provider as they are (``device_id``, ``use_tf32``, …); ignored off CUDA.
-    ``optimize=False`` skips graph optimizations: for a model run once (a calibration segment),
-    whose load they slow more than they speed its one run.
     """
 
     def __init__(
@@ -101,7 +95,6 @@ class Session:
         cuda_graph: bool = False,
         spin: bool = True,
         cuda_options: Mapping[str, str] | None = None,
-        optimize: bool = True,
     ) -> None:
         if isinstance(model, onnx.ModelProto):
             model = model.SerializeToString()
@@ -110,7 +103,7 @@ class Session:
         # Read once, before ONNX Runtime loads the model: the execution order depends on it.
         self.metadata: dict[str, str] = _metadata(model)
         self.snn = SnnMetadata.read(self.metadata)  # None for a model icsnn-onnx did not write
-        options = _session_options(threads, spin, self.snn, optimize)
+        options = _session_options(threads, spin, self.snn)
         names = resolve_providers(provider)
         # e.g. {"device_id": "1"}, {"use_tf32": "0"}: ONNX Runtime's CUDA provider options.
         cuda_options = {k: str(v) for k, v in (cuda_options or {}).items()}
