@@ -1,13 +1,15 @@
 """Calibration and evaluation data: ``.npz``/``.npy`` loading and validation against a model.
 
 Accepted forms: an ``.npz`` with ``x`` (single-input models) or keys named after the model's
-inputs, and optional integer labels ``y``; an ``.npy`` of inputs; or the same in memory (an
-array, a dict of arrays, a :class:`Dataset`).
+inputs, and optional integer labels ``y``; an ``.npy`` of inputs, memory-mapped (read batch by
+batch as it is used, so it may be larger than memory); or the same in memory (an array, a dict of
+arrays, a :class:`Dataset`).
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -112,6 +114,31 @@ class Dataset:
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self), size):
             yield {k: v[start : start + size] for k, v in self.inputs.items()}
+            for values in self.inputs.values():
+                release(values, start, start + size)
+
+
+def release(array: np.ndarray, start: int, stop: int) -> None:
+    """Unmap rows ``start:stop`` of a memory-mapped array once read (their whole pages): the
+    kernel would otherwise keep every page read mapped into the process, so a pass over a
+    file larger than memory would show as that much resident memory. They stay in the page
+    cache and map back in if read again. A no-op for other arrays."""
+    mapping = getattr(array, "_mmap", None)
+    if not isinstance(array, np.memmap) or mapping is None or not array.flags.c_contiguous or len(array) == 0:
+        return
+    row = array[:1].nbytes
+    base = array.ctypes.data - _address(mapping)  # where the array starts inside the mapping
+    first = base + start * row
+    last = base + min(stop, len(array)) * row
+    page = mmap.PAGESIZE
+    first, last = -(-first // page) * page, last // page * page  # whole pages only
+    if last > first:
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def _address(mapping: mmap.mmap) -> int:
+    """Where a (read-only) mapping starts in memory."""
+    return int(np.frombuffer(mapping, np.uint8, count=1).ctypes.data)
 
 
 DataSource = str | Path | np.ndarray | Mapping[str, np.ndarray] | Dataset
@@ -151,7 +178,8 @@ def _read(source: DataSource, specs: list[InputSpec]) -> tuple[dict[str, np.ndar
     path = Path(source)
     check_readable_file(path, DataError)
     try:
-        _check_headers(path)
+        if _check_headers(path):  # an .npy: memory-mapped, read batch by batch as it is used
+            return _single(np.load(path, mmap_mode="r", allow_pickle=False), specs), None
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"cannot read {path}: {_first_line(err)}") from None
@@ -167,16 +195,20 @@ def _read(source: DataSource, specs: list[InputSpec]) -> tuple[dict[str, np.ndar
     return _from_keys(arrays, specs, str(path))
 
 
-def _check_headers(path: Path) -> None:
-    """Refuse, from the headers alone, an array (or a zip member) larger than the memory
-    available, an archive that would inflate beyond it, or a pickled (object) array."""
+def _check_headers(path: Path) -> bool:
+    """Refuse, from the headers alone, a zip member larger than the memory available, an archive
+    that would inflate beyond it, or a pickled (object) array. True for an ``.npy``, which is
+    memory-mapped rather than read: its size is the disk's concern, not the memory's."""
     with path.open("rb") as f:
         if f.read(6) == b"\x93NUMPY":
             f.seek(0)
-            _check_npy_header(f, str(path))
-            return
+            data = _check_npy_header(f, str(path), allocate=False)
+            held = path.stat().st_size - f.tell()
+            if data > held:
+                raise DataError(f"{path}: its header promises {data} bytes of data, the file holds {held}")
+            return True
     if not zipfile.is_zipfile(path):
-        return
+        return False
     with zipfile.ZipFile(path) as archive:
         members = archive.infolist()
         check_allocation(sum(m.file_size for m in members), f"{path} (uncompressed)", DataError)
@@ -184,9 +216,12 @@ def _check_headers(path: Path) -> None:
             if member.filename.endswith(".npy"):
                 with archive.open(member) as f:
                     _check_npy_header(f, f"{path}:{member.filename}")
+    return False
 
 
-def _check_npy_header(f: BinaryIO, where: str) -> None:
+def _check_npy_header(f: BinaryIO, where: str, allocate: bool = True) -> int:
+    """The data's size in bytes, from the header (left just after it); refuses object arrays and,
+    with ``allocate``, sizes beyond the memory available."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
         shape, _, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=2**20)
@@ -194,7 +229,10 @@ def _check_npy_header(f: BinaryIO, where: str) -> None:
         shape, _, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=2**20)
     if dtype.hasobject:
         raise DataError(f"{where}: a pickled (object) array; only numeric arrays are read")
-    check_allocation(math.prod(shape) * dtype.itemsize, f"{where} (shape {shape}, {dtype})", DataError)
+    size = math.prod(shape) * dtype.itemsize
+    if allocate:
+        check_allocation(size, f"{where} (shape {shape}, {dtype})", DataError)
+    return size
 
 
 def _first_line(err: Exception) -> str:
@@ -221,7 +259,7 @@ def _from_keys(
 
 
 def _validate(raw: dict[str, np.ndarray], spec: InputSpec) -> np.ndarray:
-    array = np.asarray(raw[spec.name])
+    array = np.asanyarray(raw[spec.name])  # a memory-mapped .npy stays mapped
     want, got = spec.dtype, array.dtype
     if want.kind == "f" and got.kind != "f":
         raise DataError(f"input '{spec.name}' expects {want}, got {got} (convert and scale it first)")
@@ -234,8 +272,34 @@ def _validate(raw: dict[str, np.ndarray], spec: InputSpec) -> np.ndarray:
             raise DataError(
                 f"input '{spec.name}' expects shape {spec.describe()}, got {array.shape} (axis {axis})"
             )
+    if isinstance(array, np.memmap) and got != want:
+        # Converting reads the whole file into memory, which a mapped file is there to avoid.
+        try:
+            check_allocation(
+                array.size * want.itemsize, f"input '{spec.name}' converted to {want}", DataError
+            )
+        except DataError as err:
+            raise DataError(f"{err}; save it as {want} to read it batch by batch, memory-mapped") from None
     array = array.astype(want, copy=False)
-    if want.kind == "f" and not np.all(np.isfinite(array)):
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        raise DataError(f"input '{spec.name}' contains {bad} NaN/Inf value(s)")
+    if want.kind == "f":
+        _check_finite(array, spec.name)
     return array
+
+
+#: Bytes of data checked at a time: a memory-mapped input is never read whole.
+CHECK_BYTES = 64 << 20
+
+
+def _check_finite(array: np.ndarray, name: str) -> None:
+    """NaN/Inf anywhere: how many, and the first row holding one, read a chunk of rows at a time."""
+    rows = max(1, CHECK_BYTES // max(array[:1].nbytes, 1))
+    bad, first = 0, None
+    for start in range(0, len(array), rows):
+        finite = np.isfinite(array[start : start + rows])
+        release(array, start, start + rows)
+        if not finite.all():
+            bad += int(finite.size - np.count_nonzero(finite))
+            if first is None:
+                first = start + int(np.argmin(finite.reshape(len(finite), -1).all(axis=1)))
+    if bad:
+        raise DataError(f"input '{name}' contains {bad} NaN/Inf value(s) (the first in row {first})")
