@@ -124,7 +124,9 @@ def release(array: np.ndarray, start: int, stop: int) -> None:
     file larger than memory would show as that much resident memory. They stay in the page
     cache and map back in if read again. A no-op for other arrays."""
     mapping = getattr(array, "_mmap", None)
-    if not isinstance(array, np.memmap) or mapping is None or not array.flags.c_contiguous or len(array) == 0:
+    if not isinstance(array, np.memmap) or not hasattr(mapping, "madvise"):  # (no madvise on Windows)
+        return
+    if not array.flags.c_contiguous or len(array) == 0:
         return
     row = array[:1].nbytes
     base = array.ctypes.data - _address(mapping)  # where the array starts inside the mapping
