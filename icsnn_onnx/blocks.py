@@ -27,21 +27,18 @@ Block = tuple[slice, slice]
 
 
 def blocks(shape: tuple[int, ...], elements: int = BLOCK_ELEMENTS) -> list[Block]:
-    """``(batch, channel)`` slices covering a ``[N, C, …]`` shape (channel: all of axis 1, or an
-    empty slice for rank 1) in blocks of about ``elements``."""
-    if len(shape) < 2:
-        step = max(1, elements)
-        return [(slice(n, min(n + step, shape[0])), slice(None)) for n in range(0, shape[0], step)]
-    inner = int(np.prod(shape[2:], dtype=np.int64))
-    per_sample = shape[1] * inner
-    if per_sample >= elements:
-        width = max(1, elements // max(inner, 1))
+    """``(batch, channel)`` slices covering a ``[N, C, …]`` shape in blocks of about ``elements``:
+    channels of one sample where a sample is that large, else whole samples (channel
+    ``slice(None)``, as for rank 1)."""
+    inner = int(np.prod(shape[2:], dtype=np.int64))  # 1 below rank 3
+    if len(shape) >= 2 and shape[1] * inner >= elements:  # a sample or more: blocks of channels
+        width = max(1, elements // inner)
         return [
             (slice(n, n + 1), slice(c, min(c + width, shape[1])))
             for n in range(shape[0])
             for c in range(0, shape[1], width)
         ]
-    step = max(1, elements // max(per_sample, 1))
+    step = max(1, elements // (shape[1] * inner if len(shape) >= 2 else 1))  # blocks of samples
     return [(slice(n, min(n + step, shape[0])), slice(None)) for n in range(0, shape[0], step)]
 
 

@@ -276,12 +276,12 @@ def _validate(raw: dict[str, np.ndarray], spec: InputSpec) -> np.ndarray:
             )
     if isinstance(array, np.memmap) and got != want:
         # Converting reads the whole file into memory, which a mapped file is there to avoid.
-        try:
-            check_allocation(
-                array.size * want.itemsize, f"input '{spec.name}' converted to {want}", DataError
-            )
-        except DataError as err:
-            raise DataError(f"{err}; save it as {want} to read it batch by batch, memory-mapped") from None
+        check_allocation(
+            array.size * want.itemsize,
+            f"input '{spec.name}' converted to {want}",
+            DataError,
+            hint=f"save it as {want} to read it batch by batch, memory-mapped",
+        )
     array = array.astype(want, copy=False)
     if want.kind == "f":
         _check_finite(array, spec.name)

@@ -119,12 +119,16 @@ class IFParams:
         object.__setattr__(self, "v_init", v_init)
 
 
-def _step(v: np.ndarray, z: np.ndarray, theta: np.ndarray) -> dict[str, np.ndarray]:
-    """Every value of one IF step (``m``, ``fired``, ``out``, ``v_next``, …), by name."""
-    env: dict[str, np.ndarray] = {"v": np.asarray(v), "z": np.asarray(z), "theta": np.asarray(theta)}
-    for eq in IF_EQUATIONS:
+def _evaluate(equations: tuple[Equation, ...], env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``env`` with every equation's result added, in order (numpy semantics of the ops)."""
+    for eq in equations:
         env[eq.result] = evaluate(eq.op_type, [env[a] for a in eq.args], {})
     return env
+
+
+def _step(v: np.ndarray, z: np.ndarray, theta: np.ndarray) -> dict[str, np.ndarray]:
+    """Every value of one IF step (``m``, ``fired``, ``out``, ``v_next``, …), by name."""
+    return _evaluate(IF_EQUATIONS, {"v": np.asarray(v), "z": np.asarray(z), "theta": np.asarray(theta)})
 
 
 def if_step(v: np.ndarray, z: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -210,9 +214,7 @@ def count_breakpoint(z: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, 
     v_star: np.ndarray = np.asarray(np.inf, z.dtype)
     count: np.ndarray = np.zeros((), np.int32)
     for env in steps(z, IFParams(theta)):
-        env["v_star"] = v_star
-        for eq in BREAKPOINT_EQUATIONS:
-            env[eq.result] = evaluate(eq.op_type, [env[a] for a in eq.args], {})
+        env = _evaluate(BREAKPOINT_EQUATIONS, {**env, "v_star": v_star})
         v_star, count = env["v_star_next"], count + env["fired"]
     shape = np.broadcast_shapes(z.shape[1:], theta.shape)
     return np.broadcast_to(count, shape), np.broadcast_to(v_star, shape)

@@ -6,8 +6,9 @@ stored outputs of earlier sites. After ``v_l(0)`` is chosen, the site's spikes a
 IF reference (:func:`icsnn_onnx.neuron.steps`: the same float32 operations as the file's
 neuron function) and stored as bits; later segments read ``θ·s``. So every site sees what the
 finished SNN would feed it, as in rebuilding the SNN per site, at the cost of one run. The
-stored tensors live on disk (:class:`~icsnn_onnx.segments.SpillStore`) and are dropped after
-their last reader, so memory is a batch's, whatever the number of samples.
+stored tensors stay in memory within a budget and go to disk beyond it
+(:class:`~icsnn_onnx.segments.SpillStore`), and are dropped after their last reader, so memory is
+bounded whatever the number of samples.
 """
 
 from __future__ import annotations
@@ -118,19 +119,9 @@ class OnePass:
         ranges = list(self._ranges())
         ann_feeds = (self._feeds(ann_seg, ann_reads, a, b, ann=True) for a, b in ranges)
         snn_feeds = (self._feeds(snn_seg, snn_reads, a, b) for a, b in ranges)
-        ann_outputs = [site.input, site.output]
-        both = merge(ann_seg, snn_seg)  # one session to load, where their names allow it
-        runs: Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
-        if both is not None:
-            feeds = ({**a, **s} for a, s in zip(ann_feeds, snn_feeds, strict=True))
-            outputs = list(dict.fromkeys([*ann_outputs, *self.currents[i]]))
-            runs = ((out, out) for out in run_batches(both, feeds, outputs))
-        else:
-            runs = zip(
-                run_batches(ann_seg, ann_feeds, ann_outputs),
-                run_batches(snn_seg, snn_feeds, self.currents[i]),
-                strict=True,
-            )
+        runs = _run_pair(
+            (ann_seg, ann_feeds, [site.input, site.output]), (snn_seg, snn_feeds, self.currents[i])
+        )
         keep_activation = ("ann", i) in self._last_read
         for (start, stop), (ann_out, snn_out) in zip(ranges, runs, strict=True):
             if start == 0:
@@ -154,6 +145,9 @@ class OnePass:
         self._dtype[i] = z_all.dtype  # what later segments read θ·s as
         theta, v_init = self.thresholds[i], np.asarray(v_init, np.float32)
         keep_spikes = ("snn", i) in self._last_read
+        if not keep_spikes and i not in self._keep_membrane:  # nothing after it reads this site
+            self._forget(i)
+            return
         if keep_spikes:
             spikes = self.store.create(f"s{i}", (self.T, *z_all.shape[1:]), np.uint8)
         if i in self._keep_membrane:
@@ -184,6 +178,10 @@ class OnePass:
             z = np.asarray(z_all[:, start:stop])
             for _ in run_blocks(lambda block, z=z, start=start: work(block, z, start), blocks(z.shape[1:])):
                 pass
+        self._forget(i)
+
+    def _forget(self, i: int) -> None:
+        """Drops site ``i``'s currents and whatever site ``i`` was the last to read."""
         self.store.drop(f"z{i}")
         for (kind, k), last in self._last_read.items():
             if last == i:
@@ -207,18 +205,9 @@ class OnePass:
         ranges = list(self._ranges())
         snn_feeds = (self._feeds(head, self._head_reads, a, b) for a, b in ranges)
         ann_feeds = (self._feeds(self._ann_head, self._ann_head_reads, a, b, ann=True) for a, b in ranges)
-        ann_outputs = list(self._ann_names.values())
-        both = merge(head, self._ann_head)
-        runs: Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
-        if both is not None:
-            feeds = ({**s, **a} for s, a in zip(snn_feeds, ann_feeds, strict=True))
-            runs = ((out, out) for out in run_batches(both, feeds, [*self._outputs, *ann_outputs]))
-        else:
-            runs = zip(
-                run_batches(head, snn_feeds, self._outputs),
-                run_batches(self._ann_head, ann_feeds, ann_outputs),
-                strict=True,
-            )
+        runs = _run_pair(
+            (head, snn_feeds, self._outputs), (self._ann_head, ann_feeds, list(self._ann_names.values()))
+        )
         totals, count = [0.0, 0.0], 0
         for (start, stop), (calibrated_out, ann_out) in zip(ranges, runs, strict=True):
             for name in self._outputs:
@@ -251,6 +240,25 @@ class OnePass:
             else:
                 feeds[cut] = np.asarray(self.store[f"v{self._membrane_of[cut]}"][start:stop])
         return feeds
+
+
+Outputs = dict[str, np.ndarray]
+Part = tuple[onnx.ModelProto, Iterator[Outputs], list[str]]  # a segment, its feeds, its outputs
+
+
+def _run_pair(first: Part, second: Part) -> Iterator[tuple[Outputs, Outputs]]:
+    """Both segments on their feeds, batch by batch: as one model (one session to load) where
+    :func:`~icsnn_onnx.segments.merge` can join them, else each in its own session."""
+    (model_1, feeds_1, outputs_1), (model_2, feeds_2, outputs_2) = first, second
+    both = merge(model_1, model_2)
+    if both is None:
+        yield from zip(
+            run_batches(model_1, feeds_1, outputs_1), run_batches(model_2, feeds_2, outputs_2), strict=True
+        )
+        return
+    feeds = ({**a, **b} for a, b in zip(feeds_1, feeds_2, strict=True))
+    for out in run_batches(both, feeds, list(dict.fromkeys([*outputs_1, *outputs_2]))):
+        yield out, out
 
 
 def _static_batch(model: onnx.ModelProto) -> int:
