@@ -21,6 +21,7 @@ _EXPORTS = {
     "ConversionOptions": "icsnn_onnx.options",
     "Dataset": "icsnn_onnx.data",
     "load_dataset": "icsnn_onnx.data",
+    "Stream": "icsnn_onnx.streams",
     "load_model": "icsnn_onnx.model_io",
     "save_model": "icsnn_onnx.model_io",
     "Session": "icsnn_onnx.runtime",
@@ -64,6 +65,7 @@ __all__ = [
     "ProviderUnavailableError",
     "Report",
     "Session",
+    "Stream",
     "TuneResult",
     "UnsupportedOperatorError",
     "__version__",
@@ -112,4 +114,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from icsnn_onnx.runtime import Evaluation, Session, evaluate
     from icsnn_onnx.runtime.diagnose import diagnose
     from icsnn_onnx.runtime.report import EnergyModel, Report, report
+    from icsnn_onnx.streams import Stream
     from icsnn_onnx.tuning import TuneResult, tune

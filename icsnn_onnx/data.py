@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import mmap
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import onnx
@@ -22,6 +22,9 @@ import onnx
 from icsnn_onnx.errors import DataError, IcsnnError
 from icsnn_onnx.limits import check_allocation
 from icsnn_onnx.model_io import check_readable_file
+
+if TYPE_CHECKING:
+    from icsnn_onnx.streams import Stream
 
 Dim = int | str | None
 
@@ -111,11 +114,36 @@ class Dataset:
         labels = None if self.labels is None else self.labels[:n]
         return Dataset({k: v[:n] for k, v in self.inputs.items()}, labels)
 
+    @property
+    def size(self) -> int:
+        """Samples (a :class:`~icsnn_onnx.streams.Stream` may not know its own)."""
+        return len(self)
+
+    def reusable(self) -> Dataset:
+        """Data that can be read more than once: this (a stream may need reading into memory)."""
+        return self
+
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
+        for batch in self.labelled_batches(size):
+            yield batch.inputs
+
+    def labelled_batches(self, size: int) -> Iterator[Batch]:
         for start in range(0, len(self), size):
-            yield {k: v[start : start + size] for k, v in self.inputs.items()}
+            labels = None if self.labels is None else self.labels[start : start + size]
+            yield Batch({k: v[start : start + size] for k, v in self.inputs.items()}, labels)
             for values in self.inputs.values():
                 release(values, start, start + size)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of inputs and, where the data has them, its labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
 
 
 def release(array: np.ndarray, start: int, stop: int) -> None:
@@ -143,7 +171,7 @@ def _address(mapping: mmap.mmap) -> int:
     return int(np.frombuffer(mapping, np.uint8, count=1).ctypes.data)
 
 
-DataSource = str | Path | np.ndarray | Mapping[str, np.ndarray] | Dataset
+DataSource = str | Path | np.ndarray | Mapping[str, np.ndarray] | Dataset | Iterable[object]
 
 
 def load_dataset(
@@ -152,22 +180,35 @@ def load_dataset(
     *,
     what: str = "data",
     error: type[IcsnnError] = DataError,
-) -> Dataset:
-    """Read and validate ``source`` for a model with inputs ``specs``; raises ``error``."""
+) -> Dataset | Stream:
+    """Read and validate ``source`` for a model with inputs ``specs``; raises ``error``.
+
+    A directory or glob of shards, or an iterable of batches, becomes a :class:`Stream`: read
+    and validated one part at a time as it is used (its errors name the shard or batch)."""
+    from icsnn_onnx.streams import open_stream  # streams builds on this module
+
     try:
+        stream = open_stream(source, specs, what, error)
+        if stream is not None:
+            return stream
         raw, labels = _read(source, specs)
-        inputs = {spec.name: _validate(raw, spec) for spec in specs}
-        if labels is not None:
-            labels = np.asarray(labels)
-            if labels.dtype.kind not in "iub":
-                raise DataError(f"labels 'y' must be integers, got {labels.dtype}")
-            labels = labels.astype(np.int64)
-        return Dataset(inputs, labels)
+        return validated(raw, labels, specs)
     except DataError as err:
         raise error(f"{what}: {err}") from None
 
 
-def _read(source: DataSource, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def validated(raw: Mapping[str, np.ndarray], labels: object, specs: list[InputSpec]) -> Dataset:
+    """A :class:`Dataset` of ``raw`` inputs and ``labels`` checked against ``specs``."""
+    inputs = {spec.name: _validate(raw, spec) for spec in specs}
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "iub":
+            raise DataError(f"labels 'y' must be integers, got {labels.dtype}")
+        labels = labels.astype(np.int64)
+    return Dataset(inputs, labels)
+
+
+def _read(source: object, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     if isinstance(source, Dataset):
         return dict(source.inputs), source.labels
     if isinstance(source, np.ndarray):
@@ -175,9 +216,17 @@ def _read(source: DataSource, specs: list[InputSpec]) -> tuple[dict[str, np.ndar
     if isinstance(source, Mapping):
         arrays = {k: np.asarray(v) for k, v in source.items()}
         return _from_keys(arrays, specs, "the mapping")
+    if hasattr(source, "__array__"):  # e.g. a torch tensor: one array, not an iterable of rows
+        return _single(np.asarray(source), specs), None
     if not isinstance(source, str | Path):
-        raise TypeError(f"data is a path, an array, a mapping or a Dataset, not {type(source).__name__}")
-    path = Path(source)
+        raise TypeError(
+            f"data is a path, an array, a mapping, a Dataset or an iterable of batches, not {type(source).__name__}"
+        )
+    return read_file(Path(source), specs)
+
+
+def read_file(path: Path, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The inputs and labels of one ``.npz`` or ``.npy`` file (an ``.npy`` memory-mapped)."""
     check_readable_file(path, DataError)
     try:
         if _check_headers(path):  # an .npy: memory-mapped, read batch by batch as it is used

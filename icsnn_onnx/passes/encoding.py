@@ -24,10 +24,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.contract import encoder_key
-from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.passes import Pass, PassResult
 from icsnn_onnx.program import EncodingKind, InputEncoder, Program
+from icsnn_onnx.streams import Data
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def encoded_inputs(graph: gs.Graph, encoding: str) -> frozenset[str]:
 
 
 class EncodeInputs(Pass):
-    def __init__(self, calib: Dataset | None) -> None:
+    def __init__(self, calib: Data | None) -> None:
         self.calib = calib
 
     def call(self, program: Program) -> PassResult:
@@ -54,9 +54,13 @@ class EncodeInputs(Pass):
             )
         data = self.calib.head(options.calib_samples)
         v_init = 0.5 if options.compensation else 0.0
+        ranges = {name: (np.inf, -np.inf) for name in names}
+        for batch in data.batches(options.batch_size):  # a batch at a time: data may be streamed
+            for name in names:
+                low, high = ranges[name]
+                ranges[name] = (min(low, float(np.min(batch[name]))), max(high, float(np.max(batch[name]))))
         for name in sorted(names):
-            values = data.inputs[name]
-            low, high = float(np.min(values)), float(np.max(values))
+            low, high = ranges[name]
             if not high > low:
                 logger.warning("input %s is constant (%g) on calibration data; range widened by 1", name, low)
                 high = low + 1.0

@@ -18,7 +18,6 @@ import onnx
 
 from icsnn_onnx.blocks import Block, blocks, run_blocks
 from icsnn_onnx.contract import INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY, INIT_METHOD_KEY
-from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.neuron import count_breakpoint
 from icsnn_onnx.options import InitPolicy, Layout, Target, resolve_init
@@ -31,6 +30,7 @@ from icsnn_onnx.passes.unroll import Unroll
 from icsnn_onnx.program import Program
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.segments import SpillStore
+from icsnn_onnx.streams import Data
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class CalibrateInitialPotential(Pass):
 
     def __init__(
         self,
-        calib: Dataset | None,
+        calib: Data | None,
         progress: ProgressFactory = silent,
         candidates: int = 16,
         samples: int = 256,

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.limits import check_allocation
 from icsnn_onnx.progress import ProgressFactory, silent
+from icsnn_onnx.streams import Data
 
 if TYPE_CHECKING:
     from icsnn_onnx.runtime.session import Session
@@ -19,32 +19,47 @@ if TYPE_CHECKING:
 
 def iter_run(
     session: Session,
-    data: Dataset,
+    data: Data,
     batch_size: int = 64,
     outputs: list[str] | None = None,
     progress: ProgressFactory = silent,
     desc: str = "running",
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Run ``data`` in batches, yielding each batch's outputs (memory stays bounded).
+    """Run ``data`` in batches, yielding each batch's outputs (memory stays bounded)."""
+    for result, _ in iter_labelled(session, data, batch_size, outputs, progress, desc):
+        yield result
+
+
+def iter_labelled(
+    session: Session,
+    data: Data,
+    batch_size: int = 64,
+    outputs: list[str] | None = None,
+    progress: ProgressFactory = silent,
+    desc: str = "running",
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+    """Run ``data`` in batches, yielding each batch's outputs and labels (``None`` without).
 
     A model with a static batch size gets batches of exactly that size; the last one is
     padded and the padding removed from the outputs.
     """
     static = session.inputs[0].static_batch if session.inputs else None
     size = static or batch_size
-    if static and len(data):
-        per_sample = sum(v[:1].nbytes for v in data.inputs.values())
-        check_allocation(per_sample * static, f"a batch of the model's static size {static}", DataError)
-    bar = progress(-(-len(data) // size), desc)
+    bar = progress(-(-data.size // size) if data.size is not None else 0, desc)
     try:
-        for batch in data.batches(size):
-            n = len(next(iter(batch.values())))
+        for index, batch in enumerate(data.labelled_batches(size)):
+            feeds, n = batch.inputs, len(batch)
+            if static and index == 0:
+                per_sample = sum(v[:1].nbytes for v in feeds.values())
+                check_allocation(
+                    per_sample * static, f"a batch of the model's static size {static}", DataError
+                )
             if static and n < static:
-                batch = {k: np.concatenate([v, np.repeat(v[-1:], static - n, 0)]) for k, v in batch.items()}
-            result = session.run(batch, outputs)
+                feeds = {k: np.concatenate([v, np.repeat(v[-1:], static - n, 0)]) for k, v in feeds.items()}
+            result = session.run(feeds, outputs)
             if static and n < static:
                 result = {k: np.take(v, range(n), axis=session.batch_axis(k)) for k, v in result.items()}
-            yield result
+            yield result, batch.labels
             bar.update(1)
     finally:
         bar.close()
@@ -52,7 +67,7 @@ def iter_run(
 
 def run_all(
     session: Session,
-    data: Dataset,
+    data: Data,
     batch_size: int = 64,
     outputs: list[str] | None = None,
     progress: ProgressFactory = silent,

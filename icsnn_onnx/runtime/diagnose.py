@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime.instrument import NeuronLayer, expose, instrument, neuron_layers
 from icsnn_onnx.runtime.session import Session
+from icsnn_onnx.streams import Data
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class _Sums:
 def diagnose(
     snn: str | Path | onnx.ModelProto,
     ann: str | Path | onnx.ModelProto,
-    data: Dataset,
+    data: Data,
     steps: Sequence[int] | None = None,
     batch_size: int = 16,
     provider: str = "auto",
@@ -103,6 +103,7 @@ def diagnose(
 ) -> Diagnosis:
     """Trace every neuron layer of ``snn`` against ``ann`` on ``data`` (see the module docstring)."""
     snn_model, ann_model = load_model(snn), load_model(ann)
+    data = data.reusable()  # read by the SNN and the ANN side by side
     layers = neuron_layers(snn_model)
     T = max(layer.T for layer in layers)
     looped = any(layer.loop is not None for layer in layers)
@@ -133,7 +134,8 @@ def diagnose(
     sums = {(layer.name, t): _Sums() for layer in traced for t in steps}
     above: dict[str, list[float]] = {layer.name: [0.0, 0.0] for layer in traced}
     outputs = {t: _Sums() for t in steps}
-    bar = progress(-(-len(data) // batch_size), "diagnosing")
+    bar = progress(-(-data.size // batch_size) if data.size is not None else 0, "diagnosing")
+    samples = 0
     try:
         for got, ref in zip(
             snn_session.iter_run(data, batch_size, snn_names),
@@ -143,6 +145,7 @@ def diagnose(
             for layer in traced:
                 _accumulate(layer, steps, probes, got, ref, sums, above[layer.name])
             _compare_outputs(got[output], ref[output], outputs[T])
+            samples += len(ref[output])
             if per_step:
                 for t in steps[:-1] if steps[-1] == T else steps:
                     _compare_outputs(got[per_step][t - 1], ref[output], outputs[t])
@@ -166,7 +169,7 @@ def diagnose(
         fraction = hits / count if layer.threshold is not None and count else None
         traces.append(LayerTrace(layer.name, layer.tensor, fraction, by_step))
     return Diagnosis(
-        samples=len(data),
+        samples=samples,
         T=T,
         steps=steps,
         layers=tuple(traces),

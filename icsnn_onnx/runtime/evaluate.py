@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icsnn_onnx.data import Dataset
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.progress import ProgressFactory, silent
+from icsnn_onnx.runtime.batching import iter_labelled
 from icsnn_onnx.runtime.session import Session
+from icsnn_onnx.streams import Data
 
 
 def predicted_labels(values: np.ndarray) -> np.ndarray:
@@ -43,28 +44,55 @@ def default_output(session: Session) -> str:
     return next(n for n in session.output_names if n not in per_step)
 
 
-def evaluate(
+@dataclass(frozen=True)
+class Predictions:
+    """A model's predicted classes on data, after T (``steps``: ``[T, N]`` after each step, where
+    the model has per-step outputs), and the data's labels where it has them."""
+
+    output: str
+    classes: np.ndarray
+    steps: np.ndarray | None
+    labels: np.ndarray | None
+
+
+def predict(
     session: Session,
-    data: Dataset,
+    data: Data,
     output: str | None = None,
     batch_size: int = 64,
     progress: ProgressFactory = silent,
-) -> Evaluation:
+) -> Predictions:
     output = output or default_output(session)
     if output not in session.output_names:
         raise DataError(f"model has no output {output!r}; outputs are {session.output_names}")
     per_step = _per_step(session).get(output, "")
     names = [output] + ([per_step] if per_step in session.output_names else [])
-    predictions, step_predictions = [], []
-    for result in session.iter_run(data, batch_size, names, progress, "evaluating"):
+    predictions, step_predictions, labels = [], [], []
+    for result, batch_labels in iter_labelled(session, data, batch_size, names, progress, "evaluating"):
         predictions.append(predicted_labels(result[output]))
+        if batch_labels is not None:
+            labels.append(batch_labels)
         if per_step in result:
             step_predictions.append(np.stack([predicted_labels(v) for v in result[per_step]]))
-    pred = np.concatenate(predictions)
+    return Predictions(
+        output,
+        np.concatenate(predictions),
+        np.concatenate(step_predictions, axis=1) if step_predictions else None,
+        np.concatenate(labels) if labels else None,
+    )
+
+
+def evaluate(
+    session: Session,
+    data: Data,
+    output: str | None = None,
+    batch_size: int = 64,
+    progress: ProgressFactory = silent,
+) -> Evaluation:
+    p = predict(session, data, output, batch_size, progress)
     accuracy = steps = None
-    if data.labels is not None:
-        accuracy = float(np.mean(pred == data.labels))
-        if step_predictions:
-            per_t = np.concatenate(step_predictions, axis=1) == data.labels[None, :]
-            steps = tuple(float(a) for a in per_t.mean(axis=1))
-    return Evaluation(output, len(data), pred, accuracy, steps)
+    if p.labels is not None:
+        accuracy = float(np.mean(p.classes == p.labels))
+        if p.steps is not None:
+            steps = tuple(float(a) for a in (p.steps == p.labels[None, :]).mean(axis=1))
+    return Evaluation(p.output, len(p.classes), p.classes, accuracy, steps)

@@ -30,10 +30,11 @@ import onnx
 
 from icsnn_onnx._version import __version__
 from icsnn_onnx.contract import SnnMetadata, base_name, encoded_spikes_name, loop_step_name, step_name
-from icsnn_onnx.data import Dataset, check_same_inputs, input_specs
+from icsnn_onnx.data import check_same_inputs, input_specs
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime.accumulate import Emit, Family, accumulate, expose_also
+from icsnn_onnx.runtime.batching import iter_labelled
 from icsnn_onnx.runtime.evaluate import predicted_labels
 from icsnn_onnx.runtime.fanout import (
     MEMBRANE,
@@ -48,6 +49,7 @@ from icsnn_onnx.runtime.instrument import NeuronLayer, expose, neuron_layers
 from icsnn_onnx.runtime.readout_by_step import StepReadout
 from icsnn_onnx.runtime.session import Session
 from icsnn_onnx.runtime.synapses import Synapse, find_synapses, macs
+from icsnn_onnx.streams import Data
 
 MAX_LATENCY_BINS = 64
 
@@ -123,7 +125,7 @@ class Report:
 
 def report(
     snn: str | Path | onnx.ModelProto,
-    data: Dataset,
+    data: Data,
     ann: str | Path | onnx.ModelProto | None = None,
     batch_size: int = 32,
     provider: str = "auto",
@@ -131,6 +133,7 @@ def report(
     progress: ProgressFactory = silent,
 ) -> Report:
     """Measure ``snn`` on ``data`` (see the module docstring)."""
+    data = data.reusable()  # read by the probe, the SNN and the ANN
     energy = energy or EnergyModel()
     model = load_model(snn)
     layers = neuron_layers(model)
@@ -173,9 +176,10 @@ def report(
     names = [output, *([per_step] if per_step else []), *(n for f in finals.values() for n in f)]
     names = list(dict.fromkeys([*names, *membranes.values(), *step_names]))
     ann_batches = ann_session.iter_run(data, batch_size, [output, *ann_tensors]) if ann_session else None
-    bar = progress(-(-len(data) // batch_size), "reporting")
+    bar = progress(-(-data.size // batch_size) if data.size is not None else 0, "reporting")
+    labelled = False
     try:
-        for got in session.iter_run(data, batch_size, names):
+        for got, labels in iter_labelled(session, data, batch_size, names):
             ref = next(ann_batches) if ann_batches is not None else None
             steps = None
             if per_step is not None:
@@ -183,17 +187,19 @@ def report(
             elif by_step is not None:
                 steps = np.stack([r[output] for r in by_step.outputs_by_t(got, head)])
                 steps[-1] = got[output]  # the SNN's own output at T, not a re-summed one
-            stats.add(got, ref, finals, membranes, output, steps, data.labels)
+            stats.add(got, ref, finals, membranes, output, steps, labels)
+            labelled = labels is not None
             bar.update(1)
     finally:
         bar.close()
-    return stats.finish(len(data), energy, data.labels is not None, ann is not None)
+    return stats.finish(int(stats.values.get("seen", 0)), energy, labelled, ann is not None)
 
 
-def _first_batch(session: Session, data: Dataset) -> dict[str, np.ndarray]:
+def _first_batch(session: Session, data: Data) -> dict[str, np.ndarray]:
     """One sample (repeated to a static batch size): the probe run that reads tensor shapes."""
     size = (session.inputs[0].static_batch if session.inputs else None) or 1
-    return {k: np.repeat(v[:1], size, axis=0) for k, v in data.inputs.items()}
+    first = next(data.batches(1))
+    return {k: np.repeat(v[:1], size, axis=0) for k, v in first.items()}
 
 
 def _macs(synapses: list[Synapse], probe: dict, model: onnx.ModelProto) -> dict[str, int]:
@@ -326,10 +332,9 @@ class _Stats:
         self, got: dict, ref: dict | None, output: str, steps: np.ndarray | None, labels: object
     ) -> None:
         n = len(got[output])
-        start = int(self.values.get("seen", 0))
         self._add("seen", n)
         predictions = predicted_labels(got[output])
-        y = None if labels is None else np.asarray(labels)[start : start + n]
+        y = None if labels is None else np.asarray(labels)
         ann_predictions = predicted_labels(ref[output]) if ref is not None else None
         if y is not None:
             self.correct += float(np.sum(predictions == y))

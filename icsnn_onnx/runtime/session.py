@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from icsnn_onnx.contract import SnnMetadata
-from icsnn_onnx.data import Dataset, InputSpec
+from icsnn_onnx.data import InputSpec
 from icsnn_onnx.errors import ModelLoadError
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.progress import ProgressFactory, silent
@@ -33,6 +33,7 @@ from icsnn_onnx.runtime.providers import (
     target_mismatch,
 )
 from icsnn_onnx.runtime.types import numpy_type
+from icsnn_onnx.streams import Data
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class Session:
 
     def iter_run(
         self,
-        data: Dataset,
+        data: Data,
         batch_size: int = 64,
         outputs: list[str] | None = None,
         progress: ProgressFactory = silent,
@@ -231,7 +232,7 @@ class Session:
 
     def run_all(
         self,
-        data: Dataset,
+        data: Data,
         batch_size: int = 64,
         outputs: list[str] | None = None,
         progress: ProgressFactory = silent,
