@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from icsnn_onnx.data import Dataset
+from icsnn_onnx.engine import ChunkWorker, RayEngine, run, threads_per_worker
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime.instrument import expose
 from icsnn_onnx.runtime.session import Session
+from icsnn_onnx.streams import Data
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ BINS = 2048
 def stream_tensors(
     model: onnx.ModelProto,
     tensors: Sequence[str],
-    data: Dataset,
+    data: Data,
     batch_size: int = 64,
     progress: ProgressFactory = silent,
     desc: str = "calibrating",
@@ -70,7 +73,7 @@ def _rows_per_channel(a: np.ndarray, channel_wise: bool) -> np.ndarray:
 def activation_thresholds(
     model: onnx.ModelProto,
     tensors: Sequence[str],
-    data: Dataset,
+    data: Data,
     *,
     percentile: float | None,
     channel_wise: bool,
@@ -78,42 +81,124 @@ def activation_thresholds(
     bounds: Mapping[str, float] | None = None,
     batch_size: int = 64,
     progress: ProgressFactory = silent,
+    engine: RayEngine | None = None,
 ) -> dict[str, np.ndarray]:
     """Per tensor, a statistic of ``a = max(z, 0)`` (``min(max(z, 0), λ)`` for a tensor with a
     bound λ in ``bounds``: a clipped activation's values): shape ``[C]`` or ``[1]``.
 
     The max; or the ``percentile``; or, with ``levels`` = T, the θ minimizing the squared error
     of ``a`` rounded to the T levels ``k·θ/T``, ``k = 0..T`` (the quantization an IF neuron
-    started at θ/2 applies to a constant current, docs/method.md eq. 2).
+    started at θ/2 applies to a constant current, docs/method.md eq. 2). With an ``engine``, the
+    batches run on its Ray workers, with the same result.
     """
     names = list(tensors)
-    bounds = bounds or {}
-
-    def activation(out: dict[str, np.ndarray], name: str) -> np.ndarray:
-        return np.clip(out[name], 0, bounds.get(name))
-
-    maxima: dict[str, np.ndarray] = {}
-    for out in stream_tensors(model, names, data, batch_size, progress, "calibrating (max)"):
-        for name in names:
-            m = _rows_per_channel(activation(out, name), channel_wise).max(axis=1).astype(np.float64)
-            maxima[name] = m if name not in maxima else np.maximum(maxima[name], m)
-    if levels is None and (percentile is None or percentile >= 100.0):
+    statistics = _Statistics(names, channel_wise, dict(bounds or {}))
+    if engine is not None:
+        maxima, hist = _distributed(
+            engine, expose(model, names), statistics, data, batch_size, levels, percentile
+        )
+    else:
+        maxima = {}
+        for out in stream_tensors(model, names, data, batch_size, progress, "calibrating (max)"):
+            maxima = statistics.merge_maxima(maxima, statistics.maxima(out))
+        hist = None
+        if levels is not None or (percentile is not None and percentile < 100.0):
+            what = f"T={levels} levels" if levels is not None else f"p{percentile:g}"
+            hist = {name: np.zeros((len(m), BINS), np.int64) for name, m in maxima.items()}
+            for out in stream_tensors(model, names, data, batch_size, progress, f"calibrating ({what})"):
+                for name, counts in statistics.histograms(out, maxima).items():
+                    hist[name] += counts
+    if hist is None:
         return maxima
-
-    hist = {name: np.zeros((len(m), BINS), np.int64) for name, m in maxima.items()}
-    what = f"T={levels} levels" if levels is not None else f"p{percentile:g}"
-    for out in stream_tensors(model, names, data, batch_size, progress, f"calibrating ({what})"):
-        for name in names:
-            values = _rows_per_channel(activation(out, name), channel_wise).astype(np.float64)
-            top = np.where(maxima[name] > 0, maxima[name], 1.0)[:, None]
-            bins = np.minimum((values / top * BINS).astype(np.int64), BINS - 1)
-            rows = np.arange(len(values))[:, None] * BINS
-            hist[name] += np.bincount((rows + bins).ravel(), minlength=hist[name].size).reshape(
-                hist[name].shape
-            )
     if levels is not None:
         return {name: _least_squares_threshold(hist[name], maxima[name], levels) for name in names}
     return {name: _percentile_from_histogram(hist[name], maxima[name], percentile) for name in names}
+
+
+@dataclass(frozen=True)
+class _Statistics:
+    """One batch's contribution to the statistics: maxima, then histograms over ``[0, max]``.
+    Both merge exactly in any order (a maximum, integer counts), across batches or workers."""
+
+    names: list[str]
+    channel_wise: bool
+    bounds: dict[str, float]
+
+    def _activation(self, out: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+        a = np.clip(out[name], 0, self.bounds.get(name))
+        return _rows_per_channel(a, self.channel_wise)
+
+    def maxima(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: self._activation(out, name).max(axis=1).astype(np.float64) for name in self.names}
+
+    @staticmethod
+    def merge_maxima(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: np.maximum(a[name], m) if name in a else m for name, m in b.items()}
+
+    def histograms(
+        self, out: Mapping[str, np.ndarray], maxima: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        found = {}
+        for name in self.names:
+            values = self._activation(out, name).astype(np.float64)
+            top = np.where(maxima[name] > 0, maxima[name], 1.0)[:, None]
+            bins = np.minimum((values / top * BINS).astype(np.int64), BINS - 1)
+            rows = np.arange(len(values))[:, None] * BINS
+            found[name] = np.bincount((rows + bins).ravel(), minlength=len(values) * BINS).reshape(-1, BINS)
+        return found
+
+
+class _StatisticsWorker(ChunkWorker):
+    """The Ray actor of :func:`_distributed`: the ANN with its tensors exposed, one session."""
+
+    def setup(self, model: bytes, statistics: _Statistics, maxima: dict[str, np.ndarray] | None) -> None:
+        self.session = Session(model, provider="cpu", threads=threads_per_worker())
+        self.statistics, self.maxima = statistics, maxima
+
+    def chunk(self, data: Dataset) -> dict[str, np.ndarray]:
+        names = self.statistics.names
+        if self.maxima is None:
+            found: dict[str, np.ndarray] = {}
+            for out in self.session.iter_run(data, self.batch_size, names):
+                found = self.statistics.merge_maxima(found, self.statistics.maxima(out))
+        else:
+            found = {name: np.zeros((len(m), BINS), np.int64) for name, m in self.maxima.items()}
+            for out in self.session.iter_run(data, self.batch_size, names):
+                for name, counts in self.statistics.histograms(out, self.maxima).items():
+                    found[name] += counts
+        return {f"t{i}": found[name] for i, name in enumerate(names)}  # Ray columns: plain names
+
+
+def _distributed(
+    engine: RayEngine,
+    model: onnx.ModelProto,
+    statistics: _Statistics,
+    data: Data,
+    batch_size: int,
+    levels: int | None,
+    percentile: float | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """The same maxima and histograms as one process, from ``engine``'s workers (two passes)."""
+    serialized, names = model.SerializeToString(), statistics.names
+    specs = Session(serialized, provider="cpu").inputs
+
+    def reduce(maxima: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        arguments = {"specs": specs, "model": serialized, "statistics": statistics, "maxima": maxima}
+        total: dict[str, np.ndarray] = {}
+        for row in run(
+            engine, data, _StatisticsWorker, arguments, batch_size=batch_size, what="calibration data"
+        ):
+            part = {name: row[f"t{i}"] for i, name in enumerate(names)}
+            if maxima is None:
+                total = statistics.merge_maxima(total, part)
+            else:
+                total = {name: total[name] + part[name] if name in total else part[name] for name in names}
+        return total
+
+    maxima = reduce(None)
+    if levels is None and (percentile is None or percentile >= 100.0):
+        return maxima, None
+    return maxima, reduce(maxima)
 
 
 def _least_squares_threshold(

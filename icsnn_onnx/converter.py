@@ -12,6 +12,7 @@ import onnx
 from icsnn_onnx._version import __version__
 from icsnn_onnx.contract import CONVERTER_VERSION_KEY, SITES_KEY
 from icsnn_onnx.data import DataSource, InputSpec, input_specs, load_dataset
+from icsnn_onnx.engine import RayEngine
 from icsnn_onnx.errors import CalibrationError, UnsupportedNode
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions
@@ -48,16 +49,19 @@ def convert(
     *,
     options: ConversionOptions | None = None,
     progress: ProgressFactory = silent,
+    engine: RayEngine | None = None,
     **fields: object,
 ) -> onnx.ModelProto:
     """Convert an ANN (path, bytes or ModelProto) into a T-step SNN ModelProto.
 
     ``options`` is the :class:`ConversionOptions` record of what to build; or give its fields as
     keywords (``T=8, init="calibrated"``), which build the same record (not both). ``calib``:
-    calibration inputs (file, array, dict or Dataset), needed when some activation is an
+    calibration inputs (a file, a directory or glob of shards, an array, a dict, a Dataset or an
+    iterable of batches such as a DataLoader), needed when some activation is an
     unclipped ReLU. Wrong option values raise ``ValueError``/``TypeError``; everything a model or
     its data can get wrong raises an :class:`~icsnn_onnx.IcsnnError`. The input model is never
-    modified.
+    modified. ``engine``: compute the thresholds' calibration statistics on Ray workers (the
+    same thresholds; Alg 2's layer-by-layer calibration stays in this process).
     """
     if options is None:
         options = ConversionOptions(**fields)  # type: ignore[arg-type]
@@ -67,6 +71,7 @@ def convert(
     dataset = None
     if calib is not None:
         dataset = load_dataset(calib, input_specs(source), what="calibration data", error=CalibrationError)
+        dataset = dataset.reusable()  # the passes read it more than once
     program = import_model(source, options)
     PassManager(
         [
@@ -74,7 +79,7 @@ def convert(
             CheckSupport(),
             ResolveInit(has_calibration=dataset is not None),
             CheckScale(),
-            NormalizeThresholds(dataset, progress),
+            NormalizeThresholds(dataset, progress, engine),
             EncodeInputs(dataset),
             InitialPotential(),
             CalibrateInitialPotential(dataset, progress),  # where init is (or became) calibrated

@@ -212,12 +212,12 @@ def _read(source: object, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray]
     if isinstance(source, Dataset):
         return dict(source.inputs), source.labels
     if isinstance(source, np.ndarray):
-        return _single(source, specs), None
+        return single_input(source, specs), None
     if isinstance(source, Mapping):
         arrays = {k: np.asarray(v) for k, v in source.items()}
-        return _from_keys(arrays, specs, "the mapping")
+        return from_keys(arrays, specs, "the mapping")
     if hasattr(source, "__array__"):  # e.g. a torch tensor: one array, not an iterable of rows
-        return _single(np.asarray(source), specs), None
+        return single_input(np.asarray(source), specs), None
     if not isinstance(source, str | Path):
         raise TypeError(
             f"data is a path, an array, a mapping, a Dataset or an iterable of batches, not {type(source).__name__}"
@@ -230,20 +230,20 @@ def read_file(path: Path, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray]
     check_readable_file(path, DataError)
     try:
         if _check_headers(path):  # an .npy: memory-mapped, read batch by batch as it is used
-            return _single(np.load(path, mmap_mode="r", allow_pickle=False), specs), None
+            return single_input(np.load(path, mmap_mode="r", allow_pickle=False), specs), None
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"cannot read {path}: {_first_line(err)}") from None
     except MemoryError:
         raise DataError(f"{path}: its arrays do not fit in memory") from None
     if isinstance(loaded, np.ndarray):
-        return _single(loaded, specs), None
+        return single_input(loaded, specs), None
     with loaded:
         try:
             arrays = {k: loaded[k] for k in loaded.files}
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
             raise DataError(f"cannot read {path}: {err}") from None
-    return _from_keys(arrays, specs, str(path))
+    return from_keys(arrays, specs, str(path))
 
 
 def _check_headers(path: Path) -> bool:
@@ -290,16 +290,19 @@ def _first_line(err: Exception) -> str:
     return (str(err).strip() or type(err).__name__).splitlines()[0]
 
 
-def _single(array: np.ndarray, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+def single_input(array: np.ndarray, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """One array as the inputs of a single-input model."""
     if len(specs) != 1:
         names = [s.name for s in specs]
         raise DataError(f"the model has {len(specs)} inputs {names}; give an .npz keyed by name")
     return {specs[0].name: array}
 
 
-def _from_keys(
+def from_keys(
     arrays: dict[str, np.ndarray], specs: list[InputSpec], where: str
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Inputs and labels of keyed arrays (an ``.npz``, a dict batch): ``x`` for a single-input
+    model or the inputs' names, labels ``y``."""
     labels = arrays.get("y")
     names = [s.name for s in specs]
     if all(n in arrays for n in names):

@@ -78,3 +78,27 @@ def _warnings_to_log() -> Iterator[None]:
         finally:
             for w in caught:
                 logger.debug("%s: %s (%s:%d)", w.category.__name__, w.message, w.filename, w.lineno)
+
+
+@contextlib.contextmanager
+def native_stderr_to_log(source: str) -> Iterator[None]:
+    """File descriptor 2 into a temporary file for the duration, its lines re-logged at DEBUG:
+    for native code (Ray's C++ core) that writes to stderr with no logger to raise. Process-wide,
+    so only around calls that block this process until they return."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                logger.debug("%s: %s", source, line)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from icsnn_onnx.data import Batch, Dataset, InputSpec, read_file, validated
+from icsnn_onnx.data import Batch, Dataset, InputSpec, from_keys, read_file, single_input, validated
 from icsnn_onnx.errors import DataError, IcsnnError
 from icsnn_onnx.limits import check_allocation
 
@@ -242,10 +242,9 @@ def _rows(shards: list[Path], specs: list[InputSpec]) -> int | None:
 
 def _header_rows(path: Path, specs: list[InputSpec]) -> int | None:
     try:
-        with path.open("rb") as f:
-            if f.read(6) == b"\x93NUMPY":
-                f.seek(0)
-                return _leading(f)
+        rows = npy_rows(path)
+        if rows is not None:
+            return rows
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
             key = next((k for k in ("x", specs[0].name) if f"{k}.npy" in names), None) if specs else None
@@ -255,6 +254,15 @@ def _header_rows(path: Path, specs: list[InputSpec]) -> int | None:
                 return _leading(f)
     except (OSError, ValueError, zipfile.BadZipFile, DataError):
         return None  # read (and reported) when the shard is opened
+
+
+def npy_rows(path: Path) -> int | None:
+    """The rows of an ``.npy`` file, from its header (``None`` if it is not one)."""
+    with path.open("rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            return None
+        f.seek(0)
+        return _leading(f)
 
 
 def _leading(f: object) -> int | None:
@@ -297,21 +305,10 @@ def _unpack(item: object, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray]
         item, labels = item[0], (item[1] if len(item) == 2 else None)
         labels = None if labels is None else np.asarray(labels)
     if isinstance(item, Mapping):
-        arrays = {str(k): np.asarray(v) for k, v in item.items()}
-        if "y" in arrays and labels is None:
-            labels = arrays.pop("y")
-        names = [s.name for s in specs]
-        if all(n in arrays for n in names):
-            return {n: arrays[n] for n in names}, labels
-        if len(specs) == 1 and "x" in arrays:
-            return {names[0]: arrays["x"]}, labels
-        raise DataError(f"a batch has keys {sorted(arrays)}; expected 'x' or the model's inputs {names}")
+        inputs, found = from_keys({str(k): np.asarray(v) for k, v in item.items()}, specs, "a batch")
+        return inputs, labels if labels is not None else found
     if isinstance(item, np.ndarray) or hasattr(item, "__array__"):
-        if len(specs) != 1:
-            raise DataError(
-                f"the model has {len(specs)} inputs {[s.name for s in specs]}; give batches as dicts"
-            )
-        return {specs[0].name: np.asarray(item)}, labels
+        return single_input(np.asarray(item), specs), labels
     raise DataError(f"a batch is an array, a dict or an (x, y) pair, not {type(item).__name__}")
 
 

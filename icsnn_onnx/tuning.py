@@ -16,13 +16,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import onnx
+
 from icsnn_onnx.converter import ModelSource, convert
 from icsnn_onnx.data import DataSource, input_specs, load_dataset
-from icsnn_onnx.errors import DataError
+from icsnn_onnx.engine import RayEngine, connect, ray_errors
+from icsnn_onnx.errors import CalibrationError, DataError
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.options import ConversionOptions, threshold_depends_on_T
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime import Session, evaluate
+from icsnn_onnx.runtime.scoring import score
+from icsnn_onnx.streams import Data
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,14 @@ def tune(
     max_drop: float = 0.5,
     max_T: int = 64,
     progress: ProgressFactory = silent,
+    engine: RayEngine | None = None,
     **fields: object,
 ) -> TuneResult:
     """The smallest T ≤ ``max_T`` whose SNN, built as ``options`` says (its ``T`` and ``per_step``
     aside), is within ``max_drop`` accuracy points of the ANN on ``data``. ``options`` or its
-    fields as keywords, as for :func:`~icsnn_onnx.convert`."""
+    fields as keywords, as for :func:`~icsnn_onnx.convert`. With an ``engine``, the candidate
+    SNNs (T = 1, 2, 4, … ≤ ``max_T``, all of them) are converted in parallel on its Ray workers
+    and scored together in one pass over the data; the table then lists every candidate."""
     if options is None:
         options = ConversionOptions(**fields)  # type: ignore[arg-type]
     elif fields:
@@ -56,13 +64,19 @@ def tune(
     if isinstance(max_T, bool) or not isinstance(max_T, int) or max_T < 1:
         raise ValueError(f"max_T must be a positive integer, got {max_T!r}")
     source = load_model(model)
-    dataset = load_dataset(data, input_specs(source), what="tuning data")
-    if dataset.labels is None:
-        raise DataError("tuning data needs integer labels 'y'")
+    dataset = load_dataset(data, input_specs(source), what="tuning data").reusable()  # once per T
+    if calib is not None:  # opened once, not once per conversion
+        calib = load_dataset(calib, input_specs(source), what="calibration data", error=CalibrationError)
+        calib = calib.reusable()
+    stepwise = options.init in ("half", "zero") and not threshold_depends_on_T(options.threshold)
+    if engine is not None:
+        return _tune_distributed(source, calib, dataset, options, stepwise, max_drop, max_T, engine)
     ann = evaluate(Session(source, provider="cpu"), dataset, progress=progress).accuracy
+    if ann is None:
+        raise DataError("tuning data needs integer labels 'y'")
     target = ann - max_drop / 100.0
     table: dict[int, float] = {}
-    if options.init in ("half", "zero") and not threshold_depends_on_T(options.threshold):
+    if stepwise:
         stepwise = replace(options, T=max_T, per_step=True)
         snn = convert(source, calib, options=stepwise, progress=progress)
         steps = evaluate(Session(snn, provider="cpu"), dataset, progress=progress).per_step_accuracy
@@ -77,3 +91,43 @@ def tune(
             T *= 2
     chosen = next((t for t in sorted(table) if table[t] >= target), None)
     return TuneResult(ann, table, chosen, max_drop)
+
+
+def _tune_distributed(
+    source: onnx.ModelProto,
+    calib: Data | None,
+    data: Data,
+    options: ConversionOptions,
+    stepwise: bool,
+    max_drop: float,
+    max_T: int,
+    engine: RayEngine,
+) -> TuneResult:
+    ray = connect(engine)
+    if stepwise:
+        candidates = [replace(options, T=max_T, per_step=True)]
+    else:
+        candidates = [replace(options, T=1 << k, per_step=False) for k in range(max_T.bit_length())]
+    task = ray.remote(num_cpus=1, num_gpus=0)(_convert_bytes)
+    model = source.SerializeToString()
+    jobs = [task.remote(model, calib, o) for o in candidates]
+    with ray_errors():
+        snns = ray.get(jobs)
+    models = {"ann": model} | {f"T={o.T}": snn for o, snn in zip(candidates, snns, strict=True)}
+    scores = score(models, data, engine, what="tuning data")
+    ann = scores.accuracy["ann"]
+    if ann is None:
+        raise DataError("tuning data needs integer labels 'y'")
+    if stepwise:
+        steps = scores.per_step_accuracy[f"T={max_T}"] or ()
+        table = {t: acc for t, acc in enumerate(steps, start=1)}
+    else:
+        table = {o.T: scores.accuracy[f"T={o.T}"] or 0.0 for o in candidates}
+    target = ann - max_drop / 100.0
+    chosen = next((t for t in sorted(table) if table[t] >= target), None)
+    return TuneResult(ann, table, chosen, max_drop)
+
+
+def _convert_bytes(model: bytes, calib: Data | None, options: ConversionOptions) -> bytes:
+    """One candidate's conversion, as a Ray task."""
+    return convert(model, calib, options=options).SerializeToString()

@@ -36,6 +36,24 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8), y.astype(np.int64)
 
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits"
+
+
+@pytest.fixture(scope="module")
+def example_test_set() -> tuple[np.ndarray, np.ndarray]:
+    """examples/digits/test.npz: 540 images and labels the example CNN was not trained on."""
+    with np.load(EXAMPLE / "test.npz") as f:
+        return f["x"], f["y"]
+
+
+@pytest.fixture(scope="module")
+def example_snn() -> bytes:
+    """The example CNN converted at T=4 with defaults and per-step outputs."""
+    from icsnn_onnx import convert
+
+    return convert(EXAMPLE / "digits_cnn.onnx", EXAMPLE / "calib.npz", T=4, per_step=True).SerializeToString()
+
+
 def run(model: onnx.ModelProto, x: np.ndarray | dict, outputs: list[str] | None = None) -> list[np.ndarray]:
     """Run with plain ONNX Runtime, exactly as a user's deployment would."""
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

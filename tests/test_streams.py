@@ -22,17 +22,6 @@ DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
 SPECS = [InputSpec("image", np.dtype(np.float32), ("N", 1, 8, 8))]
 
 
-@pytest.fixture(scope="module")
-def test_set() -> tuple[np.ndarray, np.ndarray]:
-    with np.load(DIGITS / "test.npz") as f:
-        return f["x"], f["y"]
-
-
-@pytest.fixture(scope="module")
-def snn() -> bytes:
-    return convert(DIGITS / "digits_cnn.onnx", DIGITS / "calib.npz", T=4, per_step=True).SerializeToString()
-
-
 def shard(folder: Path, x: np.ndarray, y: np.ndarray | None, sizes: list[int], npy: bool = False) -> None:
     """``x`` cut into shards of ``sizes`` named part-0 … part-N (numbers past 9 test the order)."""
     folder.mkdir(exist_ok=True)
@@ -49,11 +38,11 @@ def shard(folder: Path, x: np.ndarray, y: np.ndarray | None, sizes: list[int], n
         start += n
 
 
-def test_shards_give_what_one_file_gives(tmp_path: Path, snn: bytes, test_set: tuple) -> None:
-    x, y = test_set
+def test_shards_give_what_one_file_gives(tmp_path: Path, example_snn: bytes, example_test_set: tuple) -> None:
+    x, y = example_test_set
     sizes = [37] * 12 + [len(x) - 37 * 12]  # 13 shards: part-10 … part-12 sort after part-9
     shard(tmp_path / "shards", x, y, sizes)
-    session = Session(snn, provider="cpu")
+    session = Session(example_snn, provider="cpu")
     whole = evaluate(session, load_dataset(DIGITS / "test.npz", session.inputs), batch_size=64)
     for source in (tmp_path / "shards", str(tmp_path / "shards" / "part-*.npz")):
         data = load_dataset(source, session.inputs)
@@ -65,8 +54,8 @@ def test_shards_give_what_one_file_gives(tmp_path: Path, snn: bytes, test_set: t
         assert streamed.per_step_accuracy == whole.per_step_accuracy
 
 
-def test_batches_are_cut_to_size_across_shards(tmp_path: Path, test_set: tuple) -> None:
-    x, y = test_set
+def test_batches_are_cut_to_size_across_shards(tmp_path: Path, example_test_set: tuple) -> None:
+    x, y = example_test_set
     shard(tmp_path, x[:100], y[:100], [30, 5, 41, 24])
     batches = list(load_dataset(tmp_path, SPECS).labelled_batches(16))
     assert [len(b) for b in batches] == [16] * 6 + [4]
@@ -74,20 +63,20 @@ def test_batches_are_cut_to_size_across_shards(tmp_path: Path, test_set: tuple) 
     np.testing.assert_array_equal(np.concatenate([b.labels for b in batches]), y[:100])
 
 
-def test_npy_shards_are_memory_mapped(tmp_path: Path, test_set: tuple) -> None:
-    x, _ = test_set
+def test_npy_shards_are_memory_mapped(tmp_path: Path, example_test_set: tuple) -> None:
+    x, _ = example_test_set
     shard(tmp_path, x, None, [200, 340], npy=True)
     part = next(load_dataset(tmp_path, SPECS).parts())
     assert isinstance(part.data.inputs["image"], np.memmap)
     assert part.where.endswith("part-0.npy")
 
 
-def test_a_dataloader_works_unchanged(snn: bytes, test_set: tuple) -> None:
-    x, y = test_set
+def test_a_dataloader_works_unchanged(example_snn: bytes, example_test_set: tuple) -> None:
+    x, y = example_test_set
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=50
     )
-    session = Session(snn, provider="cpu")
+    session = Session(example_snn, provider="cpu")
     data = load_dataset(loader, session.inputs)
     assert data.size == len(x)  # from the loader's dataset, before reading
     got = evaluate(session, data, batch_size=64)
@@ -98,8 +87,8 @@ def test_a_dataloader_works_unchanged(snn: bytes, test_set: tuple) -> None:
     assert evaluate(session, data).accuracy == want.accuracy
 
 
-def test_batches_as_dicts_pairs_and_arrays(test_set: tuple) -> None:
-    x, y = test_set
+def test_batches_as_dicts_pairs_and_arrays(example_test_set: tuple) -> None:
+    x, y = example_test_set
     forms = [
         [{"x": x[:10], "y": y[:10]}, {"x": x[10:20], "y": y[10:20]}],
         [(x[:10], y[:10]), [x[10:20], y[10:20]]],
@@ -113,13 +102,13 @@ def test_batches_as_dicts_pairs_and_arrays(test_set: tuple) -> None:
     assert joined[0].labels is None
 
 
-def test_a_tensor_is_one_array_not_an_iterable_of_rows(test_set: tuple) -> None:
-    data = load_dataset(torch.from_numpy(test_set[0][:7]), SPECS)
+def test_a_tensor_is_one_array_not_an_iterable_of_rows(example_test_set: tuple) -> None:
+    data = load_dataset(torch.from_numpy(example_test_set[0][:7]), SPECS)
     assert isinstance(data, Dataset) and len(data) == 7
 
 
-def test_errors_name_the_shard_and_row(tmp_path: Path, test_set: tuple) -> None:
-    x, y = test_set
+def test_errors_name_the_shard_and_row(tmp_path: Path, example_test_set: tuple) -> None:
+    x, y = example_test_set
     bad = x[:90].copy()
     bad[47, 0, 3, 3] = np.inf  # row 17 of the second shard
     shard(tmp_path, bad, y[:90], [30, 30, 30])
@@ -130,8 +119,8 @@ def test_errors_name_the_shard_and_row(tmp_path: Path, test_set: tuple) -> None:
         list(load_dataset(tmp_path, SPECS, what="eval data").batches(8))
 
 
-def test_errors_name_the_batch(test_set: tuple) -> None:
-    x, y = test_set
+def test_errors_name_the_batch(example_test_set: tuple) -> None:
+    x, y = example_test_set
     with pytest.raises(DataError, match=r"batch 2 \(samples from 20\): input 'image' expects shape"):
         list(load_dataset([x[:10], x[10:20], x[20:30, :, :4]], SPECS).batches(64))
     with pytest.raises(DataError, match=r"batch 1 .*: labels 'y' must be integers"):
@@ -144,7 +133,7 @@ def test_errors_name_the_batch(test_set: tuple) -> None:
         list(load_dataset(["x"], SPECS).batches(64))
 
 
-def test_shard_folder_errors(tmp_path: Path, test_set: tuple) -> None:
+def test_shard_folder_errors(tmp_path: Path, example_test_set: tuple) -> None:
     with pytest.raises(DataError, match=r"a directory without \.npz or \.npy shards"):
         load_dataset(tmp_path, SPECS)
     with pytest.raises(DataError, match="no files match"):
@@ -157,8 +146,8 @@ def test_shard_folder_errors(tmp_path: Path, test_set: tuple) -> None:
         list(load_dataset(tmp_path, SPECS).batches(8))
 
 
-def test_a_generator_is_read_once_and_tune_reads_calibration_once(test_set: tuple) -> None:
-    x, y = test_set
+def test_a_generator_is_read_once_and_tune_reads_calibration_once(example_test_set: tuple) -> None:
+    x, y = example_test_set
     gen = (b for b in [(x[:200], y[:200]), (x[200:], y[200:])])
     data = load_dataset(gen, SPECS)
     assert data.size is None
@@ -190,8 +179,8 @@ def test_calibrating_on_shards_writes_the_same_snn(tmp_path: Path) -> None:
         convert(DIGITS / "digits_cnn.onnx", tmp_path, T=4)
 
 
-def test_head_takes_the_first_samples_across_shards(tmp_path: Path, test_set: tuple) -> None:
-    x, y = test_set
+def test_head_takes_the_first_samples_across_shards(tmp_path: Path, example_test_set: tuple) -> None:
+    x, y = example_test_set
     shard(tmp_path, x[:100], y[:100], [30, 30, 40])
     head = load_dataset(tmp_path, SPECS).head(45)
     assert isinstance(head, Dataset) and len(head) == 45
@@ -199,8 +188,10 @@ def test_head_takes_the_first_samples_across_shards(tmp_path: Path, test_set: tu
     np.testing.assert_array_equal(head.labels, y[:45])
 
 
-def test_the_cli_reads_a_shard_folder_and_names_the_bad_shard(tmp_path: Path, test_set: tuple) -> None:
-    x, y = test_set
+def test_the_cli_reads_a_shard_folder_and_names_the_bad_shard(
+    tmp_path: Path, example_test_set: tuple
+) -> None:
+    x, y = example_test_set
     shard(tmp_path / "test", x, y, [270, 270])
     cli = [sys.executable, "-m", "icsnn_onnx"]
     out = subprocess.run(

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 
 from icsnn_onnx.contract import INIT_METHOD_KEY, LAYOUT_KEY, SITES_KEY, THRESHOLD_METHOD_KEY
+from icsnn_onnx.engine import RayEngine
 from icsnn_onnx.errors import DataError, IcsnnError, OptionError
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.progress import Progress, ProgressFactory, silent
@@ -34,6 +35,23 @@ def _options(args: argparse.Namespace, **overrides: object) -> ConversionOptions
         raise OptionError(str(err)) from None
 
 
+def _engine(args: argparse.Namespace) -> RayEngine | None:
+    """``--engine ray`` and its settings as the library's record; ``None`` for the local engine."""
+    from icsnn_onnx.engine import ray_module
+
+    if args.engine == "local":
+        given = [
+            f"--{f.name.replace('_', '-')}"
+            for f in dataclasses.fields(RayEngine)
+            if getattr(args, f.name) != getattr(RayEngine(), f.name)
+        ]
+        if given:
+            raise OptionError(f"{', '.join(given)} only apply with --engine ray")
+        return None
+    ray_module()  # the extra's error before any work
+    return RayEngine(args.address, args.workers, args.gpus_per_worker)
+
+
 def _convert(args: argparse.Namespace) -> int:
     from icsnn_onnx.converter import convert
     from icsnn_onnx.model_io import check_output, save_model
@@ -42,7 +60,10 @@ def _convert(args: argparse.Namespace) -> int:
     output = args.output or args.model.with_name(args.model.name.removesuffix(".onnx") + ".snn.onnx")
     inputs = (args.model, args.calib)
     check_output(output, args.force, inputs)  # fail before any work
-    model = convert(args.model, args.calib, options=options, progress=_progress_factory(args.quiet))
+    engine = _engine(args)
+    model = convert(
+        args.model, args.calib, options=options, progress=_progress_factory(args.quiet), engine=engine
+    )
     save_model(model, output, force=args.force, inputs=inputs)
     meta = {p.key: p.value for p in model.metadata_props}
     print(
@@ -59,31 +80,78 @@ def _eval(args: argparse.Namespace) -> int:
     from icsnn_onnx.data import check_same_inputs, load_dataset
     from icsnn_onnx.runtime import Session, evaluate
 
+    engine = _engine(args)
     progress = _progress_factory(args.quiet)
-    session = Session(args.model, provider=args.provider)
+    session = Session(args.model, provider=args.provider if engine is None else "cpu")
     ann = None
     if args.ann is not None:
-        ann = Session(args.ann, provider=args.provider)
+        ann = Session(args.ann, provider="cpu" if engine else args.provider)
         check_same_inputs(session.inputs, ann.inputs, str(args.ann))
     data = load_dataset(args.data, session.inputs, what=str(args.data))
+    if engine is not None:
+        return _eval_distributed(args, data, engine)
     result = evaluate(session, data, args.output, args.batch_size, progress)
     reference = None
     if ann is not None:
         reference = evaluate(ann, data, args.output, args.batch_size, progress)
-    if result.accuracy is None and reference is None:
-        raise DataError(f"{args.data} has no labels 'y' to compute accuracy (and no --ann to compare)")
-    print(f"{len(data)} samples, provider {session.provider}")
-    if reference is not None:
-        acc = "n/a" if reference.accuracy is None else f"{100 * reference.accuracy:.2f}%"
-        print(f"ANN  {args.ann}: accuracy {acc}")
-    if result.accuracy is not None:
-        print(f"SNN  {args.model}: accuracy {100 * result.accuracy:.2f}%")
-    if reference is not None:
-        print(f"agreement (same predicted class): {100 * result.agreement(reference):.2f}%")
-    if result.per_step_accuracy:
-        print("accuracy after t steps:")
-        print("  " + "  ".join(f"T={t}: {100 * a:.2f}%" for t, a in enumerate(result.per_step_accuracy, 1)))
+    agreement = result.agreement(reference) if reference is not None else None
+    _print_eval(
+        args,
+        f"{result.samples} samples, provider {session.provider}",
+        result.accuracy,
+        None if reference is None else reference.accuracy,
+        agreement,
+        result.per_step_accuracy,
+    )
     return 0
+
+
+def _eval_distributed(args: argparse.Namespace, data: object, engine: RayEngine) -> int:
+    from icsnn_onnx.runtime.scoring import score
+
+    models = {"snn": args.model} | ({"ann": args.ann} if args.ann is not None else {})
+    reference = "ann" if args.ann is not None else None
+    s = score(
+        models,
+        data,
+        engine,
+        reference=reference,
+        output=args.output,
+        batch_size=args.batch_size,
+        what=str(args.data),
+    )  # type: ignore[arg-type]
+    _print_eval(
+        args,
+        f"{s.samples} samples, Ray workers on {engine.provider.upper()}",
+        s.accuracy["snn"],
+        s.accuracy.get("ann"),
+        s.agreement.get("snn"),
+        s.per_step_accuracy["snn"],
+    )
+    return 0
+
+
+def _print_eval(
+    args: argparse.Namespace,
+    header: str,
+    accuracy: float | None,
+    ann_accuracy: float | None,
+    agreement: float | None,
+    per_step: tuple[float, ...] | None,
+) -> None:
+    if accuracy is None and args.ann is None:
+        raise DataError(f"{args.data} has no labels 'y' to compute accuracy (and no --ann to compare)")
+    print(header)
+    if args.ann is not None:
+        acc = "n/a" if ann_accuracy is None else f"{100 * ann_accuracy:.2f}%"
+        print(f"ANN  {args.ann}: accuracy {acc}")
+    if accuracy is not None:
+        print(f"SNN  {args.model}: accuracy {100 * accuracy:.2f}%")
+    if agreement is not None:
+        print(f"agreement (same predicted class): {100 * agreement:.2f}%")
+    if per_step:
+        print("accuracy after t steps:")
+        print("  " + "  ".join(f"T={t}: {100 * a:.2f}%" for t, a in enumerate(per_step, 1)))
 
 
 _MAXPOOL_EFFECT = {
@@ -134,6 +202,7 @@ def _tune(args: argparse.Namespace) -> int:
     inputs = (args.model, args.calib, args.data)
     if args.output is not None:
         check_output(args.output, args.force, inputs)  # fail before any work
+    engine = _engine(args)
     progress = _progress_factory(args.quiet)
     r = tune(
         args.model,
@@ -143,6 +212,7 @@ def _tune(args: argparse.Namespace) -> int:
         max_drop=args.max_drop,
         max_T=args.max_T,
         progress=progress,
+        engine=engine,
     )
     print(
         f"ANN accuracy {100 * r.ann_accuracy:.2f}%; target ≥ {100 * r.ann_accuracy - r.max_drop:.2f}% (init {options.init})"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from icsnn_onnx._version import __version__
+from icsnn_onnx.engine import RayEngine
 from icsnn_onnx.export.options import GROUPS, INITIAL_POTENTIALS, THRESHOLDS, NirOptions
 from icsnn_onnx.options import (
     AUTO_CALIBRATED_MAX_T,
@@ -21,6 +22,9 @@ from icsnn_onnx.options import (
 
 DEFAULTS = ConversionOptions()
 NIR_DEFAULTS = NirOptions()
+ENGINE_DEFAULTS = RayEngine()
+#: Every data argument also takes shards (icsnn_onnx.streams), read one at a time.
+SHARDS = ", or a folder or quoted glob of such shards"
 
 
 def _integer(text: str, minimum: int) -> int:
@@ -49,6 +53,16 @@ def _points(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected accuracy points in [0, 100], got {text!r}") from None
     if not 0.0 <= value <= 100.0:  # NaN fails both comparisons
         raise argparse.ArgumentTypeError(f"expected accuracy points in [0, 100], got {text!r}")
+    return value
+
+
+def _gpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GPUs ≥ 0, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of GPUs ≥ 0, got {text!r}")
     return value
 
 
@@ -100,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"icsnn-onnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     method = _method_options()
-    _convert_parser(sub, common, method)
-    _eval_parser(sub, common)
-    _tune_parser(sub, common, method)
+    engine = _engine_options()
+    _convert_parser(sub, common, method, engine)
+    _eval_parser(sub, common, engine)
+    _tune_parser(sub, common, method, engine)
     _bench_parser(sub, common)
     _diagnose_parser(sub, common)
     _report_parser(sub, common)
@@ -111,10 +126,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _engine_options() -> argparse.ArgumentParser:
+    engine = _Parser(add_help=False)
+    group = engine.add_argument_group("engine (where the data is run)")
+    group.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default): this process; ray: workers of a Ray cluster, each with its own ONNX "
+        'Runtime session (pip install "icsnn-onnx[ray]"); the same numbers either way',
+    )
+    group.add_argument(
+        "--address", help="Ray cluster to join (e.g. HOST:6379 from `ray start --head`; default: a local one)"
+    )
+    group.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=ENGINE_DEFAULTS.workers,
+        help="Ray workers (default: one per CPU)",
+    )
+    group.add_argument(
+        "--gpus-per-worker",
+        type=_gpus,
+        default=ENGINE_DEFAULTS.gpus_per_worker,
+        help="GPUs per Ray worker (default 0; above 0 the workers run on the CUDA provider)",
+    )
+    return engine
+
+
 def _method_options() -> argparse.ArgumentParser:
     """What the SNN is made of: shared by convert and tune; defaults are ConversionOptions' own."""
     method = _Parser(add_help=False)
-    method.add_argument("--calib", type=Path, help="calibration inputs (.npz with x, or .npy)")
+    method.add_argument("--calib", type=Path, help=f"calibration inputs (.npz with x, or .npy){SHARDS}")
     method.add_argument(
         "--calib-samples", type=_positive_int, help="use only the first N calibration samples"
     )
@@ -191,9 +234,14 @@ def _method_options() -> argparse.ArgumentParser:
 
 
 def _convert_parser(
-    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, method: argparse.ArgumentParser
+    sub: argparse._SubParsersAction,
+    common: argparse.ArgumentParser,
+    method: argparse.ArgumentParser,
+    engine: argparse.ArgumentParser,
 ) -> None:
-    conv = sub.add_parser("convert", parents=[common, method], help="convert an ANN into an unrolled SNN")
+    conv = sub.add_parser(
+        "convert", parents=[common, method, engine], help="convert an ANN into an unrolled SNN"
+    )
     conv.add_argument("model", type=Path, help="input ANN (.onnx); never modified")
     conv.add_argument("-o", "--output", type=Path, help="output SNN (default: IN with .snn.onnx)")
     conv.add_argument(
@@ -205,10 +253,12 @@ def _convert_parser(
     conv.add_argument("--force", action="store_true", help="overwrite the output if it exists")
 
 
-def _eval_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    ev = sub.add_parser("eval", parents=[common], help="accuracy of a model on labelled data")
+def _eval_parser(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, engine: argparse.ArgumentParser
+) -> None:
+    ev = sub.add_parser("eval", parents=[common, engine], help="accuracy of a model on labelled data")
     ev.add_argument("model", type=Path, help="model to evaluate (SNN or any classifier)")
-    ev.add_argument("--data", type=Path, required=True, help=".npz with x and integer labels y")
+    ev.add_argument("--data", type=Path, required=True, help=f".npz with x and integer labels y{SHARDS}")
     ev.add_argument("--ann", type=Path, help="also evaluate this ANN and compare")
     ev.add_argument("--output", help="output holding class scores or labels (default: the first)")
     ev.add_argument("--batch-size", type=_positive_int, default=64)
@@ -216,13 +266,18 @@ def _eval_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
 
 def _tune_parser(
-    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, method: argparse.ArgumentParser
+    sub: argparse._SubParsersAction,
+    common: argparse.ArgumentParser,
+    method: argparse.ArgumentParser,
+    engine: argparse.ArgumentParser,
 ) -> None:
     tu = sub.add_parser(
-        "tune", parents=[common, method], help="smallest T within --max-drop points of the ANN"
+        "tune", parents=[common, method, engine], help="smallest T within --max-drop points of the ANN"
     )
     tu.add_argument("model", type=Path, help="the ANN")
-    tu.add_argument("--data", type=Path, required=True, help="held-out labelled data (.npz with x, y)")
+    tu.add_argument(
+        "--data", type=Path, required=True, help=f"held-out labelled data (.npz with x, y){SHARDS}"
+    )
     tu.add_argument(
         "--max-drop",
         type=_points,
@@ -252,7 +307,9 @@ def _diagnose_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     )
     di.add_argument("snn", type=Path, help="the SNN (any layout or target)")
     di.add_argument("--ann", type=Path, required=True, help="the ANN it was converted from")
-    di.add_argument("--data", type=Path, required=True, help="inputs (.npz with x, or .npy); labels unused")
+    di.add_argument(
+        "--data", type=Path, required=True, help=f"inputs (.npz with x, or .npy; labels unused){SHARDS}"
+    )
     di.add_argument(
         "--steps", type=_step_list, help="step counts to trace, e.g. 8,32,128 (default 1,2,4,…,T)"
     )
@@ -268,7 +325,10 @@ def _report_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     )
     rp.add_argument("snn", type=Path, help="the SNN (step-major or loop layout)")
     rp.add_argument(
-        "--data", type=Path, required=True, help="inputs (.npz with x and optional labels y, or .npy)"
+        "--data",
+        type=Path,
+        required=True,
+        help=f"inputs (.npz with x and optional labels y, or .npy){SHARDS}",
     )
     rp.add_argument(
         "--ann", type=Path, help="the ANN it was converted from: correlations, agreement, its accuracy"

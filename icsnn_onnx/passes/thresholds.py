@@ -17,20 +17,24 @@ import numpy as np
 
 from icsnn_onnx.calibration import activation_thresholds
 from icsnn_onnx.contract import THRESHOLD_METHOD_KEY, THRESHOLD_SOURCE_KEY
-from icsnn_onnx.data import Dataset
+from icsnn_onnx.engine import RayEngine
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.passes import Pass, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
 from icsnn_onnx.program import ActivationKind, ActivationSite, Program
 from icsnn_onnx.progress import ProgressFactory, silent
+from icsnn_onnx.streams import Data
 
 logger = logging.getLogger(__name__)
 
 
 class NormalizeThresholds(Pass):
-    def __init__(self, calib: Dataset | None, progress: ProgressFactory = silent) -> None:
+    def __init__(
+        self, calib: Data | None, progress: ProgressFactory = silent, engine: RayEngine | None = None
+    ) -> None:
         self.calib = calib
         self.progress = progress
+        self.engine = engine  # statistics on Ray workers, where given
 
     def requires(self, program: Program) -> None:
         left = [n.name for n in program.graph.nodes if n.op == "BatchNormalization"]
@@ -68,10 +72,11 @@ class NormalizeThresholds(Pass):
                 },
                 batch_size=options.batch_size,
                 progress=self.progress,
+                engine=self.engine,
             )
             for site in fitted:
                 program.thresholds[site.name] = self._shape(program, site.name, site.input, stats[site.input])
-            logger.info("calibrated %d threshold(s) on %d samples", len(fitted), len(calib))
+            logger.info("calibrated %d threshold(s) on %s samples", len(fitted), calib.size or "all")
         program.metadata[THRESHOLD_SOURCE_KEY] = "calibration" if fitted else "clip bounds"
         if fitted:
             program.metadata[THRESHOLD_METHOD_KEY] = options.threshold_method
