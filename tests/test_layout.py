@@ -177,3 +177,19 @@ def test_loop_layout_with_gates_and_a_shape_query_of_a_stream(digits):
 def test_loop_layout_refuses_the_cpu_target():
     with pytest.raises(ValueError, match="portable"):
         icsnn_onnx.ConversionOptions(layout="loop", target="cpu")
+
+
+def test_auto_takes_the_loop_above_its_operator_budget(digits, monkeypatch):
+    """`--layout auto` keeps a graph unrolled (time-batched where exact) up to AUTO_LOOP_OPS
+    operators and takes the loop above, whose output is the same to float rounding."""
+    from icsnn_onnx.passes import scale, unroll
+
+    model, calib = models.cnn_bn(), digits[0][:16]
+    small = icsnn_onnx.convert(model, calib, T=8, layout="auto", init="half")
+    assert _meta(small)["icsnn.layout"] == "time-batched"
+    monkeypatch.setattr(unroll, "AUTO_LOOP_OPS", 100)
+    monkeypatch.setattr(scale, "AUTO_LOOP_OPS", 100)
+    large = icsnn_onnx.convert(model, calib, T=8, layout="auto", init="half")
+    assert _meta(large)["icsnn.layout"] == "loop"
+    x = digits[0][16:48]
+    np.testing.assert_allclose(run(large, x)[0], run(small, x)[0], rtol=1e-5, atol=1e-5)

@@ -92,7 +92,16 @@ def test_results_table_is_the_committed_measurement():
 
 
 @pytest.mark.parametrize(
-    "benchmark", ["throughput", "mnist_fidelity", "architectures", "nir_fidelity", "alg2_scale"]
+    "benchmark",
+    [
+        "throughput",
+        "mnist_fidelity",
+        "architectures",
+        "nir_fidelity",
+        "alg2_scale",
+        "ray_eval",
+        "layout_scale",
+    ],
 )
 def test_benchmark_table_is_the_committed_measurement(benchmark):
     """Each README results table is what `python benchmarks/<benchmark>.py --table` prints from

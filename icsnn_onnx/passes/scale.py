@@ -27,6 +27,11 @@ from icsnn_onnx.program import Program
 #: Operators (neuron functions inlined) an unrolled SNN may have: ONNX Runtime's load time grows
 #: faster than linearly with them (measured: 35,000 in 10 s, 140,000 in 157 s).
 MAX_UNROLLED_OPS = 150_000
+#: ``--layout auto`` takes the loop layout above this many operators: the unrolled graph's load
+#: time then passes a minute (benchmarks/layout_scale.py: VGG-11 at T=1024, ~53,000 operators,
+#: loads in 56 s and ResNet-18 at T=1024, ~116,000, in 152 s, the loop in under 0.2 s), while the
+#: loop runs each step 1.3–2.2× slower; below it, loading is seconds and the unrolled graph wins.
+AUTO_LOOP_OPS = 50_000
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ class CheckScale(Pass):
                 f"T={T} would unroll to ~{ops:,} operators ({found.ops_per_step:,} per step), more than "
                 f"the {MAX_UNROLLED_OPS:,} ONNX Runtime loads in minutes; {fix}, or a smaller -T"
             )
-        steps_held = T if unrolled or (options.layout == "auto" and ops <= MAX_UNROLLED_OPS) else 2
+        steps_held = T if unrolled or (options.layout == "auto" and ops <= AUTO_LOOP_OPS) else 2
         needed = found.bytes_per_step * steps_held
         if needed > available_memory():
             hint = "use --layout loop" if unrolled else "the network's activations alone do not fit"

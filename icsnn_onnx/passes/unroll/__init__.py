@@ -48,7 +48,7 @@ from icsnn_onnx.passes import Pass, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import rename_duplicates, static_dims
 from icsnn_onnx.passes.insert_neurons import is_neuron
 from icsnn_onnx.passes.layout import batch_fold_blocker
-from icsnn_onnx.passes.scale import MAX_UNROLLED_OPS, ops_per_step
+from icsnn_onnx.passes.scale import AUTO_LOOP_OPS, ops_per_step
 from icsnn_onnx.passes.temporal import TemporalPlan, analyze
 from icsnn_onnx.passes.unroll.emitter import Emitter
 from icsnn_onnx.passes.unroll.step_major import StepMajor
@@ -106,7 +106,7 @@ def _choose_layout(graph: gs.Graph, plan: TemporalPlan, options: ConversionOptio
     if layout is Layout.AUTO:
         neurons = sum(1 for name in plan.neurons if is_neuron(_node_by_name(graph, name)))
         others = len(plan.body) - len(plan.neurons)
-        if ops_per_step(plan, neurons, others, options.per_step) * T > MAX_UNROLLED_OPS:
+        if ops_per_step(plan, neurons, others, options.per_step) * T > AUTO_LOOP_OPS:
             return Layout.LOOP
     blockers = time_batch_blockers(graph, plan)
     if not blockers:
