@@ -128,6 +128,65 @@ def merge(first: onnx.ModelProto, second: onnx.ModelProto) -> onnx.ModelProto | 
     return merged
 
 
+#: Ops that compute each sample from that sample alone, whatever their attributes: on a batch of
+#: N they give every sample what a batch of one gives it (constants broadcast alike). With axes:
+#: see :func:`per_sample`.
+_PER_SAMPLE_OPS = frozenset(
+    {
+        "Abs", "Add", "And", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Conv",
+        "Div", "Dropout", "Equal", "Erf", "Exp", "Floor", "GlobalAveragePool", "GlobalMaxPool",
+        "Greater", "GreaterOrEqual", "HardSigmoid", "Identity", "LeakyRelu", "Less", "LessOrEqual",
+        "Log", "Max", "MaxPool", "Mean", "Min", "Mul", "Neg", "Not", "Or", "Pow", "Reciprocal",
+        "Relu", "Round", "Sigmoid", "Sign", "Sqrt", "Sub", "Sum", "Tanh", "Where",
+    }
+)  # fmt: skip
+#: Ops whose ``axis`` must not be the batch axis (0), and what it defaults to.
+_AXIS_OPS = {"Concat": None, "Flatten": 1, "Softmax": 1, "LogSoftmax": 1}
+
+
+def per_sample(model: onnx.ModelProto) -> bool:
+    """Whether every node of ``model`` (and of the functions it calls) provably computes each
+    sample alone, so the model may run on more samples than its inputs' fixed batch size. Shape
+    inference cannot tell: a Reshape to a hard-coded ``[1, -1]`` runs on a batch of 4 and
+    silently mixes the samples. Conservative: an op not listed says no."""
+    functions = {(f.domain, f.name): f for f in model.functions}
+    constants = {t.name for t in model.graph.initializer}
+
+    def ok(nodes: Iterable[onnx.NodeProto]) -> bool:
+        for node in nodes:
+            key = (node.domain, node.op_type)
+            if key in functions:
+                if not ok(functions[key].node):
+                    return False
+            elif node.op_type in _AXIS_OPS:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), _AXIS_OPS[node.op_type])
+                if axis is None or axis == 0 or axis < 0:  # a negative axis may be 0 at rank 1
+                    return False
+            elif node.op_type in ("Gemm", "MatMul"):
+                transposed = any(a.name == "transA" and a.i for a in node.attribute)
+                if transposed or node.input[1] not in constants:  # row by row of A against weights
+                    return False
+            elif node.op_type not in _PER_SAMPLE_OPS:
+                return False
+        return True
+
+    return ok(model.graph.node)
+
+
+def free_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs' and outputs' first dimension is symbolic (for a model
+    :func:`per_sample` accepts): its other shapes, inferred for the fixed batch, are dropped."""
+    free = onnx.ModelProto()
+    free.CopyFrom(model)
+    for value in [*free.graph.input, *free.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in {t.name for t in free.graph.initializer} and len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = "batch"
+    del free.graph.value_info[:]
+    return free
+
+
 def _elem(types: Mapping[str, onnx.ValueInfoProto], name: str) -> int:
     value = types.get(name)
     return value.type.tensor_type.elem_type if value is not None else onnx.TensorProto.FLOAT

@@ -245,6 +245,67 @@ def test_calibrated_init_on_a_graph_with_a_fixed_batch_of_one(digits):
         np.testing.assert_array_equal(potentials[1][name], v, err_msg=name)
 
 
+def test_a_fixed_batch_of_one_runs_the_per_sample_segments_on_whole_batches(digits, monkeypatch):
+    """The zoo's batch-1 graphs: segments that provably compute sample by sample run 16 samples
+    at a time, the head with its Reshape to a hard-coded [1, 8] one at a time (it would mix
+    samples), and the potentials are those of one sample at a time everywhere."""
+    from icsnn_onnx.passes import one_pass
+
+    model = models.residual_block()
+    flatten = next(n for n in model.graph.node if n.op_type == "Flatten")
+    flatten.op_type, flatten.input[:] = "Reshape", [flatten.input[0], "batch_one"]
+    del flatten.attribute[:]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, 8], np.int64), "batch_one"))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    calib = digits[0][:40]
+    sizes: dict[str, set[int]] = {}
+    real = one_pass.run_batches
+
+    def spy(segment, feeds, outputs, threads=None):
+        def seen(feeds):
+            for feed in feeds:
+                sizes.setdefault(",".join(sorted(outputs)), set()).add(len(next(iter(feed.values()))))
+                yield feed
+
+        return real(segment, seen(feeds), outputs, threads)
+
+    monkeypatch.setattr(one_pass, "run_batches", spy)
+    batched = icsnn_onnx.convert(model, calib, T=3, init="calibrated", batch_size=16)
+    heads = {k for k in sizes if k.startswith("y") or "icsnn.ann:y" in k}
+    assert heads and all(sizes[k] == {1} for k in heads)  # the Reshape's head: one at a time
+    assert all(sizes[k] == {16, 8} for k in sizes.keys() - heads)  # 40 = 16 + 16 + 8
+    one_by_one = icsnn_onnx.convert(model, calib, T=3, init="calibrated", batch_size=1)
+    assert batched.SerializeToString() == one_by_one.SerializeToString()
+
+
+def test_per_sample_refuses_what_could_mix_samples():
+    from onnx import helper
+
+    from icsnn_onnx.segments import per_sample
+
+    def model(*nodes, constants=("w",)):
+        graph = helper.make_graph(
+            list(nodes),
+            "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+            initializer=[onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), c) for c in constants],
+        )
+        return helper.make_model(graph)
+
+    assert per_sample(
+        model(helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"]))
+    )
+    assert per_sample(model(helper.make_node("Concat", ["x", "x"], ["y"], axis=1)))
+    assert not per_sample(model(helper.make_node("Concat", ["x", "x"], ["y"], axis=0)))
+    assert not per_sample(model(helper.make_node("Concat", ["x", "x"], ["y"], axis=-1)))  # rank unknown
+    assert not per_sample(model(helper.make_node("Reshape", ["x", "w"], ["y"])))
+    assert not per_sample(model(helper.make_node("MatMul", ["x", "x"], ["y"]), constants=()))
+    assert not per_sample(model(helper.make_node("Gemm", ["x", "w"], ["y"], transA=1)))
+    assert not per_sample(model(helper.make_node("Flatten", ["x"], ["y"], axis=0)))
+
+
 def test_calibrated_init_spilled_to_disk_equals_in_memory(digits, monkeypatch):
     """The store keeps Alg 2's tensors in memory up to its budget and on disk beyond: with no
     budget at all (every tensor memory-mapped) the potentials and the output check are the same."""

@@ -29,7 +29,7 @@ from icsnn_onnx.neuron import IFParams, steps
 from icsnn_onnx.program import ActivationSite, Program
 from icsnn_onnx.progress import ProgressFactory
 from icsnn_onnx.runtime.instrument import NeuronLayer, neuron_layers
-from icsnn_onnx.segments import SpillStore, extract, merge, rename_outputs
+from icsnn_onnx.segments import SpillStore, extract, free_batch, merge, per_sample, rename_outputs
 
 
 class OnePass:
@@ -44,7 +44,12 @@ class OnePass:
         store: SpillStore,
         progress: ProgressFactory,
     ) -> None:
-        self.T, self.batch = program.options.T, min(program.options.batch_size, _static_batch(ann))
+        self.T, self.batch = program.options.T, program.options.batch_size
+        # A graph whose inputs fix the batch below ours (old model-zoo graphs: 1) runs each segment
+        # that provably computes sample by sample on whole batches anyway, the others at the
+        # fixed size (e.g. the head's Reshape to [1, 2048]).
+        fixed = _static_batch(ann)
+        self._fixed = fixed if fixed < self.batch else None
         self.data, self.store, self.n = data, store, len(data)
         self.ann, self.snn = ann, snn
         self.sites = topological_sites(program)
@@ -62,6 +67,7 @@ class OnePass:
         self._segments: list[tuple[onnx.ModelProto, list[str], onnx.ModelProto, list[str]]] = []
         last_read: dict[tuple[str, int], int] = {}
         self._site_of = {site.output: i for i, site in enumerate(self.sites)}
+        self._batch_of: list[int] = []  # each site's segments' batch size
         for i, site in enumerate(self.sites):
             stream = step_name(site.input, 1) in produced
             self.currents.append(
@@ -69,7 +75,9 @@ class OnePass:
             )
             ann_seg, ann_reads = extract(ann, [site.input, site.output], ann_cuts - {site.output})
             snn_seg, snn_reads = extract(snn, self.currents[i], set(self._spike_of))
+            (ann_seg, snn_seg), batch = self._batched(ann_seg, snn_seg)
             self._segments.append((ann_seg, ann_reads, snn_seg, snn_reads))
+            self._batch_of.append(batch)
             for cut in ann_reads:
                 last_read[("ann", self._site_of[cut])] = i
             for cut in snn_reads:
@@ -84,7 +92,9 @@ class OnePass:
         # ANN run), renamed so that one session can run both heads.
         ann_head, self._ann_head_reads = extract(ann, outputs, ann_cuts)
         self._ann_names = {name: f"icsnn.ann:{name}" for name in outputs}
-        self._ann_head = rename_outputs(ann_head, self._ann_names)
+        (self._head, self._ann_head), self._head_batch = self._batched(
+            self._head, rename_outputs(ann_head, self._ann_names)
+        )
         for cut in self._ann_head_reads:
             last_read[("ann", self._site_of[cut])] = len(self.sites)
         self._last_read = last_read
@@ -95,14 +105,24 @@ class OnePass:
         self._pool = ThreadPoolExecutor(1)
         self._reference = self._pool.submit(self._reference_run)
 
+    def _batched(self, *models: onnx.ModelProto) -> tuple[tuple[onnx.ModelProto, ...], int]:
+        """``models`` ready to run together, and their batch size: ours, unless the graph fixes a
+        smaller one and not all of them compute sample by sample."""
+        if self._fixed is None:
+            return models, self.batch
+        if all(per_sample(m) for m in models):
+            return tuple(free_batch(m) for m in models), self.batch
+        return models, self._fixed
+
     def close(self) -> None:
         """Waits for the reference run (its errors surface in :meth:`output_errors`)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _reference_run(self) -> None:
         """Stores the θ/2 trial SNN's float outputs (``half:<name>``) for the output check."""
-        ranges = list(self._ranges())
-        runs = run_batches(self.snn, (self._feeds(self.snn, [], a, b) for a, b in ranges), self._outputs, 1)
+        (snn,), batch = self._batched(self.snn)
+        ranges = list(self._ranges(batch))
+        runs = run_batches(snn, (self._feeds(snn, [], a, b) for a, b in ranges), self._outputs, 1)
         for (start, stop), half_out in zip(ranges, runs, strict=True):
             for name in self._outputs:
                 if start == 0:
@@ -116,7 +136,7 @@ class OnePass:
         ``[T or 1, batch, …]`` (as the SNN computes them), stored for :meth:`fire`."""
         site = self.sites[i]
         ann_seg, ann_reads, snn_seg, snn_reads = self._segments[i]
-        ranges = list(self._ranges())
+        ranges = list(self._ranges(self._batch_of[i]))
         ann_feeds = (self._feeds(ann_seg, ann_reads, a, b, ann=True) for a, b in ranges)
         snn_feeds = (self._feeds(snn_seg, snn_reads, a, b) for a, b in ranges)
         runs = _run_pair(
@@ -202,7 +222,7 @@ class OnePass:
                     numpy_helper.from_array(np.asarray(v_init[names[tensor.name]], dtype), tensor.name)
                 )
         self._reference.result()
-        ranges = list(self._ranges())
+        ranges = list(self._ranges(self._head_batch))
         snn_feeds = (self._feeds(head, self._head_reads, a, b) for a, b in ranges)
         ann_feeds = (self._feeds(self._ann_head, self._ann_head_reads, a, b, ann=True) for a, b in ranges)
         runs = _run_pair(
@@ -218,9 +238,10 @@ class OnePass:
                 count += reference.size
         return totals[0] / max(count, 1), totals[1] / max(count, 1)
 
-    def _ranges(self) -> Iterator[tuple[int, int]]:
-        for start in range(0, self.n, self.batch):
-            yield start, min(start + self.batch, self.n)
+    def _ranges(self, batch: int | None = None) -> Iterator[tuple[int, int]]:
+        batch = batch or self.batch
+        for start in range(0, self.n, batch):
+            yield start, min(start + batch, self.n)
 
     def _feeds(
         self, model: onnx.ModelProto, cuts: list[str], start: int, stop: int, ann: bool = False
