@@ -110,15 +110,19 @@ def connect(engine: RayEngine) -> Any:
 
 
 def worker_count(engine: RayEngine, chunks: int) -> int:
-    """The actors to start: as asked, else as many as the cluster's CPUs (or GPUs) allow."""
-    if engine.workers is not None:
-        return min(engine.workers, chunks)
+    """The actors to start: as asked, else as many as the cluster's CPUs (or GPUs) allow. A GPU
+    request the cluster cannot meet is refused here: Ray would wait for it forever."""
     resources = ray_module().cluster_resources()
     if engine.gpus_per_worker > 0:
-        wide = int(resources.get("GPU", 0) // engine.gpus_per_worker)
+        gpus = resources.get("GPU", 0)
+        if gpus < engine.gpus_per_worker:
+            raise OptionError(
+                f"--gpus-per-worker {engine.gpus_per_worker:g}: the Ray cluster has {gpus:g} GPU(s)"
+            )
+        wide = int(gpus // engine.gpus_per_worker)
     else:
         wide = int(resources.get("CPU", 1))
-    return max(1, min(wide, chunks))
+    return max(1, min(engine.workers or wide, chunks))
 
 
 # --- the data as chunks ------------------------------------------------------------------------

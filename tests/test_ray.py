@@ -136,6 +136,12 @@ def test_without_ray_one_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
         ray_module()
 
 
+def test_a_gpu_request_the_cluster_cannot_meet_is_refused_not_waited_for(example_test_set: tuple) -> None:
+    x, y = example_test_set
+    with pytest.raises(OptionError, match=r"--gpus-per-worker 1: the Ray cluster has 0 GPU"):
+        score({"ann": ANN}, Dataset({"image": x}, y), RayEngine(gpus_per_worker=1))
+
+
 def test_engine_options_are_checked() -> None:
     with pytest.raises(ValueError, match="workers"):
         RayEngine(workers=0)

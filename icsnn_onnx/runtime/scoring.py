@@ -18,8 +18,9 @@ import onnx
 
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.engine import ChunkWorker, RayEngine, run, threads_per_worker
-from icsnn_onnx.errors import DataError
+from icsnn_onnx.errors import DataError, ProviderUnavailableError
 from icsnn_onnx.runtime.evaluate import predict
+from icsnn_onnx.runtime.providers import CUDA
 from icsnn_onnx.runtime.session import Session
 from icsnn_onnx.streams import Data
 
@@ -46,6 +47,8 @@ class Scorer(ChunkWorker):
     ) -> None:
         threads = threads_per_worker() if provider == "cpu" else None
         self.sessions = {name: Session(m, provider=provider, threads=threads) for name, m in models.items()}
+        if provider == "cuda" and any(s.provider != CUDA for s in self.sessions.values()):
+            raise ProviderUnavailableError("a Ray worker given a GPU cannot run ONNX Runtime's CUDA provider")
         self.output, self.reference = output, reference
 
     def chunk(self, data: Dataset) -> dict[str, np.ndarray]:
