@@ -176,9 +176,8 @@ class ChunkWorker:
     def __init__(self, payload: list[Any]) -> None:
         import ray
 
-        # The arguments travel as one object reference inside a list, which Ray passes as it is
-        # (a large argument passed directly would be put in the object store for the actor's
-        # restarts, which Ray warns about at every start).
+        # The arguments (models as bytes) are put in the object store once for every actor; inside
+        # a list, Ray hands the reference over as it is, and each actor fetches it here.
         arguments = dict(ray.get(payload[0]))
         self.specs: list[InputSpec] = arguments.pop("specs")
         self.refs: list[Any] = arguments.pop("refs")

@@ -19,6 +19,7 @@ import onnx
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.engine import ChunkWorker, RayEngine, run, threads_per_worker
 from icsnn_onnx.errors import DataError, ProviderUnavailableError
+from icsnn_onnx.model_io import load_model
 from icsnn_onnx.runtime.evaluate import predict
 from icsnn_onnx.runtime.providers import CUDA
 from icsnn_onnx.runtime.session import Session
@@ -116,8 +117,5 @@ def _ratio(count: np.ndarray | None, n: int) -> float | None:
 
 
 def _bytes(model: ModelSource) -> bytes:
-    if isinstance(model, bytes):
-        return model
-    if isinstance(model, onnx.ModelProto):
-        return model.SerializeToString()
-    return Path(model).read_bytes()
+    """The model as bytes for the workers, external data included (read here, where the path is)."""
+    return model if isinstance(model, bytes) else load_model(model).SerializeToString()
