@@ -9,12 +9,14 @@ kernel keeps cached while memory is free: clean, dropped under pressure):
 - `icsnn-onnx convert ann.onnx --calib big.npy -T 4` — thresholds from two streamed passes over
   all 21,846 images, Alg 2 on the first 256;
 - `icsnn-onnx eval snn.onnx --data big.npy --ann ann.onnx` — the SNN and the ANN over every image;
+- the same eval on the images as a folder of 8 `.npy` shards (memory-mapped) and of 8 `.npz`
+  shards with labels (each decompressed whole in its turn: bounded by a shard, 512 MiB);
 
 against one batch of input (64 images, 12 MiB) and the process's own floor (Python, numpy, ONNX
 Runtime and the model: `icsnn-onnx inspect`). The target: peak memory a small multiple of one
 batch plus the model, whatever the dataset's size.
 
-    python benchmarks/streamed_data.py [--gib 4]    # ~6 min on 2 cores; writes ~4 GiB under /tmp
+    python benchmarks/streamed_data.py [--gib 4]    # ~5 min on 2 cores; writes ~12 GiB under /tmp
 
 Writes benchmarks/results/streamed_data.json.
 """
@@ -37,6 +39,7 @@ from _common import RESULTS, save_json
 
 SHAPE = (3, 128, 128)
 BATCH = 64
+SHARDS = 8
 
 
 def build_ann(path: Path) -> None:
@@ -165,6 +168,31 @@ def main() -> None:
                 str(BATCH),
             ],
         }
+        # The same images as shards read one at a time: 8 .npy (memory-mapped, like big.npy) and
+        # 8 .npz with labels (each decompressed whole when its turn comes).
+        big = np.load(root / "big.npy", mmap_mode="r")
+        labels = np.random.default_rng(1).integers(0, 10, len(big))
+        for kind in ("npy", "npz"):
+            (root / kind).mkdir()
+            for i, part in enumerate(np.array_split(np.arange(len(big)), SHARDS)):
+                rows = slice(int(part[0]), int(part[-1]) + 1)
+                if kind == "npy":
+                    np.save(root / kind / f"part-{i}.npy", big[rows])
+                else:
+                    np.savez(root / kind / f"part-{i}.npz", x=big[rows], y=labels[rows])
+        del big
+        for kind in ("npy", "npz"):
+            runs[f"eval snn.onnx --data {kind}/ ({SHARDS} .{kind} shards) --ann ann.onnx"] = [
+                *cli,
+                "eval",
+                str(root / "snn.onnx"),
+                "--data",
+                str(root / kind),
+                "--ann",
+                str(root / "ann.onnx"),
+                "--batch-size",
+                str(BATCH),
+            ]
         results = {}
         for label, command in runs.items():
             results[label] = peak(command)

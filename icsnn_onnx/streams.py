@@ -91,6 +91,7 @@ class Stream:
                 )
             labelled = data.labels is not None
             yield Part(data, where)
+            item = raw = labels = data = None  # let the part go before the next one is read
         if labelled is None:
             raise self._error(f"{self._what}: no samples (no shards or batches)")
 
@@ -99,13 +100,18 @@ class Stream:
         pending: list[Batch] = []
         held = 0
         for part in self.parts():
+            # A view of a part in memory (an .npz shard, a big batch) would keep the whole part
+            # alive while the next is read, wherever a caller still holds a batch: copy.
+            mapped = all(isinstance(v, np.memmap) for v in part.data.inputs.values())
             for piece in part.data.labelled_batches(size):
-                pending.append(piece)
+                pending.append(piece if mapped else _copy(piece))
                 held += len(piece)
                 while held >= size:
                     batch, pending = _split(pending, size)
                     held -= size
                     yield batch
+            pending = [_copy(p) for p in pending] if mapped else pending  # (a view of the file's pages)
+            part = piece = None  # (``piece`` is a view of the part's arrays)
         if held:
             yield _join(pending)
 
@@ -141,6 +147,13 @@ class Stream:
         return Dataset(
             {k: v[:n] for k, v in joined.inputs.items()}, None if joined.labels is None else joined.labels[:n]
         )
+
+
+def _copy(batch: Batch) -> Batch:
+    return Batch(
+        {k: np.array(v) for k, v in batch.inputs.items()},
+        None if batch.labels is None else np.array(batch.labels),
+    )
 
 
 def _join(pieces: list[Batch]) -> Batch:
@@ -227,6 +240,7 @@ def _read_shards(
         except DataError as err:
             raise DataError(f"shard {path}: {err}") from None
         yield f"shard {path}", raw, labels
+        raw = labels = None  # not held while the next shard is read
 
 
 def _rows(shards: list[Path], specs: list[InputSpec]) -> int | None:

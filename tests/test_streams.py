@@ -211,3 +211,32 @@ def test_the_cli_reads_a_shard_folder_and_names_the_bad_shard(
     )
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "part-1.npz" in run.stderr and "row 5" in run.stderr
+
+
+def test_one_shard_in_memory_at_a_time(
+    tmp_path: Path, example_snn: bytes, example_test_set: tuple, monkeypatch
+) -> None:
+    """An .npz shard is read whole: the one before it must be gone by then, even while the
+    caller still holds the last batch cut from it (8 GiB of shards would otherwise cost two
+    shards of memory, as they did)."""
+    import weakref
+
+    from icsnn_onnx import streams
+
+    x, y = example_test_set
+    shard(tmp_path, x, y, [100, 150, 90, 200])
+    alive_at_read: list[bool] = []
+    previous: list[weakref.ref] = []
+    read = streams.read_file
+
+    def watched(path, specs):
+        alive_at_read.append(bool(previous) and previous[-1]() is not None)
+        raw, labels = read(path, specs)
+        array = raw["image"]
+        previous.append(weakref.ref(array.base if array.base is not None else array))
+        return raw, labels
+
+    monkeypatch.setattr(streams, "read_file", watched)
+    session = Session(example_snn, provider="cpu")
+    evaluate(session, load_dataset(tmp_path, session.inputs), batch_size=64)
+    assert alive_at_read == [False, False, False, False]
