@@ -98,16 +98,14 @@ def activation_thresholds(
             engine, expose(model, names), statistics, data, batch_size, levels, percentile
         )
     else:
-        maxima = {}
-        for out in stream_tensors(model, names, data, batch_size, progress, "calibrating (max)"):
-            maxima = statistics.merge_maxima(maxima, statistics.maxima(out))
+        maxima = statistics.all_maxima(
+            stream_tensors(model, names, data, batch_size, progress, "calibrating (max)")
+        )
         hist = None
         if levels is not None or (percentile is not None and percentile < 100.0):
             what = f"T={levels} levels" if levels is not None else f"p{percentile:g}"
-            hist = {name: np.zeros((len(m), BINS), np.int64) for name, m in maxima.items()}
-            for out in stream_tensors(model, names, data, batch_size, progress, f"calibrating ({what})"):
-                for name, counts in statistics.histograms(out, maxima).items():
-                    hist[name] += counts
+            outs = stream_tensors(model, names, data, batch_size, progress, f"calibrating ({what})")
+            hist = statistics.all_histograms(outs, maxima)
     if hist is None:
         return maxima
     if levels is not None:
@@ -135,6 +133,26 @@ class _Statistics:
     def merge_maxima(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: np.maximum(a[name], m) if name in a else m for name, m in b.items()}
 
+    @staticmethod
+    def merge_histograms(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: a[name] + h if name in a else h for name, h in b.items()}
+
+    def all_maxima(self, outs: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The maxima over every batch of ``outs``."""
+        found: dict[str, np.ndarray] = {}
+        for out in outs:
+            found = self.merge_maxima(found, self.maxima(out))
+        return found
+
+    def all_histograms(
+        self, outs: Iterable[Mapping[str, np.ndarray]], maxima: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The histograms over ``[0, max]`` of every batch of ``outs``."""
+        found = {name: np.zeros((len(m), BINS), np.int64) for name, m in maxima.items()}
+        for out in outs:
+            found = self.merge_histograms(found, self.histograms(out, maxima))
+        return found
+
     def histograms(
         self, out: Mapping[str, np.ndarray], maxima: Mapping[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
@@ -157,15 +175,11 @@ class _StatisticsWorker(ChunkWorker):
 
     def chunk(self, data: Dataset) -> dict[str, np.ndarray]:
         names = self.statistics.names
+        outs = self.session.iter_run(data, self.batch_size, names)
         if self.maxima is None:
-            found: dict[str, np.ndarray] = {}
-            for out in self.session.iter_run(data, self.batch_size, names):
-                found = self.statistics.merge_maxima(found, self.statistics.maxima(out))
+            found = self.statistics.all_maxima(outs)
         else:
-            found = {name: np.zeros((len(m), BINS), np.int64) for name, m in self.maxima.items()}
-            for out in self.session.iter_run(data, self.batch_size, names):
-                for name, counts in self.statistics.histograms(out, self.maxima).items():
-                    found[name] += counts
+            found = self.statistics.all_histograms(outs, self.maxima)
         return {f"t{i}": found[name] for i, name in enumerate(names)}  # Ray columns: plain names
 
 
@@ -189,10 +203,8 @@ def _distributed(
             engine, data, _StatisticsWorker, arguments, batch_size=batch_size, what="calibration data"
         ):
             part = {name: row[f"t{i}"] for i, name in enumerate(names)}
-            if maxima is None:
-                total = statistics.merge_maxima(total, part)
-            else:
-                total = {name: total[name] + part[name] if name in total else part[name] for name in names}
+            merge = statistics.merge_maxima if maxima is None else statistics.merge_histograms
+            total = merge(total, part)
         return total
 
     maxima = reduce(None)

@@ -327,3 +327,8 @@ def _unpack(item: object, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray]
 
 
 Data = Dataset | Stream
+
+
+def batch_count(data: Data, size: int) -> int:
+    """Batches of ``size`` in ``data`` for a progress bar (0: not known before reading)."""
+    return -(-data.size // size) if data.size is not None else 0

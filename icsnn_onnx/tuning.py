@@ -74,11 +74,10 @@ def tune(
     ann = evaluate(Session(source, provider="cpu"), dataset, progress=progress).accuracy
     if ann is None:
         raise DataError("tuning data needs integer labels 'y'")
-    target = ann - max_drop / 100.0
+    target = _target(ann, max_drop)
     table: dict[int, float] = {}
     if stepwise:
-        stepwise = replace(options, T=max_T, per_step=True)
-        snn = convert(source, calib, options=stepwise, progress=progress)
+        snn = convert(source, calib, options=replace(options, T=max_T, per_step=True), progress=progress)
         steps = evaluate(Session(snn, provider="cpu"), dataset, progress=progress).per_step_accuracy
         table = {t: acc for t, acc in enumerate(steps, start=1)}
     else:
@@ -89,8 +88,17 @@ def tune(
             if table[T] >= target:
                 break
             T *= 2
-    chosen = next((t for t in sorted(table) if table[t] >= target), None)
+    return _result(ann, table, max_drop)
+
+
+def _result(ann: float, table: dict[int, float], max_drop: float) -> TuneResult:
+    """The smallest T of ``table`` within ``max_drop`` points of the ANN's accuracy ``ann``."""
+    chosen = next((t for t in sorted(table) if table[t] >= _target(ann, max_drop)), None)
     return TuneResult(ann, table, chosen, max_drop)
+
+
+def _target(ann: float, max_drop: float) -> float:
+    return ann - max_drop / 100.0
 
 
 def _tune_distributed(
@@ -123,9 +131,7 @@ def _tune_distributed(
         table = {t: acc for t, acc in enumerate(steps, start=1)}
     else:
         table = {o.T: scores.accuracy[f"T={o.T}"] or 0.0 for o in candidates}
-    target = ann - max_drop / 100.0
-    chosen = next((t for t in sorted(table) if table[t] >= target), None)
-    return TuneResult(ann, table, chosen, max_drop)
+    return _result(ann, table, max_drop)
 
 
 def _convert_bytes(model: bytes, calib: Data | None, options: ConversionOptions) -> bytes:

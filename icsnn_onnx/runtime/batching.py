@@ -11,7 +11,7 @@ import numpy as np
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.limits import check_allocation
 from icsnn_onnx.progress import ProgressFactory, silent
-from icsnn_onnx.streams import Data
+from icsnn_onnx.streams import Data, batch_count
 
 if TYPE_CHECKING:
     from icsnn_onnx.runtime.session import Session
@@ -45,7 +45,7 @@ def iter_labelled(
     """
     static = session.inputs[0].static_batch if session.inputs else None
     size = static or batch_size
-    bar = progress(-(-data.size // size) if data.size is not None else 0, desc)
+    bar = progress(batch_count(data, size), desc)
     try:
         for index, batch in enumerate(data.labelled_batches(size)):
             feeds, n = batch.inputs, len(batch)

@@ -33,7 +33,7 @@ from icsnn_onnx.model_io import load_model
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime.instrument import NeuronLayer, expose, instrument, neuron_layers
 from icsnn_onnx.runtime.session import Session
-from icsnn_onnx.streams import Data
+from icsnn_onnx.streams import Data, batch_count
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def diagnose(
     sums = {(layer.name, t): _Sums() for layer in traced for t in steps}
     above: dict[str, list[float]] = {layer.name: [0.0, 0.0] for layer in traced}
     outputs = {t: _Sums() for t in steps}
-    bar = progress(-(-data.size // batch_size) if data.size is not None else 0, "diagnosing")
+    bar = progress(batch_count(data, batch_size), "diagnosing")
     samples = 0
     try:
         for got, ref in zip(

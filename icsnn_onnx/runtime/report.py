@@ -49,7 +49,7 @@ from icsnn_onnx.runtime.instrument import NeuronLayer, expose, neuron_layers
 from icsnn_onnx.runtime.readout_by_step import StepReadout
 from icsnn_onnx.runtime.session import Session
 from icsnn_onnx.runtime.synapses import Synapse, find_synapses, macs
-from icsnn_onnx.streams import Data
+from icsnn_onnx.streams import Data, batch_count
 
 MAX_LATENCY_BINS = 64
 
@@ -176,7 +176,7 @@ def report(
     names = [output, *([per_step] if per_step else []), *(n for f in finals.values() for n in f)]
     names = list(dict.fromkeys([*names, *membranes.values(), *step_names]))
     ann_batches = ann_session.iter_run(data, batch_size, [output, *ann_tensors]) if ann_session else None
-    bar = progress(-(-data.size // batch_size) if data.size is not None else 0, "reporting")
+    bar = progress(batch_count(data, batch_size), "reporting")
     labelled = False
     try:
         for got, labels in iter_labelled(session, data, batch_size, names):
