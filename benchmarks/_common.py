@@ -97,27 +97,6 @@ def agreement(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(got.reshape(len(got), -1).argmax(1) == ref.reshape(len(ref), -1).argmax(1)))
 
 
-def architecture(name: str, size: int = 224, cache: Path | None = None, **build: object) -> onnx.ModelProto:
-    """A random-weight real architecture: ``"zoo X"`` is the ONNX model zoo's X (onnx_zoo.py, 224×224),
-    any other name torchvision's at ``size`` (torchvision_zoo.py, legacy exporter; ``build`` goes to
-    its ``build``). Saved under ``cache/`` when one is given, and read from there next time."""
-    path = cache / f"{name.replace(' ', '_')}.onnx" if cache is not None else None
-    if path is not None and path.exists():
-        return onnx.load(path)
-    if name.startswith("zoo "):
-        import onnx_zoo
-
-        model = onnx_zoo.randomized(name.removeprefix("zoo "))
-    else:
-        import torchvision_zoo
-
-        model = torchvision_zoo.export(torchvision_zoo.build(name, size, **build), size, dynamo=False)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, path)
-    return model
-
-
 def net_axes(count: int, width: float = 5.0) -> tuple:
     """A figure with one accuracy panel per network (matplotlib, no display)."""
     import matplotlib

@@ -37,7 +37,8 @@ import onnx
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, RESULTS, architecture, save_json, smooth_images
+from _common import CACHE, RESULTS, save_json, smooth_images
+from real_architectures import architecture
 
 import icsnn_onnx
 from icsnn_onnx.data import Dataset

@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 import onnx
-from _common import RESULTS, agreement, architecture, centred, relative_error, run, smooth_images, write_json
+from _common import RESULTS, agreement, centred, relative_error, run, smooth_images, write_json
+from real_architectures import architecture
 
 OUT = RESULTS / "convergence.json"
 TS = (32, 64, 128, 256, 512, 1024)
@@ -46,8 +47,8 @@ def load(name: str) -> onnx.ModelProto:
 
 def measure(name: str) -> dict:
     import icsnn_onnx
+    from icsnn_onnx.analysis.diagnose import diagnose
     from icsnn_onnx.data import Dataset
-    from icsnn_onnx.runtime.diagnose import diagnose
 
     size, images, batch = MODELS[name]
     model, mean = centred(load(name), smooth_images(16, size, 3), batch)

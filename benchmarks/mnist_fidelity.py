@@ -372,8 +372,8 @@ def main() -> None:
 def trace(ann: Path, calib: np.ndarray, val: tuple, samples: int = 500) -> dict:
     """Per layer at T = 4 and 8 with the defaults: relative error of its rate vs the ANN
     activation, what it adds to its input's, saturated and overfired neurons (docs/method.md §10)."""
+    from icsnn_onnx.analysis.diagnose import diagnose
     from icsnn_onnx.data import Dataset
-    from icsnn_onnx.runtime.diagnose import diagnose
 
     result = {}
     for T in (4, 8):

@@ -27,7 +27,8 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, RESULTS, architecture, save_json, smooth_images
+from _common import CACHE, RESULTS, save_json, smooth_images
+from real_architectures import architecture
 
 import icsnn_onnx
 from icsnn_onnx.export import NirOptions, to_nir

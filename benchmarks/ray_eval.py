@@ -69,7 +69,7 @@ def main() -> None:
     import ray
 
     from icsnn_onnx import Session, convert, evaluate, load_dataset
-    from icsnn_onnx.engine import RayEngine
+    from icsnn_onnx.runtime.engine import RayEngine
     from icsnn_onnx.runtime.scoring import score
 
     x_train, _, x_test, y_test = load_mnist()

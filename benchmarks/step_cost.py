@@ -154,10 +154,11 @@ def neuron_floor_model(path: str) -> bytes:
     import onnx
     from onnx import helper
 
-    from icsnn_onnx.neuron import DOMAIN, STEP_INPUTS, STEP_OUTPUTS
+    from icsnn_onnx.contract import NEURON_DOMAIN as DOMAIN
+    from icsnn_onnx.neurons import IF
 
-    v, z = STEP_INPUTS[:2]  # every neuron function takes (v, z, …) and returns (out, v_next)
-    out, v_next = STEP_OUTPUTS
+    v, z = IF.inputs[:2]  # every neuron function takes (v, z, …) and returns (out, v_next)
+    out, v_next = IF.outputs
     model = onnx.load(path)
     replaced = 0
     for function in model.functions:

@@ -21,16 +21,16 @@ _EXPORTS = {
     "ConversionOptions": "icsnn_onnx.options",
     "Dataset": "icsnn_onnx.data",
     "load_dataset": "icsnn_onnx.data",
-    "Stream": "icsnn_onnx.streams",
+    "Stream": "icsnn_onnx.data",
     "load_model": "icsnn_onnx.model_io",
     "save_model": "icsnn_onnx.model_io",
     "Session": "icsnn_onnx.runtime",
     "Evaluation": "icsnn_onnx.runtime",
     "evaluate": "icsnn_onnx.runtime",
-    "diagnose": "icsnn_onnx.runtime.diagnose",
-    "report": "icsnn_onnx.runtime.report",
-    "Report": "icsnn_onnx.runtime.report",
-    "EnergyModel": "icsnn_onnx.runtime.report",
+    "diagnose": "icsnn_onnx.analysis.diagnose",
+    "report": "icsnn_onnx.analysis.report",
+    "Report": "icsnn_onnx.analysis.report",
+    "EnergyModel": "icsnn_onnx.analysis.report",
     **{
         name: "icsnn_onnx.errors"
         for name in (
@@ -95,8 +95,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from icsnn_onnx.analysis.diagnose import diagnose
+    from icsnn_onnx.analysis.report import EnergyModel, Report, report
     from icsnn_onnx.converter import Inspection, convert, inspect_model
-    from icsnn_onnx.data import Dataset, load_dataset
+    from icsnn_onnx.data import Dataset, Stream, load_dataset
     from icsnn_onnx.errors import (
         CalibrationError,
         ConversionError,
@@ -112,7 +114,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from icsnn_onnx.model_io import load_model, save_model
     from icsnn_onnx.options import ConversionOptions
     from icsnn_onnx.runtime import Evaluation, Session, evaluate
-    from icsnn_onnx.runtime.diagnose import diagnose
-    from icsnn_onnx.runtime.report import EnergyModel, Report, report
-    from icsnn_onnx.streams import Stream
     from icsnn_onnx.tuning import TuneResult, tune

@@ -11,6 +11,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+#: The ONNX domain of every neuron step function a converted model carries (and its version).
+NEURON_DOMAIN = "icsnn"
+NEURON_DOMAIN_VERSION = 1
+
 #: Every key icsnn-onnx writes to ``metadata_props`` starts with this.
 METADATA_PREFIX = "icsnn."
 

@@ -12,7 +12,6 @@ import onnx
 from icsnn_onnx._version import __version__
 from icsnn_onnx.contract import CONVERTER_VERSION_KEY, SITES_KEY
 from icsnn_onnx.data import DataSource, InputSpec, input_specs, load_dataset
-from icsnn_onnx.engine import RayEngine
 from icsnn_onnx.errors import CalibrationError, UnsupportedNode
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions
@@ -24,13 +23,14 @@ from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
 from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential, ResolveInit
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
 from icsnn_onnx.passes.maxpool import LowerMaxPool
+from icsnn_onnx.passes.program import ActivationKind, ActivationSite, Program
 from icsnn_onnx.passes.scale import CheckScale
 from icsnn_onnx.passes.temporal import CheckSupport, analyze_program, nonlinear_nodes, site_node_names
 from icsnn_onnx.passes.thresholds import NormalizeThresholds
 from icsnn_onnx.passes.unroll import Unroll
-from icsnn_onnx.program import ActivationKind, ActivationSite, Program
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.quiet import quiet_dependencies
+from icsnn_onnx.runtime.engine import RayEngine
 
 logger = logging.getLogger(__name__)
 

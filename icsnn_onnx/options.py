@@ -46,7 +46,7 @@ class Layout(Choice):
 class Target(Choice):
     """Where the SNN will run: ``portable`` emits the IF neuron in elementwise operators (exact on
     every execution provider); ``cpu`` emits it, where a site allows, in the operators ONNX
-    Runtime's CPU provider keeps in its blocked layout (:data:`icsnn_onnx.neuron.CHANNELWISE_EQUATIONS`)."""
+    Runtime's CPU provider keeps in its blocked layout (:data:`icsnn_onnx.neurons.if_channelwise.CHANNELWISE_EQUATIONS`)."""
 
     PORTABLE = "portable"
     CPU = "cpu"

@@ -19,15 +19,14 @@ from dataclasses import dataclass, replace
 import onnx
 
 from icsnn_onnx.converter import ModelSource, convert
-from icsnn_onnx.data import DataSource, input_specs, load_dataset
-from icsnn_onnx.engine import RayEngine, connect, ray_errors
+from icsnn_onnx.data import Data, DataSource, input_specs, load_dataset
 from icsnn_onnx.errors import CalibrationError, DataError
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.options import ConversionOptions, threshold_depends_on_T
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime import Session, evaluate
+from icsnn_onnx.runtime.engine import RayEngine, connect, ray_errors
 from icsnn_onnx.runtime.scoring import score
-from icsnn_onnx.streams import Data
 
 
 @dataclass(frozen=True)

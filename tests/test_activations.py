@@ -12,7 +12,7 @@ from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.passes import PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations, fit_transfer
 from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
-from icsnn_onnx.program import ActivationKind, TransferFunction
+from icsnn_onnx.passes.program import ActivationKind, TransferFunction
 from tests import models
 from tests.conftest import run
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from icsnn_onnx.calibration import BINS, _least_squares_threshold, activation_thresholds
+from icsnn_onnx.calibration.statistics import BINS, _least_squares_threshold, activation_thresholds
 from icsnn_onnx.data import Dataset
 from tests import models
 

@@ -8,7 +8,7 @@ import pytest
 from onnx import helper
 
 import icsnn_onnx
-from icsnn_onnx.calibration import stream_tensors
+from icsnn_onnx.calibration.statistics import stream_tensors
 from icsnn_onnx.data import Dataset
 from tests import models
 from tests.conftest import run

@@ -10,7 +10,8 @@ import onnxruntime as ort
 import pytest
 
 import icsnn_onnx
-from icsnn_onnx import neuron
+from icsnn_onnx.contract import NEURON_DOMAIN
+from icsnn_onnx.neurons import IF
 from tests import models
 from tests.conftest import run
 
@@ -52,8 +53,8 @@ def test_valid_and_accepted_by_onnx_runtime(converted):
     _, snn = converted
     onnx.checker.check_model(snn, full_check=True)
     assert snn.ir_version <= 10  # opset 21 needs IR 10; onnx's default (newer) is refused by older runtimes
-    assert {(o.domain, o.version) for o in snn.opset_import} >= {("", 21), (neuron.DOMAIN, 1)}
-    assert [f.name for f in snn.functions] == [neuron.OP_TYPE]
+    assert {(o.domain, o.version) for o in snn.opset_import} >= {("", 21), (NEURON_DOMAIN, 1)}
+    assert [f.name for f in snn.functions] == [IF.op_type]
     session = ort.InferenceSession(snn.SerializeToString(), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["y", "y_per_step"]
 
@@ -96,7 +97,7 @@ def test_channel_wise_thresholds_and_half_init_are_in_the_model(converted):
 
 def test_unrolled_graph_has_T_neuron_steps_per_site(converted):
     _, snn = converted
-    assert sum(n.op_type == neuron.OP_TYPE for n in snn.graph.node) == 2 * T
+    assert sum(n.op_type == IF.op_type for n in snn.graph.node) == 2 * T
 
 
 def test_save_is_atomic_and_refuses_to_overwrite(converted, tmp_path):

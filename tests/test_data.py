@@ -76,7 +76,7 @@ def test_head_and_batches():
 def test_an_npy_is_memory_mapped_and_checked_a_chunk_at_a_time(tmp_path, monkeypatch):
     """An .npy is read batch by batch as it is used (so it may be larger than memory); the NaN/Inf
     check reads a chunk of rows at a time and names the first bad row."""
-    from icsnn_onnx import data
+    from icsnn_onnx.data import files as data
 
     x = np.random.default_rng(0).random((50, 1, 8, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)

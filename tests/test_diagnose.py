@@ -9,10 +9,10 @@ import pytest
 from onnx import helper
 
 import icsnn_onnx
+from icsnn_onnx.analysis.diagnose import default_steps, diagnose
 from icsnn_onnx.cli import main
 from icsnn_onnx.data import Dataset
-from icsnn_onnx.neuron import IFParams, simulate
-from icsnn_onnx.runtime.diagnose import default_steps, diagnose
+from icsnn_onnx.neurons.if_neuron import IFParams, simulate
 from icsnn_onnx.runtime.instrument import expose, instrument, neuron_layers
 from tests import models
 from tests.conftest import run

@@ -22,7 +22,7 @@ COMPILER = ("icsnn_onnx.passes", "icsnn_onnx.converter", "icsnn_onnx.cli")
 def test_runtime_alone_imports_neither_the_compiler_nor_graphsurgeon():
     _imports_none_of(
         "import icsnn_onnx.runtime, icsnn_onnx; icsnn_onnx.Session",
-        ("onnx_graphsurgeon", *COMPILER, "icsnn_onnx.calibration", "icsnn_onnx.tuning"),
+        ("onnx_graphsurgeon", *COMPILER, "icsnn_onnx.calibration.statistics", "icsnn_onnx.tuning"),
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 import icsnn_onnx
 from icsnn_onnx.contract import step_name
 from icsnn_onnx.data import Dataset
-from icsnn_onnx.neuron import IFParams, count_breakpoint, simulate
+from icsnn_onnx.neurons.if_neuron import IFParams, count_breakpoint, simulate
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.passes import PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
@@ -282,7 +282,7 @@ def test_a_fixed_batch_of_one_runs_the_per_sample_segments_on_whole_batches(digi
 def test_per_sample_refuses_what_could_mix_samples():
     from onnx import helper
 
-    from icsnn_onnx.segments import per_sample
+    from icsnn_onnx.calibration.segments import per_sample
 
     def model(*nodes, constants=("w",)):
         graph = helper.make_graph(
@@ -309,8 +309,8 @@ def test_per_sample_refuses_what_could_mix_samples():
 def test_calibrated_init_spilled_to_disk_equals_in_memory(digits, monkeypatch):
     """The store keeps Alg 2's tensors in memory up to its budget and on disk beyond: with no
     budget at all (every tensor memory-mapped) the potentials and the output check are the same."""
+    from icsnn_onnx.calibration.segments import SpillStore
     from icsnn_onnx.passes import initial_potential
-    from icsnn_onnx.segments import SpillStore
 
     model, calib = models.routes_net(), digits[0][:40]
     in_memory = icsnn_onnx.convert(model, calib, T=4, init="calibrated", batch_size=16)

@@ -129,7 +129,7 @@ def test_maxpool_policies_agree_across_layouts(digits, policy):
 
 def test_gate_forwards_the_unit_with_the_most_accumulated_input():
     """Hand-checked trace: one 2-unit window, spikes of the unit leading in accumulated input."""
-    from icsnn_onnx.calibration import stream_tensors
+    from icsnn_onnx.calibration.statistics import stream_tensors
     from icsnn_onnx.data import Dataset
 
     # x → Relu (neuron, θ = 1 via Clip) → MaxPool over 2 units → Relu (so the pool feeds a neuron).

@@ -7,8 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from icsnn_onnx import neuron
-from icsnn_onnx.neuron import IFParams, constant_input_rate, if_function_proto, simulate
+from icsnn_onnx.contract import NEURON_DOMAIN
+from icsnn_onnx.neurons import IF
+from icsnn_onnx.neurons import if_neuron as neuron
+from icsnn_onnx.neurons.if_neuron import IFParams, constant_input_rate, simulate
 from tests.conftest import run
 
 # Values chosen as exact binary fractions so the traces are exact in float32 and float64.
@@ -34,7 +36,7 @@ def _unrolled_if_model(T: int, theta: float, v0: float) -> onnx.ModelProto:
     nodes, v = [], "v0"
     for t in range(1, T + 1):
         nodes.append(
-            helper.make_node("IFNeuron", [v, f"z{t}", "theta"], [f"out{t}", f"v{t}"], domain=neuron.DOMAIN)
+            helper.make_node("IFNeuron", [v, f"z{t}", "theta"], [f"out{t}", f"v{t}"], domain=NEURON_DOMAIN)
         )
         v = f"v{t}"
     graph = helper.make_graph(
@@ -53,8 +55,8 @@ def _unrolled_if_model(T: int, theta: float, v0: float) -> onnx.ModelProto:
     )
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(neuron.DOMAIN, 1)],
-        functions=[if_function_proto(21)],
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(NEURON_DOMAIN, 1)],
+        functions=[IF.function_proto(21)],
         ir_version=10,
     )
     onnx.checker.check_model(model, full_check=True)
@@ -74,9 +76,9 @@ def test_golden_trace_onnx_function(name, z, theta, v0, spikes, v):
 
 
 def test_function_is_generated_from_the_equations():
-    fn = if_function_proto(21)
-    assert (fn.domain, fn.name) == (neuron.DOMAIN, neuron.OP_TYPE)
-    assert list(fn.input) == list(neuron.STEP_INPUTS) and list(fn.output) == list(neuron.STEP_OUTPUTS)
+    fn = IF.function_proto(21)
+    assert (fn.domain, fn.name) == (NEURON_DOMAIN, IF.op_type)
+    assert list(fn.input) == ["v", "z", "theta"] and list(fn.output) == ["out", "v_next"]
     assert [n.op_type for n in fn.node] == [eq.op_type for eq in neuron.IF_EQUATIONS]
 
 

@@ -15,8 +15,8 @@ from icsnn_onnx.passes.canonicalize import CANONICAL_OPSET, Canonicalize, import
 from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
 from icsnn_onnx.passes.initial_potential import InitialPotential
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
+from icsnn_onnx.passes.program import Program
 from icsnn_onnx.passes.thresholds import NormalizeThresholds
-from icsnn_onnx.program import Program
 from tests import models
 from tests.conftest import run
 
@@ -273,7 +273,7 @@ def test_insertion_leaves_no_relu(digits):
         ]
     )(program)
     assert "Relu" not in _ops(program)
-    assert _ops(program).count("IFSite") == 2  # unrolled later into IFNeuron steps
+    assert _ops(program).count("NeuronSite") == 2  # unrolled later into IFNeuron steps
     for name, theta in program.thresholds.items():
         assert np.allclose(program.v_init[name], theta / 2)
 

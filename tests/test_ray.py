@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from icsnn_onnx import convert, load_dataset
-from icsnn_onnx.calibration import activation_thresholds
+from icsnn_onnx.calibration.statistics import activation_thresholds
 from icsnn_onnx.data import Dataset
-from icsnn_onnx.engine import RayEngine, plan, ray_module
 from icsnn_onnx.errors import DataError, OptionError
 from icsnn_onnx.runtime import Session, evaluate
+from icsnn_onnx.runtime.engine import RayEngine, plan, ray_module
 from icsnn_onnx.runtime.scoring import score
 from icsnn_onnx.tuning import tune
 

@@ -11,15 +11,16 @@ import torch.nn.functional as F
 from onnx import helper
 
 import icsnn_onnx
+from icsnn_onnx.analysis.accumulate import accumulate
+from icsnn_onnx.analysis.activity import layer_family as _layer_family
+from icsnn_onnx.analysis.readout_by_step import StepReadout
+from icsnn_onnx.analysis.report import EnergyModel, report
 from icsnn_onnx.cli import main
 from icsnn_onnx.contract import SnnMetadata
 from icsnn_onnx.data import Dataset
 from icsnn_onnx.runtime import Session
-from icsnn_onnx.runtime.accumulate import accumulate
 from icsnn_onnx.runtime.evaluate import evaluate
 from icsnn_onnx.runtime.instrument import neuron_layers
-from icsnn_onnx.runtime.readout_by_step import StepReadout
-from icsnn_onnx.runtime.report import EnergyModel, _layer_family, report
 from tests import models
 from tests.conftest import run
 

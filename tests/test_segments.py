@@ -7,8 +7,8 @@ import os
 import numpy as np
 import onnx
 
+from icsnn_onnx.calibration.segments import SpillStore, extract, merge
 from icsnn_onnx.runtime.instrument import expose
-from icsnn_onnx.segments import SpillStore, extract, merge
 from tests import models
 from tests.conftest import run
 

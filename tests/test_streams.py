@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from icsnn_onnx import convert
-from icsnn_onnx.data import Dataset, InputSpec, load_dataset
+from icsnn_onnx.data import Dataset, InputSpec, Stream, load_dataset
 from icsnn_onnx.errors import CalibrationError, DataError
 from icsnn_onnx.runtime import Session, evaluate
-from icsnn_onnx.streams import Stream
 from icsnn_onnx.tuning import tune
 
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
@@ -221,7 +220,7 @@ def test_one_shard_in_memory_at_a_time(
     shards of memory, as they did)."""
     import weakref
 
-    from icsnn_onnx import streams
+    from icsnn_onnx.data import streams
 
     x, y = example_test_set
     shard(tmp_path, x, y, [100, 150, 90, 200])

@@ -10,8 +10,11 @@ import pytest
 from onnx import TensorProto, helper
 
 import icsnn_onnx
-from icsnn_onnx import neuron
 from icsnn_onnx.cli import main
+from icsnn_onnx.contract import NEURON_DOMAIN
+from icsnn_onnx.neurons import IF, IF_CHANNELWISE
+from icsnn_onnx.neurons import if_channelwise as channelwise
+from icsnn_onnx.neurons import if_neuron as neuron
 from tests import models
 from tests.conftest import run
 from tests.test_conversion import BUILDERS
@@ -61,11 +64,11 @@ def test_channelwise_step_matches_the_equations_bit_for_bit():
     rng = np.random.default_rng(0)
     theta = _thresholds(rng)
     z = _adversarial_currents(theta, rng)
-    parameters = neuron.channelwise_parameters(theta)
+    parameters = channelwise.channelwise_parameters(theta)
     for v in (np.zeros_like(z), (rng.uniform(-1, 1, z.shape) * theta.reshape(1, C, 1, 1)).astype(np.float32)):
         with np.errstate(invalid="ignore", over="ignore"):
             expected = neuron.if_step(v, z, theta.reshape(C, 1, 1))
-        got = neuron.if_step_channelwise(v, z, parameters)
+        got = channelwise.if_step_channelwise(v, z, parameters)
         for e, g in zip(expected, got, strict=True):
             assert g.dtype == np.float32
             assert np.array_equal(e, g, equal_nan=True)
@@ -78,10 +81,10 @@ def _channelwise_model(T: int, parameters: dict[str, np.ndarray]) -> onnx.ModelP
     for t in range(1, T + 1):
         nodes.append(
             helper.make_node(
-                neuron.CHANNELWISE_OP_TYPE,
-                [v, f"z{t}", *neuron.CHANNELWISE_INPUTS[2:]],
+                IF_CHANNELWISE.op_type,
+                [v, f"z{t}", *IF_CHANNELWISE.parameters],
                 [f"out{t}", f"v{t}"],
-                domain=neuron.DOMAIN,
+                domain=NEURON_DOMAIN,
                 channels=C,
             )
         )
@@ -102,8 +105,8 @@ def _channelwise_model(T: int, parameters: dict[str, np.ndarray]) -> onnx.ModelP
     )
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(neuron.DOMAIN, 1)],
-        functions=[neuron.channelwise_function_proto(21)],
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(NEURON_DOMAIN, 1)],
+        functions=[IF_CHANNELWISE.function_proto(21)],
         ir_version=10,
     )
     onnx.checker.check_model(model, full_check=True)
@@ -124,7 +127,7 @@ def test_channelwise_function_in_onnx_runtime_matches_the_reference(level):
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     session = ort.InferenceSession(
-        _channelwise_model(T, neuron.channelwise_parameters(theta)).SerializeToString(),
+        _channelwise_model(T, channelwise.channelwise_parameters(theta)).SerializeToString(),
         options,
         providers=["CPUExecutionProvider"],
     )
@@ -137,7 +140,7 @@ def test_channelwise_function_in_onnx_runtime_matches_the_reference(level):
 
 def test_channelwise_parameters_need_a_representable_scale():
     with pytest.raises(ValueError, match="too small"):
-        neuron.channelwise_parameters(np.array([1.0, 1e-35], np.float32))
+        channelwise.channelwise_parameters(np.array([1.0, 1e-35], np.float32))
 
 
 def _meta(model: onnx.ModelProto) -> dict[str, str]:
@@ -191,8 +194,8 @@ def test_cpu_target_agrees_with_portable(digits, layout, settings):
     meta = _meta(cpu)
     assert meta["icsnn.target"] == "cpu" and meta["icsnn.channelwise_sites"] == "3"
     ops = {n.op_type for n in cpu.graph.node}
-    assert neuron.CHANNELWISE_OP_TYPE in ops and neuron.OP_TYPE not in ops
-    assert {f.name for f in cpu.functions} == {neuron.CHANNELWISE_OP_TYPE}
+    assert IF_CHANNELWISE.op_type in ops and IF.op_type not in ops
+    assert {f.name for f in cpu.functions} == {IF_CHANNELWISE.op_type}
     for a, b in zip(run(portable, x[200:328]), run(cpu, x[200:328]), strict=True):
         assert a.shape == b.shape
         # ONNX Runtime fuses z + v into the convolution there, which rounds m differently
@@ -204,7 +207,7 @@ def test_sites_the_channelwise_neuron_does_not_fit_stay_elementwise(digits):
     model, x = BUILDERS["helper-opset21-cnn-bn"](digits)  # sites: 8-channel conv, 16-channel conv
     cpu = icsnn_onnx.convert(model, x[:200], T=4, target="cpu")
     assert _meta(cpu)["icsnn.channelwise_sites"] == "1"
-    assert {f.name for f in cpu.functions} == {neuron.OP_TYPE, neuron.CHANNELWISE_OP_TYPE}
+    assert {f.name for f in cpu.functions} == {IF.op_type, IF_CHANNELWISE.op_type}
     portable = icsnn_onnx.convert(model, x[:200], T=4)
     assert "icsnn.channelwise_sites" not in _meta(portable)
     assert np.allclose(run(portable, x[:64])[0], run(cpu, x[:64])[0], rtol=1e-5, atol=1e-5)

@@ -10,11 +10,25 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from icsnn_onnx.cli.commands import COMMANDS, _options
+from icsnn_onnx.cli import analysis, commands
+from icsnn_onnx.cli.common import options_of
 from icsnn_onnx.cli.parser import build_parser
 from icsnn_onnx.errors import IcsnnError
 
 __all__ = ["_options", "_parser", "main"]
+
+COMMANDS = {
+    "convert": commands.convert_command,
+    "eval": commands.eval_command,
+    "inspect": commands.inspect_command,
+    "tune": commands.tune_command,
+    "bench": commands.bench_command,
+    "diagnose": analysis.diagnose_command,
+    "report": analysis.report_command,
+    "export": commands.export_command,
+}
+
+_options = options_of  # the name tests and earlier callers use
 
 _parser = build_parser  # the name tests and earlier callers use
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import NoReturn
 
 from icsnn_onnx._version import __version__
-from icsnn_onnx.engine import RayEngine
 from icsnn_onnx.export.options import GROUPS, INITIAL_POTENTIALS, THRESHOLDS, NirOptions
 from icsnn_onnx.options import (
     AUTO_CALIBRATED_MAX_T,
@@ -19,11 +18,12 @@ from icsnn_onnx.options import (
     ConversionOptions,
     parse_threshold_method,
 )
+from icsnn_onnx.runtime.engine import RayEngine
 
 DEFAULTS = ConversionOptions()
 NIR_DEFAULTS = NirOptions()
 ENGINE_DEFAULTS = RayEngine()
-#: Every data argument also takes shards (icsnn_onnx.streams), read one at a time.
+#: Every data argument also takes shards (icsnn_onnx.data), read one at a time.
 SHARDS = ", or a folder or quoted glob of such shards"
 
 

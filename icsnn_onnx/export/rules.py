@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 
 from icsnn_onnx.export.lower import Lowering, Value, _channel_vector, _site_array, rule
-from icsnn_onnx.windows import attributes as attrs
-from icsnn_onnx.windows import resolve_pads
+from icsnn_onnx.ops.windows import attributes as attrs
+from icsnn_onnx.ops.windows import resolve_pads
 
 
 def _out_vector(hint: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from icsnn_onnx.errors import IcsnnError, PassError, PostconditionError, PreconditionError
-from icsnn_onnx.program import Program
+from icsnn_onnx.passes.program import Program
 
 logger = logging.getLogger(__name__)
 

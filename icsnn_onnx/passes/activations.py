@@ -22,8 +22,8 @@ from collections.abc import Callable
 import numpy as np
 
 from icsnn_onnx.passes import Pass, PassResult, ensure
+from icsnn_onnx.passes.program import ActivationKind, ActivationSite, Program, TransferFunction
 from icsnn_onnx.passes.regions import Block, Region, find_regions, is_affine, transfer_of
-from icsnn_onnx.program import ActivationKind, ActivationSite, Program, TransferFunction
 
 _MAX_LEVELS = 4096
 

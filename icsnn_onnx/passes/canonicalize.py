@@ -18,15 +18,14 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper, version_converter
 
-from icsnn_onnx import neuron
-from icsnn_onnx.contract import CONVERTER_VERSION_KEY, T_KEY
-from icsnn_onnx.elementwise import FLOAT_TENSOR_TYPES
+from icsnn_onnx.contract import CONVERTER_VERSION_KEY, NEURON_DOMAIN, T_KEY
 from icsnn_onnx.errors import ConversionError, ModelLoadError
 from icsnn_onnx.limits import available_memory, human
+from icsnn_onnx.ops.elementwise import FLOAT_TENSOR_TYPES
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.passes import Pass, PassResult, ensure
 from icsnn_onnx.passes.graph_utils import bypass, detach, is_graph_output
-from icsnn_onnx.program import Program
+from icsnn_onnx.passes.program import Program
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ def _static_bytes(tensor: gs.Tensor) -> int | None:
 
 def _refuse_spiking(model: onnx.ModelProto) -> None:
     metadata = {p.key: p.value for p in model.metadata_props}
-    spiking = CONVERTER_VERSION_KEY in metadata or any(o.domain == neuron.DOMAIN for o in model.opset_import)
+    spiking = CONVERTER_VERSION_KEY in metadata or any(o.domain == NEURON_DOMAIN for o in model.opset_import)
     if spiking:
         T = metadata.get(T_KEY, "?")
         raise ConversionError(

@@ -4,7 +4,7 @@ Under direct coding (the default) the analog input is the input current at every
 nothing here runs. Under rate or Poisson coding every float graph input ``x`` is normalized
 with the range seen on calibration data, ``c = (x − low)/(high − low)``, and encoded:
 
-- ``rate``: an IF encoder neuron (θ = 1, the one definition in :mod:`icsnn_onnx.neuron`) fed
+- ``rate``: an IF encoder neuron (θ = 1, the one definition in :mod:`icsnn_onnx.neurons.if_neuron`) fed
   ``c`` at every step. Its spike count is ``floor(c·T + v(0))``: with coding compensation
   (Alg 3) ``v(0) = 1/2`` and the count rounds ``c·T``, without it ``v(0) = 0`` and it floors.
 - ``poisson``: ``s(t) = [u(t) < c]`` with ``u(t)`` uniform noise fixed at compile time from the
@@ -24,10 +24,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.contract import encoder_key
+from icsnn_onnx.data import Data
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.passes import Pass, PassResult
-from icsnn_onnx.program import EncodingKind, InputEncoder, Program
-from icsnn_onnx.streams import Data
+from icsnn_onnx.passes.program import EncodingKind, InputEncoder, Program
 
 logger = logging.getLogger(__name__)
 

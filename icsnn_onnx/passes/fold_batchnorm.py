@@ -23,7 +23,7 @@ from icsnn_onnx.passes.graph_utils import (
     sole_consumer,
     tensor_rank,
 )
-from icsnn_onnx.program import Program
+from icsnn_onnx.passes.program import Program
 
 
 class FoldBatchNorm(Pass):

@@ -16,21 +16,21 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from icsnn_onnx.blocks import Block, blocks, run_blocks
+from icsnn_onnx.calibration.blocks import Block, blocks, run_blocks
+from icsnn_onnx.calibration.segments import SpillStore
 from icsnn_onnx.contract import INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY, INIT_METHOD_KEY
+from icsnn_onnx.data import Data
 from icsnn_onnx.errors import CalibrationError
-from icsnn_onnx.neuron import count_breakpoint
+from icsnn_onnx.neurons.if_neuron import count_breakpoint
 from icsnn_onnx.options import InitPolicy, Layout, Target, resolve_init
 from icsnn_onnx.passes import Pass, PassManager, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
 from icsnn_onnx.passes.one_pass import OnePass
+from icsnn_onnx.passes.program import Program
 from icsnn_onnx.passes.scale import MAX_UNROLLED_OPS, estimate
 from icsnn_onnx.passes.unroll import Unroll
-from icsnn_onnx.program import Program
 from icsnn_onnx.progress import ProgressFactory, silent
-from icsnn_onnx.segments import SpillStore
-from icsnn_onnx.streams import Data
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +179,8 @@ class CalibrateInitialPotential(Pass):
         """Squared error per candidate and channel, ``[K, C]`` (one channel when rank < 2), of a
         batch's currents ``z`` (``[T, …]``, or ``[1, …]`` for a current constant over time: a
         first layer under direct coding): one IF run per neuron
-        (:func:`~icsnn_onnx.neuron.count_breakpoint`) scored by :meth:`_channel_errors`, block by
-        block on every core (:mod:`icsnn_onnx.blocks`)."""
+        (:func:`~icsnn_onnx.neurons.if_neuron.count_breakpoint`) scored by :meth:`_channel_errors`, block by
+        block on every core (:mod:`icsnn_onnx.calibration.blocks`)."""
         channels = target.shape[1] if target.ndim >= 2 else 1
         theta = np.broadcast_to(np.asarray(theta).reshape(-1), (channels,))
         errors = np.zeros((self.K, channels))
@@ -203,7 +203,7 @@ class CalibrateInitialPotential(Pass):
     ) -> np.ndarray:
         """Squared error per candidate and channel: ``[K, C]`` (one channel when rank < 2).
 
-        From one run from ``v(0) = 0`` (:func:`~icsnn_onnx.neuron.count_breakpoint`), a neuron
+        From one run from ``v(0) = 0`` (:func:`~icsnn_onnx.neurons.if_neuron.count_breakpoint`), a neuron
         fires ``n`` times, or ``n + 1`` from ``v(0) >= v*`` on; so it adds ``(θn/T − a)²`` to every
         candidate and the difference to ``n + 1``'s error to the candidates from its breakpoint
         on: a histogram over breakpoints, summed up.

@@ -31,13 +31,13 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from icsnn_onnx.ops.windows import SAME, auto_pad, resolve_pads
 from icsnn_onnx.options import MaxPoolPolicy
 from icsnn_onnx.passes import Pass, PassResult, ensure
 from icsnn_onnx.passes.graph_utils import detach, static_dims
+from icsnn_onnx.passes.program import ActivationKind, ActivationSite, Program, TransferFunction
 from icsnn_onnx.passes.sign import nonnegative_tensors
 from icsnn_onnx.passes.temporal import analyze_program
-from icsnn_onnx.program import ActivationKind, ActivationSite, Program, TransferFunction
-from icsnn_onnx.windows import SAME, auto_pad, resolve_pads
 
 logger = logging.getLogger(__name__)
 

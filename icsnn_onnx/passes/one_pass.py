@@ -3,7 +3,7 @@
 The trial SNN (θ/2 everywhere) and the ANN are cut at every site: the segment of site ``l``
 computes its currents ``z_l(1..T)`` (SNN) and its activation (ANN) from the graph inputs and the
 stored outputs of earlier sites. After ``v_l(0)`` is chosen, the site's spikes are simulated by the
-IF reference (:func:`icsnn_onnx.neuron.steps`: the same float32 operations as the file's
+IF reference (:func:`icsnn_onnx.neurons.if_neuron.steps`: the same float32 operations as the file's
 neuron function) and stored as bits; later segments read ``θ·s``. So every site sees what the
 finished SNN would feed it, as in rebuilding the SNN per site, at the cost of one run. The
 stored tensors stay in memory within a budget and go to disk beyond it
@@ -20,16 +20,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from icsnn_onnx.blocks import Block, blocks, run_blocks
-from icsnn_onnx.calibration import run_batches
+from icsnn_onnx.calibration.blocks import Block, blocks, run_blocks
+from icsnn_onnx.calibration.segments import SpillStore, extract, free_batch, merge, per_sample, rename_outputs
+from icsnn_onnx.calibration.statistics import run_batches
 from icsnn_onnx.contract import step_name
 from icsnn_onnx.data import Dataset
-from icsnn_onnx.elementwise import FLOAT_TENSOR_TYPES
-from icsnn_onnx.neuron import IFParams, steps
-from icsnn_onnx.program import ActivationSite, Program
+from icsnn_onnx.neurons.if_neuron import IFParams, steps
+from icsnn_onnx.ops.elementwise import FLOAT_TENSOR_TYPES
+from icsnn_onnx.passes.program import ActivationSite, Program
 from icsnn_onnx.progress import ProgressFactory
 from icsnn_onnx.runtime.instrument import NeuronLayer, neuron_layers
-from icsnn_onnx.segments import SpillStore, extract, free_batch, merge, per_sample, rename_outputs
 
 
 class OnePass:

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from icsnn_onnx.elementwise import AFFINE_ELEMENTWISE, FLOAT_TENSOR_TYPES, NUMPY_OPS, evaluate
+from icsnn_onnx.ops.elementwise import AFFINE_ELEMENTWISE, FLOAT_TENSOR_TYPES, NUMPY_OPS, evaluate
 from icsnn_onnx.passes.graph_utils import is_empty, is_graph_output
 
 # Casts a transfer function may pass through: to floats (values kept), to booleans (masks) and

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import onnx_graphsurgeon as gs
 
-from icsnn_onnx.elementwise import FLOAT_TENSOR_TYPES
+from icsnn_onnx.ops.elementwise import FLOAT_TENSOR_TYPES
 from icsnn_onnx.passes.registry import RuleTable
 
 Rule = Callable[[gs.Node, Sequence[bool]], str | None]

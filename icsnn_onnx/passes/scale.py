@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icsnn_onnx import neuron
 from icsnn_onnx.errors import ConversionError
 from icsnn_onnx.limits import available_memory, human
+from icsnn_onnx.neurons import IF
 from icsnn_onnx.passes import Pass, PassResult
 from icsnn_onnx.passes.graph_utils import static_dims
+from icsnn_onnx.passes.program import Program
 from icsnn_onnx.passes.temporal import TemporalPlan, analyze_program, site_node_names
-from icsnn_onnx.program import Program
 
 #: Operators (neuron functions inlined) an unrolled SNN may have: ONNX Runtime's load time grows
 #: faster than linearly with them (measured: 35,000 in 10 s, 140,000 in 157 s).
@@ -56,7 +56,7 @@ def _ops_per_step(program: Program, plan: TemporalPlan, in_sites: frozenset[str]
 def ops_per_step(plan: TemporalPlan, neurons: int, others: int, per_step: bool) -> int:
     """Operators one unrolled step adds: each neuron's inlined equations, the other per-step ops,
     a read-out sum per cut and, with per-step outputs, the head."""
-    return neurons * len(neuron.IF_EQUATIONS) + others + len(plan.cuts) + (len(plan.head) if per_step else 0)
+    return neurons * IF.ops_per_step + others + len(plan.cuts) + (len(plan.head) if per_step else 0)
 
 
 def _bytes_per_step(program: Program, plan: TemporalPlan) -> int:

@@ -30,8 +30,8 @@ import onnx_graphsurgeon as gs
 from icsnn_onnx.errors import ConversionError, UnsupportedNode, UnsupportedOperatorError
 from icsnn_onnx.passes import Pass, PassResult
 from icsnn_onnx.passes.encoding import encoded_inputs
+from icsnn_onnx.passes.program import Program
 from icsnn_onnx.passes.rules import STRUCTURAL_OPS, check
-from icsnn_onnx.program import Program
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 - Clipped or quantized activation with bound λ: θ = λ. The SNN's rate code then spans
   exactly the ANN's output range; no calibration data is needed.
 - Unclipped ReLU: θ = a statistic (max, a percentile, or the least-squares θ for the compiled
-  T's levels) of the site's activations on calibration data (:mod:`icsnn_onnx.calibration`).
+  T's levels) of the site's activations on calibration data (:mod:`icsnn_onnx.calibration.statistics`).
   Activations above θ saturate.
 
 The neuron emits θ·s(t), so weights are left untouched (θ lives in the neuron).
@@ -15,15 +15,15 @@ import logging
 
 import numpy as np
 
-from icsnn_onnx.calibration import activation_thresholds
+from icsnn_onnx.calibration.statistics import activation_thresholds
 from icsnn_onnx.contract import THRESHOLD_METHOD_KEY, THRESHOLD_SOURCE_KEY
-from icsnn_onnx.engine import RayEngine
+from icsnn_onnx.data import Data
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.passes import Pass, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
-from icsnn_onnx.program import ActivationKind, ActivationSite, Program
+from icsnn_onnx.passes.program import ActivationKind, ActivationSite, Program
 from icsnn_onnx.progress import ProgressFactory, silent
-from icsnn_onnx.streams import Data
+from icsnn_onnx.runtime.engine import RayEngine
 
 logger = logging.getLogger(__name__)
 

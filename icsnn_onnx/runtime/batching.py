@@ -3,22 +3,31 @@ batch size gets batches of exactly that size (the last one padded, the padding d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
+from icsnn_onnx.data import Data, InputSpec, batch_count
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.limits import check_allocation
 from icsnn_onnx.progress import ProgressFactory, silent
-from icsnn_onnx.streams import Data, batch_count
 
-if TYPE_CHECKING:
-    from icsnn_onnx.runtime.session import Session
+
+class Runs(Protocol):
+    """What batching needs of a session (:class:`~icsnn_onnx.runtime.session.Session` has it)."""
+
+    inputs: Sequence[InputSpec]
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+    def batch_axis(self, output: str) -> int: ...
 
 
 def iter_run(
-    session: Session,
+    session: Runs,
     data: Data,
     batch_size: int = 64,
     outputs: list[str] | None = None,
@@ -31,7 +40,7 @@ def iter_run(
 
 
 def iter_labelled(
-    session: Session,
+    session: Runs,
     data: Data,
     batch_size: int = 64,
     outputs: list[str] | None = None,
@@ -66,7 +75,7 @@ def iter_labelled(
 
 
 def run_all(
-    session: Session,
+    session: Runs,
     data: Data,
     batch_size: int = 64,
     outputs: list[str] | None = None,

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from icsnn_onnx.runtime.types import numpy_type
-
-if TYPE_CHECKING:
-    from icsnn_onnx.runtime.session import Session
 
 logger = logging.getLogger(__name__)
 
@@ -52,28 +48,33 @@ class BoundRun:
         return dict(zip(self._output_names, self._binding.copy_outputs_to_cpu(), strict=True))
 
 
-def bind_on_device(session: Session, feeds: Mapping[str, np.ndarray], device: str) -> BoundRun:
-    """:meth:`runner` with IO binding on ``device``: inputs copied there once, outputs
-    pre-allocated there at :meth:`output_shapes`, so every run reads and writes the same
-    buffers. A CUDA graph replays exactly those addresses and shapes: each bound runner
-    captures a graph of its own (``gpu_graph_id``), so runners of other batch sizes on the
-    same session stay correct; without known output shapes the graph is skipped for these runs
-    (logged) rather than replayed into buffers nobody reads."""
+def bind_on_device(
+    session: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    device: str,
+    shapes: Mapping[str, list[int]] | None,
+    graph_id: str,
+    cuda_graph: Callable[[], bool],
+    on_failure: Callable[[Exception], ort.InferenceSession] | None,
+) -> BoundRun:
+    """A :class:`BoundRun` of ``session`` with IO binding on ``device``: inputs copied there once,
+    outputs pre-allocated there at ``shapes`` (every output's, or ``None`` when not known before a
+    run: ONNX Runtime allocates them), so every run reads and writes the same buffers. A CUDA graph
+    replays exactly those addresses and shapes, so each bound run has a graph of its own
+    (``graph_id``, ``"-1"`` for none); ``cuda_graph()`` says, at each binding, whether graphs are
+    still in use (not once a failed capture fell back to ``on_failure``'s session)."""
     inputs = {
         name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device, 0)
         for name, value in feeds.items()
     }
-    shapes = session.output_shapes(feeds)
-    if shapes is None and session.cuda_graph:
-        logger.warning("output shapes unknown before the first run; CUDA graph not used")
-    graph_id = "-1" if shapes is None else str(next(session._graph_ids))
-    types = {o.name: np.dtype(numpy_type(o.type, o.name)) for o in session._session.get_outputs()}
+    output_names = [o.name for o in session.get_outputs()]
+    types = {o.name: np.dtype(numpy_type(o.type, o.name)) for o in session.get_outputs()}
     outputs = (
         {}
         if shapes is None
         else {
             name: ort.OrtValue.ortvalue_from_shape_and_type(shapes[name], types[name], device, 0)
-            for name in session.output_names
+            for name in output_names
         }
     )
 
@@ -81,15 +82,14 @@ def bind_on_device(session: Session, feeds: Mapping[str, np.ndarray], device: st
         binding, run_options = ort_session.io_binding(), ort.RunOptions()
         for name, value in inputs.items():
             binding.bind_ortvalue_input(name, value)
-        for name in session.output_names:
+        for name in output_names:
             if name in outputs:
                 binding.bind_ortvalue_output(name, outputs[name])
             else:
                 binding.bind_output(name, device, 0)
-        if session.cuda_graph:  # read at each binding: False once a failed capture fell back
+        if cuda_graph():
             run_options.add_run_config_entry("gpu_graph_id", graph_id)
         return binding, run_options
 
-    on_failure = session._drop_cuda_graph if session.cuda_graph else None
     buffers = [*inputs.values(), *outputs.values()]
-    return BoundRun(session._session, bind, session.output_names, buffers, on_failure)
+    return BoundRun(session, bind, output_names, buffers, on_failure)

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from icsnn_onnx.data import Data
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime.batching import iter_labelled
 from icsnn_onnx.runtime.session import Session
-from icsnn_onnx.streams import Data
 
 
 def predicted_labels(values: np.ndarray) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Find the IF neurons of any SNN file icsnn-onnx wrote, and expose what they do.
 
 The file is self-describing: every neuron step is an ``icsnn`` node (``IFNeuron`` or
-``IFNeuronChannelwise``) named :func:`~icsnn_onnx.contract.step_name` ``(site, t)`` with inputs
-``(v(t-1), z(t), …)`` and outputs ``(out(t), v(t))`` (:data:`icsnn_onnx.neuron.STEP_INPUTS`).
+``IFNeuronChannelwise``, any kind of :mod:`icsnn_onnx.neurons`) named
+:func:`~icsnn_onnx.contract.step_name` ``(site, t)``, whose inputs and outputs the kind names
+(:class:`~icsnn_onnx.neurons.NeuronKind`: the membrane v(t-1) and current z(t) in, out(t) and v(t)
+out).
 :func:`instrument` adds running sums of each neuron layer's output and input current and
 exposes them, with the membrane, at chosen steps, so a caller reads rates, mean currents and
 residual potentials after t steps without holding every step's tensors.
@@ -17,11 +19,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from icsnn_onnx import neuron
 from icsnn_onnx.contract import loop_step_name, parse_step_name, step_name
 from icsnn_onnx.errors import ModelLoadError
-
-_STEP_OPS = (neuron.OP_TYPE, neuron.CHANNELWISE_OP_TYPE)
+from icsnn_onnx.neurons import IF, NeuronKind, kind_of
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class NeuronLayer:
     v_init: str  # v(0)
     threshold: np.ndarray | None  # θ (portable neurons; None for the channelwise form)
     loop: LoopStep | None = None
+    kind: str = IF.name  # the neuron kind (icsnn_onnx.neurons) of its steps
 
     @property
     def tensor(self) -> str:
@@ -77,27 +78,47 @@ def neuron_layers(model: onnx.ModelProto) -> list[NeuronLayer]:
         if sorted(by_t) != list(range(1, unrolled + 1)):
             raise ModelLoadError(f"neuron {name}: steps {sorted(by_t)} are not 1..{unrolled}")
         nodes = [by_t[t] for t in range(1, unrolled + 1)]
-        theta = None
-        if nodes[0].op_type == neuron.OP_TYPE and nodes[0].input[2] in constants:
-            theta = numpy_helper.to_array(constants[nodes[0].input[2]])
+        kind = _kind(nodes[0])
+        theta = None  # θ where the kind has one (the channelwise form folds it into its constants)
+        threshold = _input(kind, nodes[0], "theta") if "theta" in kind.parameters else None
+        if threshold in constants:
+            theta = numpy_helper.to_array(constants[threshold])
         loop, T = looped.get(name, (None, unrolled))
         layers.append(
             NeuronLayer(
                 name=name,
                 T=T,
                 outputs=tuple(n.output[0] for n in nodes),
-                currents=tuple(n.input[1] for n in nodes),
-                membranes=tuple(n.output[1] for n in nodes),
-                v_init=nodes[0].input[0],
+                currents=tuple(_input(kind, n, kind.current) for n in nodes),
+                membranes=tuple(_membrane(kind, n) for n in nodes),
+                v_init=_input(kind, nodes[0], kind.membrane),
                 threshold=theta,
                 loop=loop,
+                kind=kind.name,
             )
         )
     return layers
 
 
+def _kind(node: onnx.NodeProto) -> NeuronKind:
+    kind = kind_of(node.domain, node.op_type)
+    assert kind is not None  # only steps are asked
+    return kind
+
+
 def _is_step(node: onnx.NodeProto) -> bool:
-    return node.domain == neuron.DOMAIN and node.op_type in _STEP_OPS and len(node.output) == 2
+    kind = kind_of(node.domain, node.op_type)
+    return kind is not None and len(node.output) == len(kind.outputs) and len(node.input) == len(kind.inputs)
+
+
+def _input(kind: NeuronKind, node: onnx.NodeProto, name: str) -> str:
+    """The tensor a step node reads as its kind's input ``name``."""
+    return node.input[kind.inputs.index(name)]
+
+
+def _membrane(kind: NeuronKind, node: onnx.NodeProto) -> str:
+    """The tensor a step node writes the membrane after the step to."""
+    return node.output[kind.outputs.index(f"{kind.membrane}_next")]
 
 
 def _loop_steps(model: onnx.ModelProto, constants: dict) -> dict[str, tuple[LoopStep, int]]:
@@ -111,9 +132,11 @@ def _loop_steps(model: onnx.ModelProto, constants: dict) -> dict[str, tuple[Loop
         carried = {out.name: i - 1 for i, out in enumerate(body.output) if 0 < i < len(loop.input) - 1}
         suffix = loop_step_name("")
         for node in body.node:
-            if _is_step(node) and node.name.endswith(suffix) and node.output[1] in carried:
-                final = loop.output[carried[node.output[1]]]
-                step = LoopStep(node.output[0], node.input[1], node.output[1], final)
+            if _is_step(node) and node.name.endswith(suffix) and _membrane(_kind(node), node) in carried:
+                kind = _kind(node)
+                membrane = _membrane(kind, node)
+                final = loop.output[carried[membrane]]
+                step = LoopStep(node.output[0], _input(kind, node, kind.current), membrane, final)
                 found[node.name.removesuffix(suffix)] = (step, T)
     return found
 

@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from icsnn_onnx.data import Dataset
-from icsnn_onnx.engine import ChunkWorker, RayEngine, run, threads_per_worker
+from icsnn_onnx.data import Data, Dataset
 from icsnn_onnx.errors import DataError, ProviderUnavailableError
 from icsnn_onnx.model_io import load_model
+from icsnn_onnx.runtime.engine import ChunkWorker, RayEngine, run, threads_per_worker
 from icsnn_onnx.runtime.evaluate import predict
 from icsnn_onnx.runtime.providers import CUDA
 from icsnn_onnx.runtime.session import Session
-from icsnn_onnx.streams import Data
 
 ModelSource = str | Path | bytes | onnx.ModelProto
 

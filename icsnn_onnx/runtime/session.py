@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from icsnn_onnx.contract import SnnMetadata
-from icsnn_onnx.data import InputSpec
+from icsnn_onnx.data import Data, InputSpec
 from icsnn_onnx.errors import ModelLoadError
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.progress import ProgressFactory, silent
@@ -33,7 +33,6 @@ from icsnn_onnx.runtime.providers import (
     target_mismatch,
 )
 from icsnn_onnx.runtime.types import numpy_type
-from icsnn_onnx.streams import Data
 
 logger = logging.getLogger(__name__)
 
@@ -216,8 +215,17 @@ class Session:
         return shapes
 
     def bound_runner(self, feeds: Mapping[str, np.ndarray], device: str) -> BoundRun:
-        """:meth:`runner` with IO binding on ``device`` (:func:`.device.bind_on_device`)."""
-        return bind_on_device(self, feeds, device)
+        """:meth:`runner` with IO binding on ``device`` (:func:`.device.bind_on_device`): outputs
+        pre-allocated at :meth:`output_shapes`; without known shapes the CUDA graph is skipped for
+        these runs (logged) rather than replayed into buffers nobody reads."""
+        shapes = self.output_shapes(feeds)
+        if shapes is None and self.cuda_graph:
+            logger.warning("output shapes unknown before the first run; CUDA graph not used")
+        graph_id = "-1" if shapes is None else str(next(self._graph_ids))
+        on_failure = self._drop_cuda_graph if self.cuda_graph else None
+        return bind_on_device(
+            self._session, feeds, device, shapes, graph_id, lambda: self.cuda_graph, on_failure
+        )
 
     def iter_run(
         self,

@@ -12,7 +12,7 @@ layout (``step_major``, ``time_batched``, ``loop``); this module is the pass. Co
   the site's initial potential; only these recurrences are inherently sequential. For the ``cpu``
   target, a float32 site of rank 4 with per-channel (or per-layer) θ and v(0) and a channel count
   that fills ONNX Runtime's blocked layout steps as ``IFNeuronChannelwise`` instead (the same
-  neuron in Conv/Relu form, :mod:`icsnn_onnx.neuron`), its v(0) materialized in z's layout by a
+  neuron in Conv/Relu form, :mod:`icsnn_onnx.neurons.if_neuron`), its v(0) materialized in z's layout by a
   1×1 Conv so that even step 1 stays in that layout.
 - MaxPool gates (``--maxpool gate``) are stateful like neurons: T steps, accumulator threaded.
 - Read-out: every cut tensor ``c`` (see :mod:`.temporal`) is redefined under its original name as
@@ -48,12 +48,12 @@ from icsnn_onnx.passes import Pass, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import rename_duplicates, static_dims
 from icsnn_onnx.passes.insert_neurons import is_neuron
 from icsnn_onnx.passes.layout import batch_fold_blocker
+from icsnn_onnx.passes.program import Program
 from icsnn_onnx.passes.scale import AUTO_LOOP_OPS, ops_per_step
 from icsnn_onnx.passes.temporal import TemporalPlan, analyze
 from icsnn_onnx.passes.unroll.emitter import Emitter
 from icsnn_onnx.passes.unroll.step_major import StepMajor
 from icsnn_onnx.passes.unroll.time_batched import TimeBatched
-from icsnn_onnx.program import Program
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Unroll(Pass):
     """Every IF neuron (and MaxPool gate) over ``program.options.T`` steps, in its layout."""
 
     def requires(self, program: Program) -> None:
-        require(any(is_neuron(n) for n in program.graph.nodes), self.name, "no IFSite to unroll")
+        require(any(is_neuron(n) for n in program.graph.nodes), self.name, "no neuron site to unroll")
 
     def ensures(self, program: Program) -> None:
         left = [n.name for n in program.graph.nodes if is_neuron(n)]

@@ -8,8 +8,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.passes.graph_utils import detach
+from icsnn_onnx.passes.program import InputEncoder, TransferFunction
 from icsnn_onnx.passes.temporal import TemporalPlan
-from icsnn_onnx.program import InputEncoder, TransferFunction
 
 
 class Builder:

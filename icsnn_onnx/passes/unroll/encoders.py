@@ -13,9 +13,10 @@ from icsnn_onnx.contract import (
     step_name,
 )
 from icsnn_onnx.errors import ConversionError
+from icsnn_onnx.neurons import IF
 from icsnn_onnx.passes.graph_utils import static_dims
+from icsnn_onnx.passes.program import EncodingKind, InputEncoder
 from icsnn_onnx.passes.unroll.builder import Builder
-from icsnn_onnx.program import EncodingKind, InputEncoder
 
 
 class Encoders(Builder):
@@ -31,7 +32,9 @@ class Encoders(Builder):
             spikes = gs.Variable(encoded_spikes_name(x.name), x.dtype, x.shape)
             theta = self._const(f"{x.name}.encoder_threshold", 1.0, dtype)
             v0 = self._const(f"{x.name}.encoder_v_init", enc.v_init, dtype)
-            steps = self._neuron_steps(f"{x.name}.encoder", theta, v0, spikes, [rate] * self.T)
+            steps = self._neuron_steps(
+                IF, f"{x.name}.encoder", {"theta": theta}, {"v": v0}, spikes, [rate] * self.T
+            )
         else:
             noise = self._poisson_noise(x, enc)
             steps = []

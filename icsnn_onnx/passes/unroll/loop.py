@@ -22,9 +22,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.contract import PER_STEP_HEAD, PER_STEP_SUFFIX, loop_step_name, readout_name, step_name
-from icsnn_onnx.passes.insert_neurons import is_neuron
+from icsnn_onnx.neurons import IF, NeuronKind
+from icsnn_onnx.passes.insert_neurons import is_neuron, site_kind
+from icsnn_onnx.passes.program import EncodingKind
 from icsnn_onnx.passes.unroll.emitter import Emitter
-from icsnn_onnx.program import EncodingKind
+from icsnn_onnx.passes.unroll.stateful import site_inputs
 
 LOOP_NODE = "icsnn_steps"
 
@@ -76,7 +78,9 @@ class Loop(Emitter):
                 spikes = gs.Variable(name(f"{x_name}.spikes"), x.dtype, x.shape)
                 v_next = gs.Variable(name(f"{x_name}.encoder.v"), x.dtype, x.shape)
                 v = v0 if carried is None else carried[key]
-                self._neuron_step(name(f"{x_name}.encoder"), v, rate, theta, spikes, v_next)
+                self._neuron_step(
+                    IF, name(f"{x_name}.encoder"), {"v": v}, rate, {"theta": theta}, spikes, {"v": v_next}
+                )
                 step.state[key] = v_next
             else:
                 if carried is None:
@@ -107,13 +111,15 @@ class Loop(Emitter):
                     node, y, previous, at(inputs[0]), name
                 )
             elif is_neuron(node):
-                z, theta, v0 = inputs
-                key = ("v", y.name)
+                kind = site_kind(node)
+                parameters, initial = site_inputs(kind, inputs)
+                keys = {s: _neuron_key(kind, s, y.name) for s in kind.states}
                 out = gs.Variable(name(y.name), y.dtype, y.shape)
-                v_next = gs.Variable(name(f"{node.name}.v"), y.dtype, y.shape)
-                v = v0 if carried is None else carried[key]
-                self._neuron_step(name(node.name), v, at(z), theta, out, v_next)
-                step.streams[y.name], step.state[key], step.v0[y.name] = out, v_next, v0
+                after = {s: gs.Variable(name(f"{node.name}.{s}"), y.dtype, y.shape) for s in kind.states}
+                before = {s: initial[s] if carried is None else carried[keys[s]] for s in kind.states}
+                self._neuron_step(kind, name(node.name), before, at(inputs[0]), parameters, out, after)
+                step.streams[y.name], step.v0[y.name] = out, initial[kind.membrane]
+                step.state.update({keys[s]: after[s] for s in kind.states})
             else:
                 clones = self._clone(node, [at(i) for i in inputs], outputs, name(""))
                 step.streams.update({o.name: c for o, c in zip(outputs, clones, strict=True)})
@@ -237,6 +243,12 @@ class Loop(Emitter):
     @property
     def graph_outputs(self) -> list[gs.Tensor]:
         return self._outer_outputs
+
+
+def _neuron_key(kind: NeuronKind, state: str, tensor: str) -> Key:
+    """The carried-state key of a neuron's state: ``("v", y)`` for the membrane (what the
+    read-out reads), ``("neuron.<state>", y)`` for any other."""
+    return ("v" if state == kind.membrane else f"neuron.{state}", tensor)
 
 
 def _state_name(key: Key, role: str) -> str:

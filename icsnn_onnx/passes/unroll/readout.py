@@ -14,8 +14,8 @@ from icsnn_onnx.contract import (
     readout_name,
     step_name,
 )
+from icsnn_onnx.passes.program import TransferFunction
 from icsnn_onnx.passes.unroll.builder import Builder
-from icsnn_onnx.program import TransferFunction
 
 
 class ReadOut(Builder):

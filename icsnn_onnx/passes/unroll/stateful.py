@@ -9,10 +9,10 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from icsnn_onnx import neuron
-from icsnn_onnx.contract import (
-    step_name,
-)
+from icsnn_onnx.contract import NEURON_DOMAIN, step_name
+from icsnn_onnx.neurons import IF, IF_CHANNELWISE, NeuronKind
+from icsnn_onnx.neurons.if_channelwise import channelwise_parameters
+from icsnn_onnx.passes.insert_neurons import site_kind
 from icsnn_onnx.passes.unroll.builder import Builder
 
 logger = logging.getLogger(__name__)
@@ -65,47 +65,66 @@ class StatefulSteps(Builder):
         self, node: gs.Node, inputs: list[gs.Tensor], y: gs.Tensor, currents: list[gs.Tensor]
     ) -> list[gs.Tensor]:
         """Emit the T steps of the (detached) neuron site ``node`` writing ``y``; return out(1..T)."""
-        _, theta, v = inputs
-        return self._neuron_steps(node.name, theta, v, y, currents)
+        kind = site_kind(node)
+        parameters, initial = site_inputs(kind, inputs)
+        return self._neuron_steps(kind, node.name, parameters, initial, y, currents)
 
     def _neuron_steps(
-        self, name: str, theta: gs.Tensor, v: gs.Tensor, y: gs.Tensor, currents: list[gs.Tensor]
+        self,
+        kind: NeuronKind,
+        name: str,
+        parameters: dict[str, gs.Tensor],
+        initial: dict[str, gs.Tensor],
+        y: gs.Tensor,
+        currents: list[gs.Tensor],
     ) -> list[gs.Tensor]:
-        """Emit T steps of IF neurons ``name`` writing ``y@t``; return out(1..T)."""
-        self.membranes[(y.name, 0)] = v
-        channelwise = self._channelwise_inputs(name, theta, v, y, currents[0]) if self.channelwise else None
+        """Emit T steps of neurons ``name`` of ``kind`` writing ``y@t`` (each state ``s`` as
+        ``name.s@t``); return out(1..T)."""
+        self.membranes[(y.name, 0)] = initial[kind.membrane]
+        attrs: dict[str, object] = {}
+        channelwise = None
+        if self.channelwise and kind is IF:
+            channelwise = self._channelwise_inputs(name, parameters["theta"], initial["v"], y, currents[0])
         if channelwise is not None:
-            v, constants = channelwise
+            v0, parameters = channelwise
+            kind, initial, attrs = IF_CHANNELWISE, {"v": v0}, {"channels": y.shape[1]}
             self.channelwise_sites.append(name)
-        outs = []
+        outs, states = [], dict(initial)
         for t, z_t in enumerate(currents, start=1):
             out = gs.Variable(step_name(y.name, t), y.dtype, y.shape)
-            v_t = gs.Variable(step_name(f"{name}.v", t), y.dtype, y.shape)
-            if channelwise is None:
-                self._neuron_step(step_name(name, t), v, z_t, theta, out, v_t)
-            else:
-                self._add(
-                    neuron.CHANNELWISE_OP_TYPE,
-                    step_name(name, t),
-                    [v, z_t, *constants],
-                    [out, v_t],
-                    attrs={"channels": y.shape[1]},
-                    domain=neuron.DOMAIN,
-                )
+            after = {s: gs.Variable(step_name(f"{name}.{s}", t), y.dtype, y.shape) for s in kind.states}
+            self._neuron_step(kind, step_name(name, t), states, z_t, parameters, out, after, attrs)
             outs.append(out)
-            self.membranes[(y.name, t)] = v_t
-            v = v_t
+            self.membranes[(y.name, t)] = after[kind.membrane]
+            states = after
         return outs
 
     def _neuron_step(
-        self, name: str, v: gs.Tensor, z: gs.Tensor, theta: gs.Tensor, out: gs.Tensor, v_next: gs.Tensor
+        self,
+        kind: NeuronKind,
+        name: str,
+        states: dict[str, gs.Tensor],
+        z: gs.Tensor,
+        parameters: dict[str, gs.Tensor],
+        out: gs.Tensor,
+        after: dict[str, gs.Tensor],
+        attrs: dict[str, object] | None = None,
     ) -> None:
-        """One step of portable IF neurons: ``(out(t), v(t)) = IFNeuron(v(t-1), z(t), θ)``."""
-        self._add(neuron.OP_TYPE, name, [v, z, theta], [out, v_next], domain=neuron.DOMAIN)
+        """One step of ``kind``'s neurons, e.g. ``(out(t), v(t)) = IFNeuron(v(t-1), z(t), θ)``:
+        its states before and ``after``, by name."""
+        values = {**states, kind.current: z, **parameters}
+        self._add(
+            kind.op_type,
+            name,
+            [values[i] for i in kind.inputs],
+            [out, *(after[s] for s in kind.states)],
+            attrs=attrs or {},
+            domain=NEURON_DOMAIN,
+        )
 
     def _channelwise_inputs(
         self, name: str, theta: gs.Tensor, v0: gs.Tensor, y: gs.Tensor, z_1: gs.Tensor
-    ) -> tuple[gs.Tensor, list[gs.Constant]] | None:
+    ) -> tuple[gs.Tensor, dict[str, gs.Tensor]] | None:
         """For a site the channelwise neuron fits: v(0) materialized in z's layout (a 1×1 Conv of
         step 1's current with zero weights and v(0) as bias), and the neuron's Conv constants."""
         shape = y.shape
@@ -129,13 +148,14 @@ class StatefulSteps(Builder):
             return None
         threshold, v_init = per_channel
         try:
-            parameters = neuron.channelwise_parameters(threshold)
+            parameters = channelwise_parameters(threshold)
         except ValueError as err:
             logger.debug("%s: elementwise IF neuron (%s)", name, err)
             return None
-        constants = [
-            self._const(f"{name}.{key}", parameters[key], np.float32) for key in neuron.CHANNELWISE_INPUTS[2:]
-        ]
+        constants = {
+            key: self._const(f"{name}.{key}", parameters[key], np.float32)
+            for key in IF_CHANNELWISE.parameters
+        }
         v0_full = gs.Variable(step_name(f"{name}.v", 0), y.dtype, y.shape)
         self._add(
             "Conv",
@@ -160,3 +180,14 @@ def _per_channel(value: np.ndarray, channels: int) -> np.ndarray | None:
     while dims and dims[0] == 1:
         dims.pop(0)
     return value.reshape(channels) if dims == [channels, 1, 1] else None
+
+
+def site_inputs(
+    kind: NeuronKind, inputs: list[gs.Tensor]
+) -> tuple[dict[str, gs.Tensor], dict[str, gs.Tensor]]:
+    """A site node's inputs ``(z, *parameters, *initial states)`` as (parameters, initial states)."""
+    rest = inputs[1:]
+    count = len(kind.parameters)
+    return dict(zip(kind.parameters, rest[:count], strict=True)), dict(
+        zip(kind.states, rest[count:], strict=True)
+    )

@@ -14,8 +14,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from icsnn_onnx import neuron
-from icsnn_onnx.elementwise import evaluate
+from icsnn_onnx import neurons
+from icsnn_onnx.contract import NEURON_DOMAIN, NEURON_DOMAIN_VERSION
+from icsnn_onnx.ops.elementwise import evaluate
 from icsnn_onnx.options import ConversionOptions
 
 
@@ -169,7 +170,7 @@ class Program:
     def to_onnx(self) -> onnx.ModelProto:
         """Export the current graph as a model ONNX Runtime runs.
 
-        Carries the ``icsnn`` opset and the IF functions the graph's neurons use, and the
+        Carries the ``icsnn`` opset and the functions of the neuron kinds the graph uses, and the
         lowest IR version for its opsets (onnx writes its newest IR by default, which an older
         ONNX Runtime refuses).
         """
@@ -177,13 +178,10 @@ class Program:
         _share_outer_initializers(model.graph)
         del model.opset_import[:]
         opsets = {"": self.opset, **self.extra_opsets}
-        used = {n.op_type for n in model.graph.node if n.domain == neuron.DOMAIN}
+        used = {n.op_type for n in model.graph.node if n.domain == NEURON_DOMAIN}
         if used:
-            opsets[neuron.DOMAIN] = neuron.DOMAIN_VERSION
-        if neuron.OP_TYPE in used:
-            model.functions.append(neuron.if_function_proto(self.opset))
-        if neuron.CHANNELWISE_OP_TYPE in used:
-            model.functions.append(neuron.channelwise_function_proto(self.opset))
+            opsets[NEURON_DOMAIN] = NEURON_DOMAIN_VERSION
+        model.functions.extend(neurons.functions(used, self.opset))
         model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
         model.ir_version = max(
             8, onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)

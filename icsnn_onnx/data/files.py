@@ -1,200 +1,22 @@
-"""Calibration and evaluation data: ``.npz``/``.npy`` loading and validation against a model.
-
-Accepted forms: an ``.npz`` with ``x`` (single-input models) or keys named after the model's
-inputs, and optional integer labels ``y``; an ``.npy`` of inputs, memory-mapped (read batch by
-batch as it is used, so it may be larger than memory); or the same in memory (an array, a dict of
-arrays, a :class:`Dataset`).
-"""
+"""Reading and validating data: ``.npz``/``.npy`` files (headers checked before anything is
+allocated; an ``.npy`` memory-mapped), in-memory arrays and mappings, each input checked against
+the model's (dtype, shape, NaN/Inf)."""
 
 from __future__ import annotations
 
 import math
-import mmap
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
-import onnx
 
-from icsnn_onnx.errors import DataError, IcsnnError
+from icsnn_onnx.data.dataset import Dataset, release
+from icsnn_onnx.data.specs import InputSpec
+from icsnn_onnx.errors import DataError
 from icsnn_onnx.limits import check_allocation
 from icsnn_onnx.model_io import check_readable_file
-
-if TYPE_CHECKING:
-    from icsnn_onnx.streams import Stream
-
-Dim = int | str | None
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """Name, dtype and shape (``int`` static, ``str``/``None`` dynamic) of a model input."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[Dim, ...]
-
-    def describe(self) -> str:
-        dims = ", ".join("?" if not isinstance(d, int) else str(d) for d in self.shape)
-        return f"{self.name}: {self.dtype}[{dims}]"
-
-    @property
-    def static_batch(self) -> int | None:
-        first = self.shape[0] if self.shape else None
-        return first if isinstance(first, int) and first > 0 else None
-
-
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The inputs a caller feeds (initializers listed as inputs excluded)."""
-    weights = {init.name for init in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in weights:
-            continue
-        tensor = value.type.tensor_type
-        dims: list[Dim] = []
-        for d in tensor.shape.dim:
-            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
-        specs.append(InputSpec(value.name, dtype, tuple(dims)))
-    return specs
-
-
-def check_same_inputs(snn: list[InputSpec], ann: list[InputSpec], ann_name: str) -> None:
-    """An ANN compared with an SNN must take the same inputs: name the first that differs."""
-    if [s.name for s in snn] != [s.name for s in ann]:
-        raise DataError(
-            f"the ANN {ann_name} takes inputs {[s.name for s in ann]}, the SNN {[s.name for s in snn]}: "
-            "give the ANN the SNN was converted from"
-        )
-    for a, b in zip(snn, ann, strict=True):
-        static = (
-            [d if isinstance(d, int) else None for d in a.shape],
-            [d if isinstance(d, int) else None for d in b.shape],
-        )
-        if (
-            a.dtype != b.dtype
-            or len(a.shape) != len(b.shape)
-            or any(x is not None and y is not None and x != y for x, y in zip(*static, strict=True))
-        ):
-            raise DataError(
-                f"input {a.name!r}: the SNN takes {a.describe()}, the ANN {ann_name} {b.describe()}"
-            )
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Model inputs (same number of samples each) and optional integer labels."""
-
-    inputs: Mapping[str, np.ndarray]
-    labels: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if not self.inputs:
-            raise DataError("dataset has no inputs")
-        sizes = {name: len(a) for name, a in self.inputs.items()}
-        if len(set(sizes.values())) != 1:
-            raise DataError(f"inputs have different numbers of samples: {sizes}")
-        if len(self) == 0:
-            raise DataError("dataset is empty")
-        if self.labels is not None and (self.labels.ndim != 1 or len(self.labels) != len(self)):
-            raise DataError(
-                f"labels must be a 1-D array of {len(self)} entries, got shape {self.labels.shape}"
-            )
-
-    def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
-
-    def head(self, n: int | None) -> Dataset:
-        if n is None or n >= len(self):
-            return self
-        labels = None if self.labels is None else self.labels[:n]
-        return Dataset({k: v[:n] for k, v in self.inputs.items()}, labels)
-
-    @property
-    def size(self) -> int:
-        """Samples (a :class:`~icsnn_onnx.streams.Stream` may not know its own)."""
-        return len(self)
-
-    def reusable(self) -> Dataset:
-        """Data that can be read more than once: this (a stream may need reading into memory)."""
-        return self
-
-    def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
-        for batch in self.labelled_batches(size):
-            yield batch.inputs
-
-    def labelled_batches(self, size: int) -> Iterator[Batch]:
-        for start in range(0, len(self), size):
-            labels = None if self.labels is None else self.labels[start : start + size]
-            yield Batch({k: v[start : start + size] for k, v in self.inputs.items()}, labels)
-            for values in self.inputs.values():
-                release(values, start, start + size)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One batch of inputs and, where the data has them, its labels."""
-
-    inputs: dict[str, np.ndarray]
-    labels: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
-
-
-def release(array: np.ndarray, start: int, stop: int) -> None:
-    """Unmap rows ``start:stop`` of a memory-mapped array once read (their whole pages): the
-    kernel would otherwise keep every page read mapped into the process, so a pass over a
-    file larger than memory would show as that much resident memory. They stay in the page
-    cache and map back in if read again. A no-op for other arrays."""
-    mapping = getattr(array, "_mmap", None)
-    if not isinstance(array, np.memmap) or not hasattr(mapping, "madvise"):  # (no madvise on Windows)
-        return
-    if not array.flags.c_contiguous or len(array) == 0:
-        return
-    row = array[:1].nbytes
-    base = array.ctypes.data - _address(mapping)  # where the array starts inside the mapping
-    first = base + start * row
-    last = base + min(stop, len(array)) * row
-    page = mmap.PAGESIZE
-    first, last = -(-first // page) * page, last // page * page  # whole pages only
-    if last > first:
-        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
-
-
-def _address(mapping: mmap.mmap) -> int:
-    """Where a (read-only) mapping starts in memory."""
-    return int(np.frombuffer(mapping, np.uint8, count=1).ctypes.data)
-
-
-DataSource = str | Path | np.ndarray | Mapping[str, np.ndarray] | Dataset | Iterable[object]
-
-
-def load_dataset(
-    source: DataSource,
-    specs: list[InputSpec],
-    *,
-    what: str = "data",
-    error: type[IcsnnError] = DataError,
-) -> Dataset | Stream:
-    """Read and validate ``source`` for a model with inputs ``specs``; raises ``error``.
-
-    A directory or glob of shards, or an iterable of batches, becomes a :class:`Stream`: read
-    and validated one part at a time as it is used (its errors name the shard or batch)."""
-    from icsnn_onnx.streams import open_stream  # streams builds on this module
-
-    try:
-        stream = open_stream(source, specs, what, error)
-        if stream is not None:
-            return stream
-        raw, labels = _read(source, specs)
-        return validated(raw, labels, specs)
-    except DataError as err:
-        raise error(f"{what}: {err}") from None
 
 
 def validated(raw: Mapping[str, np.ndarray], labels: object, specs: list[InputSpec]) -> Dataset:
@@ -208,7 +30,9 @@ def validated(raw: Mapping[str, np.ndarray], labels: object, specs: list[InputSp
     return Dataset(inputs, labels)
 
 
-def _read(source: object, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def read(source: object, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The inputs and labels of one source that is not a stream: a Dataset, an array, a mapping or
+    a file."""
     if isinstance(source, Dataset):
         return dict(source.inputs), source.labels
     if isinstance(source, np.ndarray):

@@ -1,7 +1,7 @@
 """Data read a part at a time: a directory or glob of ``.npz``/``.npy`` shards, or any iterable of
 batches (arrays, dicts, ``(x, y)`` pairs: a torch ``DataLoader`` as it is).
 
-Each part is validated as it is read, with the checks of :func:`.data.validated` (shape, dtype,
+Each part is validated as it is read, with the checks of :func:`.files.validated` (shape, dtype,
 NaN/Inf, labels), and its errors name the shard or the batch and the row in it. Parts are cut
 and joined into batches of the size asked for, so memory holds one part's batch, never the
 dataset (an ``.npy`` shard is memory-mapped like a single ``.npy``).
@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from icsnn_onnx.data import Batch, Dataset, InputSpec, from_keys, read_file, single_input, validated
+from icsnn_onnx.data.dataset import Batch, Dataset
+from icsnn_onnx.data.files import from_keys, read_file, single_input, validated
+from icsnn_onnx.data.specs import InputSpec
 from icsnn_onnx.errors import DataError, IcsnnError
 from icsnn_onnx.limits import check_allocation
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from icsnn_onnx.analysis.report import Report
 from icsnn_onnx.errors import IcsnnError
-from icsnn_onnx.runtime.report import Report
 
 
 def report_plots(report: Report, folder: Path) -> list[Path]:

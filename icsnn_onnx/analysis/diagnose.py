@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from icsnn_onnx.data import Data, batch_count
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime.instrument import NeuronLayer, expose, instrument, neuron_layers
 from icsnn_onnx.runtime.session import Session
-from icsnn_onnx.streams import Data, batch_count
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from icsnn_onnx.contract import PER_STEP_HEAD, base_name, parse_step_name
-from icsnn_onnx.windows import attributes, resolve_pads
+from icsnn_onnx.ops.windows import attributes, resolve_pads
 
 SYNAPTIC_OPS = ("Conv", "Gemm", "MatMul")
 

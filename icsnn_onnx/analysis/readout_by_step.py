@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from icsnn_onnx.analysis.accumulate import expose_also
 from icsnn_onnx.contract import loop_step_name, readout_name, stacked_name, step_name
 from icsnn_onnx.errors import ModelLoadError
-from icsnn_onnx.runtime.accumulate import expose_also
 from icsnn_onnx.runtime.instrument import NeuronLayer
 
 

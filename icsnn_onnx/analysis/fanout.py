@@ -27,10 +27,10 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from icsnn_onnx import neuron
+from icsnn_onnx.analysis.synapses import SYNAPTIC_OPS, Synapse, fanout
 from icsnn_onnx.contract import PER_STEP_HEAD, base_name, is_readout_name, parse_step_name
-from icsnn_onnx.runtime.synapses import SYNAPTIC_OPS, Synapse, fanout
-from icsnn_onnx.windows import attributes, resolve_pads
+from icsnn_onnx.neurons import kind_of
+from icsnn_onnx.ops.windows import attributes, resolve_pads
 
 #: Ops a spike passes through with its value scaled, not multiplied by another spike.
 ELEMENTWISE = ("Identity", "Cast", "CastLike", "Dropout", "Neg", "Add", "Sub", "Sum", "Mul", "Div")
@@ -150,8 +150,9 @@ def _role(
     if step is not None and step[1] != 1:  # a later step reading step 1: state (a gate's running sum)
         return None
     base = base_name(node.name)
-    if node.domain == neuron.DOMAIN and node.op_type in (neuron.OP_TYPE, neuron.CHANNELWISE_OP_TYPE):
-        return (MEMBRANE, base) if index == 1 else None
+    kind = kind_of(node.domain, node.op_type)
+    if kind is not None:  # a neuron step: spikes into its current are accumulated into its membrane
+        return (MEMBRANE, base) if index == kind.inputs.index(kind.current) else None
     if node.op_type in SYNAPTIC_OPS and node.name in synapses:
         return (SYNAPSE, synapses[node.name].name) if index == 0 else (OTHER, f"{node.op_type} {base}")
     if node.op_type in ELEMENTWISE or node.op_type in POOLING:

@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from icsnn_onnx.data import Dataset, InputSpec, read_file, validated
+from icsnn_onnx.data import Data, Dataset, InputSpec, Stream, npy_rows, read_file, validated
 from icsnn_onnx.errors import DataError, IcsnnError, OptionError
 from icsnn_onnx.quiet import native_stderr_to_log
-from icsnn_onnx.streams import Data, Stream, npy_rows
 
 logger = logging.getLogger(__name__)
 

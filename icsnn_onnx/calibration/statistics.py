@@ -21,12 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from icsnn_onnx.data import Dataset
-from icsnn_onnx.engine import ChunkWorker, RayEngine, run, threads_per_worker
+from icsnn_onnx.data import Data, Dataset
 from icsnn_onnx.progress import ProgressFactory, silent
+from icsnn_onnx.runtime.engine import ChunkWorker, RayEngine, run, threads_per_worker
 from icsnn_onnx.runtime.instrument import expose
 from icsnn_onnx.runtime.session import Session
-from icsnn_onnx.streams import Data
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ def run_batches(
     outputs: Sequence[str],
     threads: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Run ``model`` (a segment, :mod:`icsnn_onnx.segments`) on each feed dict in turn. With all
+    """Run ``model`` (a segment, :mod:`icsnn_onnx.calibration.segments`) on each feed dict in turn. With all
     graph optimizations, as a deployed model runs: the CPU provider's blocked-layout convolutions
     round differently from the plain ones, and an SNN amplifies that (ResNet-18, T=4: output error
     0.922 against 0.950 at the first flipped spikes), so segments compute what the finished SNN

@@ -1,0 +1,107 @@
+"""Synaptic operations per destination layer and the energy estimate (docs/method.md §11)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from icsnn_onnx.analysis.fanout import MEMBRANE, OTHER, SYNAPSE, Route
+from icsnn_onnx.analysis.synapses import Synapse
+
+ENERGY_CONVENTION = (
+    "SNN: synaptic operations (each spike × the weights it reaches: its exact fan-out through "
+    "pooling, Add and Concat) at e_ac each, plus the multiply-accumulates of the layers that "
+    "compute on dense values (the input layer under direct coding, the output layer on the "
+    "read-out) at e_mac; ANN: the same layers' multiply-accumulates at e_mac. Padding's zeros are "
+    "not counted; elementwise adds of the ANN and the read-out's sums are not counted. Neuron "
+    "updates (T × neurons) are reported apart, not included."
+)
+
+
+@dataclass(frozen=True)
+class EnergyModel:
+    """Energy per operation. Default: 45 nm CMOS, 32-bit float (Horowitz, ISSCC 2014): an
+    accumulate 0.9 pJ, a multiply-accumulate 4.6 pJ."""
+
+    e_ac: float = 0.9e-12  # J per synaptic operation (accumulate)
+    e_mac: float = 4.6e-12  # J per multiply-accumulate
+    source: str = "Horowitz, ISSCC 2014, 45 nm, 32-bit float: add 0.9 pJ, multiply-add 4.6 pJ"
+
+    def __post_init__(self) -> None:
+        if not (self.e_ac >= 0 and self.e_mac >= 0):
+            raise ValueError("energies per operation must be >= 0")
+
+
+@dataclass(frozen=True)
+class SynapticLayer:
+    name: str
+    op_type: str  # Conv, Gemm, MatMul; "identity" for spikes into a membrane; "other"
+    kind: str  # "SOP": receives spikes; "MAC": computes on dense values
+    sops: float  # synaptic operations per sample
+    snn_macs: float  # multiply-accumulates per sample in the SNN
+    ann_macs: float  # multiply-accumulates per sample in the ANN
+
+    @property
+    def per_step(self) -> bool:
+        return self.kind == "SOP"
+
+
+def synaptic_layers(
+    synapses: list[Synapse],
+    routes: list[Route],
+    spikes: dict[str, np.ndarray],
+    macs: dict[str, int],
+    samples: int,
+    T: int,
+) -> tuple[list[SynapticLayer], list[str]]:
+    """Every synaptic layer's SOPs (Σ over the spikes of each source of their fan-out along each
+    route) or MACs per sample, and notes on what is counted as dense."""
+    sops: dict[tuple[str, str], float] = {}
+    for route in routes:
+        source = spikes.get(route.source)
+        if source is not None:
+            key = (route.kind, route.target)
+            sops[key] = sops.get(key, 0.0) + float(np.sum(source * route.fanout)) / samples
+    reached = {(r.kind, r.target) for r in routes}
+    rows, notes = [], []
+    for s in synapses:
+        if (SYNAPSE, s.name) in reached:
+            rows.append(
+                SynapticLayer(s.name, s.op_type, "SOP", sops.get((SYNAPSE, s.name), 0.0), 0.0, macs[s.name])
+            )
+        elif s.stepped:  # runs every step on values no spike analysis covers: dense
+            rows.append(SynapticLayer(s.name, s.op_type, "MAC", 0.0, T * macs[s.name], macs[s.name]))
+            notes.append(
+                f"{s.name} runs at every step on inputs that are not spikes: counted as T × its MACs"
+            )
+        else:
+            rows.append(SynapticLayer(s.name, s.op_type, "MAC", 0.0, macs[s.name], macs[s.name]))
+    for (kind, target), value in sops.items():
+        if kind == MEMBRANE:
+            rows.append(SynapticLayer(f"→ {target}", "identity", "SOP", value, 0.0, 0.0))
+        elif kind == OTHER:
+            rows.append(SynapticLayer(target, "other", "SOP", value, 0.0, 0.0))
+            notes.append(
+                f"spikes reach {target}, which the fan-out analysis does not see through: one operation per spike"
+            )
+    return rows, notes
+
+
+def energy_record(synaptic: list[SynapticLayer], energy: EnergyModel, updates: float) -> dict:
+    """The estimate of ``E_SNN = e_ac·SOPs + e_mac·dense MACs`` against ``E_ANN = e_mac·MACs``."""
+    sops = sum(s.sops for s in synaptic)
+    snn_macs = sum(s.snn_macs for s in synaptic)
+    ann_macs = sum(s.ann_macs for s in synaptic)
+    return {
+        "convention": ENERGY_CONVENTION,
+        "source": energy.source,
+        "e_ac_joules": energy.e_ac,
+        "e_mac_joules": energy.e_mac,
+        "sops_per_sample": sops,
+        "snn_macs_per_sample": snn_macs,
+        "ann_macs_per_sample": ann_macs,
+        "snn_joules_per_sample": sops * energy.e_ac + snn_macs * energy.e_mac,
+        "ann_joules_per_sample": ann_macs * energy.e_mac,
+        "neuron_updates_per_sample": updates,
+    }
