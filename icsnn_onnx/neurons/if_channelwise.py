@@ -55,8 +55,7 @@ IF_CHANNELWISE = NeuronKind(
     current="z",
     parameters=CHANNELWISE_PARAMETERS,
     equations=CHANNELWISE_EQUATIONS,
-    # Unchanged since the first release, module path included: converted files carry it.
-    doc="The IF neuron in NCHWc-friendly operators (see icsnn_onnx.neuron).",
+    doc="The IF neuron in NCHWc-friendly operators (see icsnn_onnx.neurons.if_channelwise).",
     nir_refusal="convert with --target portable to export",
     attributes=("channels",),
     evaluators={"Conv": _pointwise_conv},
