@@ -14,8 +14,8 @@ from icsnn_onnx._version import __version__
 # public name → the module that defines it
 _EXPORTS = {
     "convert": "icsnn_onnx.converter",
-    "inspect_model": "icsnn_onnx.converter",
-    "Inspection": "icsnn_onnx.converter",
+    "inspect_model": "icsnn_onnx.inspection",
+    "Inspection": "icsnn_onnx.inspection",
     "tune": "icsnn_onnx.tuning",
     "TuneResult": "icsnn_onnx.tuning",
     "ConversionOptions": "icsnn_onnx.options",
@@ -97,7 +97,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from icsnn_onnx.analysis.diagnose import diagnose
     from icsnn_onnx.analysis.report import EnergyModel, Report, report
-    from icsnn_onnx.converter import Inspection, convert, inspect_model
+    from icsnn_onnx.converter import convert
     from icsnn_onnx.data import Dataset, Stream, load_dataset
     from icsnn_onnx.errors import (
         CalibrationError,
@@ -111,6 +111,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         ProviderUnavailableError,
         UnsupportedOperatorError,
     )
+    from icsnn_onnx.inspection import Inspection, inspect_model
     from icsnn_onnx.model_io import load_model, save_model
     from icsnn_onnx.options import ConversionOptions
     from icsnn_onnx.runtime import Evaluation, Session, evaluate

@@ -36,6 +36,10 @@ INIT_METHOD_KEY = metadata_key("init_method")  # the initial potential used (aut
 INIT_CANDIDATES_KEY = metadata_key("init_candidates")
 INIT_FALLBACK_KEY = metadata_key("init_fallback")
 CHANNELWISE_SITES_KEY = metadata_key("channelwise_sites")
+#: What spikes and what does not, as JSON: every neuron site ``{"site", "kind", "activation"}``,
+#: every compensated (dense) unit ``{"unit", "ops", "nodes", "reason"}``.
+NEURONS_KEY = metadata_key("neurons")
+COMPENSATED_KEY = metadata_key("compensated")
 
 
 def encoder_key(graph_input: str) -> str:
@@ -157,6 +161,21 @@ class SnnMetadata:
     layout: str
     converter_version: str
     per_step: dict[str, str] = field(default_factory=dict)  # output → its per-step output
+    neurons: tuple[dict[str, str], ...] = ()  # every neuron site: site, kind, activation
+    compensated: tuple[dict[str, object], ...] = ()  # every compensated unit: unit, ops, nodes, reason
+
+    def spiking_summary(self) -> str:
+        """What spikes and what stays dense, in a line (``mostly dense`` said where it is)."""
+        kinds: dict[str, int] = {}
+        for site in self.neurons:
+            kinds[site["kind"]] = kinds.get(site["kind"], 0) + 1
+        described = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        line = f"{len(self.neurons)} neuron site(s){f' ({described})' if described else ''}"
+        if self.compensated:
+            line += f", {len(self.compensated)} compensated unit(s) (dense, every step)"
+            if len(self.compensated) >= len(self.neurons):
+                line += " — mostly dense: as many compensated units as neurons"
+        return line
 
     @classmethod
     def read(cls, metadata: Mapping[str, str]) -> SnnMetadata | None:
@@ -173,4 +192,6 @@ class SnnMetadata:
             layout=metadata.get(LAYOUT_KEY, "step-major"),
             converter_version=metadata[CONVERTER_VERSION_KEY],
             per_step=per_step_outputs(metadata),
+            neurons=tuple(json.loads(metadata.get(NEURONS_KEY, "[]"))),
+            compensated=tuple(json.loads(metadata.get(COMPENSATED_KEY, "[]"))),
         )

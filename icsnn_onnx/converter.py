@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from icsnn_onnx._version import __version__
-from icsnn_onnx.contract import CONVERTER_VERSION_KEY, SITES_KEY
-from icsnn_onnx.data import DataSource, InputSpec, input_specs, load_dataset
-from icsnn_onnx.errors import CalibrationError, UnsupportedNode
+from icsnn_onnx.contract import COMPENSATED_KEY, CONVERTER_VERSION_KEY, NEURONS_KEY, SITES_KEY
+from icsnn_onnx.data import DataSource, input_specs, load_dataset
+from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.model_io import load_model
-from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions
+from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.passes import Pass, PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
-from icsnn_onnx.passes.canonicalize import Canonicalize, default_opset, import_model
+from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
+from icsnn_onnx.passes.compensate import CheckSupport
 from icsnn_onnx.passes.encoding import EncodeInputs
 from icsnn_onnx.passes.fold_batchnorm import FoldBatchNorm
 from icsnn_onnx.passes.initial_potential import CalibrateInitialPotential, InitialPotential, ResolveInit
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
 from icsnn_onnx.passes.maxpool import LowerMaxPool
-from icsnn_onnx.passes.program import ActivationKind, ActivationSite, Program
+from icsnn_onnx.passes.program import Program
 from icsnn_onnx.passes.scale import CheckScale
-from icsnn_onnx.passes.temporal import CheckSupport, analyze_program, nonlinear_nodes, site_node_names
 from icsnn_onnx.passes.thresholds import NormalizeThresholds
 from icsnn_onnx.passes.unroll import Unroll
 from icsnn_onnx.progress import ProgressFactory, silent
@@ -109,74 +108,20 @@ def finalize(program: Program, source: onnx.ModelProto, requested: ConversionOpt
         CONVERTER_VERSION_KEY: __version__,
         **requested.as_metadata(),
         SITES_KEY: str(len(program.sites)),
+        NEURONS_KEY: json.dumps(
+            [
+                {"site": s.name, "kind": s.neuron, "activation": s.transfer.describe()}
+                for s in program.sites.values()
+            ]
+        ),
+        COMPENSATED_KEY: json.dumps(
+            [
+                {"unit": u.name, "ops": list(u.op_types), "nodes": list(u.nodes), "reason": u.reason}
+                for u in program.units.values()
+            ]
+        ),
         **program.metadata,
     }
     onnx.helper.set_model_props(model, metadata)
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-@dataclass(frozen=True)
-class Inspection:
-    """What :func:`inspect_model` found: sites, op coverage, blockers."""
-
-    inputs: tuple[InputSpec, ...]
-    outputs: tuple[str, ...]
-    source_opset: int
-    producer: str
-    sites: tuple[ActivationSite, ...]
-    op_behaviour: tuple[tuple[str, str, int], ...]  # (op type, behaviour over time, count)
-    blockers: tuple[UnsupportedNode, ...]
-    maxpools: tuple[tuple[str, str], ...] = ()  # (MaxPool node, policy applied or "read-out")
-
-    @property
-    def convertible(self) -> bool:
-        return bool(self.sites) and not self.blockers
-
-    @property
-    def needs_calibration(self) -> bool:
-        return any(s.transfer.kind is ActivationKind.RELU for s in self.sites)
-
-
-@quiet_dependencies()
-def inspect_model(
-    model: ModelSource, *, maxpool: str = DEFAULT_MAXPOOL, encoding: str = "direct"
-) -> Inspection:
-    """Analyse a model without converting it (no calibration needed), for these options."""
-    source = load_model(model)
-    program = import_model(source, ConversionOptions(maxpool=maxpool, encoding=encoding))
-    PassManager(front_end())(program)
-    in_sites = site_node_names(program)
-    gates = program.gates
-    plan, blocked = analyze_program(program)
-    if not program.sites:
-        blocked = nonlinear_nodes(program)
-    blocked_names = {b.name for b in blocked}
-    counts: Counter[tuple[str, str]] = Counter()
-    for node in program.graph.nodes:
-        if node.name in in_sites:
-            behaviour = "activation → IF neuron"
-        elif node.name in gates:
-            behaviour = "spike gate (max accumulated input)"
-        elif node.name in blocked_names:
-            behaviour = "BLOCKS conversion"
-        elif node.name in plan.head:
-            behaviour = "once, on the read-out"
-        elif node.name in plan.body:
-            behaviour = "per step (affine)"
-        elif node.name in plan.structural:
-            behaviour = "once (shape only)"
-        else:
-            behaviour = "once (time-invariant)"
-        counts[(node.op, behaviour)] += 1
-    opset = default_opset(source)
-    return Inspection(
-        inputs=tuple(input_specs(source)),
-        outputs=tuple(o.name for o in source.graph.output),
-        source_opset=opset,
-        producer=f"{source.producer_name} {source.producer_version}".strip(),
-        sites=tuple(program.sites.values()),
-        op_behaviour=tuple((op, b, n) for (op, b), n in sorted(counts.items())),
-        blockers=tuple(blocked),
-        maxpools=tuple(program.maxpools.items()),
-    )

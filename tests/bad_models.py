@@ -179,6 +179,16 @@ def lppool_between() -> onnx.ModelProto:
     return cnn([helper.make_node("LpPool", ["a1"], ["p"], kernel_shape=[1, 1], name="the_lppool")])
 
 
+def random_between() -> onnx.ModelProto:
+    """Noise added between the neurons: a random op, which no mean over steps stands for."""
+    return cnn(
+        [
+            helper.make_node("RandomNormalLike", ["a1"], ["noise"], name="the_noise", scale=0.1),
+            helper.make_node("Add", ["a1", "noise"], ["p"]),
+        ]
+    )
+
+
 def training_batchnorm() -> onnx.ModelProto:
     c = 4
     nodes = [

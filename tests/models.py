@@ -12,10 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 RNG = np.random.default_rng(1234)
 
 
-def _w(*shape: int, scale: float | None = None) -> np.ndarray:
+def _w(*shape: int, scale: float | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
     fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
     scale = scale if scale is not None else np.sqrt(2.0 / fan_in)
-    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+    return ((rng or RNG).standard_normal(shape) * scale).astype(np.float32)
 
 
 def _init(name: str, value: np.ndarray) -> onnx.TensorProto:
@@ -61,13 +61,14 @@ def mlp_opset9() -> onnx.ModelProto:
         helper.make_node("Relu", ["h2"], ["a2"]),
         helper.make_node("Gemm", ["a2", "w3", "b3"], ["y"], transB=1),
     ]
+    rng = np.random.default_rng(9)  # its own weights, whichever tests ran before
     inits = {
-        "w1": _w(48, 64),
-        "b1": _w(48, scale=0.1),
-        "w2": _w(32, 48),
-        "b2": _w(32, scale=0.1),
-        "w3": _w(10, 32),
-        "b3": _w(10, scale=0.1),
+        "w1": _w(48, 64, rng=rng),
+        "b1": _w(48, scale=0.1, rng=rng),
+        "w2": _w(32, 48, rng=rng),
+        "b2": _w(32, scale=0.1, rng=rng),
+        "w3": _w(10, 32, rng=rng),
+        "b3": _w(10, scale=0.1, rng=rng),
     }
     return make_model(nodes, inits, ["N", 64], ["N", 10], opset=9, inits_as_inputs=True)
 

@@ -92,14 +92,20 @@ def test_scaled_relu_leaves_the_scale_as_a_linear_op():
     assert (site.input, site.output, site.transfer.kind) == ("u", "y", ActivationKind.RELU)
 
 
-def test_relu_then_sigmoid_is_a_relu_site_and_a_rejected_sigmoid():
+def test_relu_then_sigmoid_is_one_generic_site_of_the_whole_function():
+    """A ReLU site then a Sigmoid would be two neurons in series, quantizing twice: the region is
+    one generic site instead, its function sigmoid(relu(x)) carried as the graph's nodes."""
     nodes = [
         helper.make_node("Relu", ["x"], ["r"], name="relu"),
         helper.make_node("Sigmoid", ["r"], ["y"], name="sig"),
     ]
     program = _sites(_elementwise(nodes, {}))
-    assert list(program.sites) == ["relu"]
-    assert "sig" in program.rejected and "f(" in program.rejected["sig"]
+    (site,) = program.sites.values()
+    assert (site.name, site.input, site.output) == ("relu", "x", "y")
+    assert site.transfer.kind is ActivationKind.GENERIC and site.neuron == "sigma-delta"
+    assert "f(" in site.note and not program.rejected
+    x = np.linspace(-4, 4, 101)
+    assert np.allclose(site.transfer(x), 1 / (1 + np.exp(-np.maximum(x, 0))))
 
 
 def test_relu_scale_relu_is_two_sites():
@@ -130,11 +136,16 @@ def test_relu_scale_relu_is_two_sites():
         ),
     ],
 )
-def test_not_relu(nodes, inits, reason):
+def test_not_relu_is_a_generic_site_noting_why(nodes, inits, reason):
+    """What is not ReLU-like becomes a generic (sigma-delta) site; why it is no IF neuron is noted."""
     program = _sites(_elementwise(nodes, inits))
-    assert not program.sites
-    (why,) = program.rejected.values()
-    assert reason in why
+    (site,) = program.sites.values()
+    assert site.transfer.kind is ActivationKind.GENERIC and reason in site.note
+    assert not program.rejected
+    x = np.linspace(-3, 3, 61).astype(np.float32)
+    assert np.allclose(
+        site.transfer(x), run(_elementwise(nodes, inits), x.reshape(-1, 1).repeat(16, 1))[0][:, 0]
+    )
 
 
 def test_fit_transfer_offsets_and_levels():
@@ -310,16 +321,74 @@ def program_node_names(program, nodes):
     return [by_output[n.output[0]] for n in nodes]
 
 
-def test_a_nonlinear_dag_is_rejected_with_every_nonlinear_node_named():
-    """SiLU written as x·sigmoid(x): one region, not a ReLU; both its nonlinear nodes named."""
+def test_silu_as_a_dag_is_one_generic_site_named_by_what_it_computes():
+    """SiLU written as x·sigmoid(x): one region, not a ReLU: one sigma-delta site."""
     nodes = [
         helper.make_node("Sigmoid", ["x"], ["s"], name="sig"),
         helper.make_node("Mul", ["x", "s"], ["y"], name="silu"),
     ]
     program = _sites(_elementwise(nodes, {}))
-    assert not program.sites
-    assert sorted(program.rejected) == ["sig", "silu"]
-    assert "f(" in program.rejected["silu"]
+    (site,) = program.sites.values()
+    assert site.nodes == ("sig", "silu") and site.transfer.describe() == "silu"
+    assert [eq.op_type for eq in site.transfer.function.equations] == ["Sigmoid", "Mul"]
+
+
+@pytest.mark.parametrize(
+    "nodes,inits,name",
+    [
+        (  # HardSwish as torch's legacy exporter writes it: x·clip(x + 3, 0, 6)/6
+            [
+                helper.make_node("Add", ["x", "three"], ["a"]),
+                helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+                helper.make_node("Div", ["c", "six"], ["d"]),
+                helper.make_node("Mul", ["x", "d"], ["y"]),
+            ],
+            {"three": S(3), "zero": S(0), "six": S(6)},
+            "hardswish",
+        ),
+        (  # GELU in its Erf form
+            [
+                helper.make_node("Div", ["x", "sqrt2"], ["a"]),
+                helper.make_node("Erf", ["a"], ["e"]),
+                helper.make_node("Add", ["e", "one"], ["b"]),
+                helper.make_node("Mul", ["x", "b"], ["c"]),
+                helper.make_node("Mul", ["c", "half"], ["y"]),
+            ],
+            {"sqrt2": S(np.sqrt(2)), "one": S(1), "half": S(0.5)},
+            "gelu",
+        ),
+        ([helper.make_node("HardSwish", ["x"], ["y"])], {}, "hardswish"),
+        ([helper.make_node("Gelu", ["x"], ["y"], approximate="tanh")], {}, "gelu (tanh)"),
+        ([helper.make_node("Mish", ["x"], ["y"])], {}, "mish"),
+    ],
+)
+def test_common_activations_are_generic_sites_computing_what_onnx_runtime_does(nodes, inits, name):
+    model = _elementwise(nodes, inits)
+    (site,) = _sites(model).sites.values()
+    assert site.transfer.describe() == name
+    x = np.linspace(-6, 6, 16 * 8, dtype=np.float32).reshape(8, 16)
+    np.testing.assert_allclose(site.transfer(x), run(model, x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_an_activation_not_finite_on_the_mean_inputs_range_stays_rejected():
+    """log(x): a mean input can leave its domain; not a neuron (the support analysis compensates it)."""
+    program = _sites(_elementwise([helper.make_node("Log", ["x"], ["y"], name="log")], {}))
+    assert not program.sites and "not finite on [-50, 50]" in program.rejected["log"]
+
+
+def test_a_clamp_on_a_divisor_is_a_side_computation_not_a_neuron():
+    """r / clamp(Σ r, 1e-9), r = relu(x): the clamp reaches the output only as a divisor, so it stays
+    dense; r is also the numerator, data: a neuron."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("ReduceSum", ["r", "axes"], ["n"], name="norm", keepdims=1),
+        helper.make_node("Clip", ["n", "eps"], ["c"], name="clamp"),
+        helper.make_node("Div", ["r", "c"], ["y"], name="normalize"),
+    ]
+    model = models.make_model(nodes, {"axes": np.array([1]), "eps": S(1e-9)}, ["N", 16], ["N", 16])
+    program = _sites(model)
+    assert "clamp" not in program.sites and "side computation" in program.side["clamp"]
+    assert list(program.sites) == ["relu"]
 
 
 def test_a_relu_read_twice_is_a_site_and_its_consumers_stay_outside():
@@ -336,7 +405,7 @@ def test_a_relu_read_twice_is_a_site_and_its_consumers_stay_outside():
     assert program.sites["r2"].input == "b"
 
 
-def test_sibling_branches_of_one_input_are_separate_sites():
+def test_sibling_branches_after_a_nonlinear_op_are_one_generic_site():
     nodes = [
         helper.make_node("Abs", ["x"], ["a"], name="abs"),
         helper.make_node("Relu", ["a"], ["b"], name="relu"),
@@ -344,8 +413,10 @@ def test_sibling_branches_of_one_input_are_separate_sites():
         helper.make_node("Add", ["b", "c"], ["y"], name="sum"),
     ]
     program = _sites(_elementwise(nodes, {"zero": S(0), "six": S(6)}))
-    assert sorted(program.sites) == ["clip", "relu"]
-    assert "abs" in program.rejected
+    # |x| is no ReLU, so the region is one generic site: relu(|x|) + clip(|x|, 0, 6)
+    (site,) = program.sites.values()
+    x = np.linspace(-8, 8, 81)
+    assert site.name == "abs" and np.allclose(site.transfer(x), np.abs(x) + np.clip(np.abs(x), 0, 6))
 
 
 def _ste_mlp(dynamo: bool):

@@ -208,7 +208,7 @@ UNCONVERTIBLE: dict[str, tuple[Callable[[Path], str], str]] = {
     "custom-op-between": (_model("custom_between", bad_models.custom_op_between), "swizzle"),
     "if-between": (_model("if_between", bad_models.if_between), "branch"),
     "loop-between": (_model("loop_between", bad_models.loop_between), "loop"),
-    "lppool-between": (_model("lppool", bad_models.lppool_between), "the_lppool"),
+    "random-between": (_model("random", bad_models.random_between), "the_noise"),
     "integer-only": (_model("integers", bad_models.integer_only), "no nonlinear activation"),
     "already-spiking": (lambda ws: str(ws / "snn.onnx"), "already a spiking network"),
     "huge-constant": (_model("huge_constant", bad_models.huge_constant), "memory available"),

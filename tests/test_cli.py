@@ -60,7 +60,7 @@ def test_convert_eval_inspect_end_to_end(tmp_path):
         "--quiet",
     )
     assert done.returncode == 0, done.stderr
-    assert "3 activation site(s)" in done.stdout and out.exists()
+    assert "3 neuron site(s) (3 if)" in done.stdout and out.exists()
     done = _cli(
         "eval", str(out), "--data", str(EXAMPLE / "test.npz"), "--ann", str(EXAMPLE / "digits_cnn.onnx"), "-q"
     )
@@ -213,17 +213,18 @@ def test_unsupported_op_exits_2_names_the_node_and_writes_nothing(files, capsys)
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["h1"], name="conv1"),
         helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
-        helper.make_node("LpPool", ["a1"], ["p"], kernel_shape=[2, 2], name="the_lppool"),
+        helper.make_node("RandomUniformLike", ["a1"], ["u"], name="the_noise"),
+        helper.make_node("AveragePool", ["u"], ["p"], kernel_shape=[2, 2], name="pool"),
         helper.make_node("Conv", ["p", "w2"], ["h2"], name="conv2"),
         helper.make_node("Relu", ["h2"], ["a2"], name="relu2"),
         helper.make_node("Flatten", ["a2"], ["f"]),
         helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
     ]
     inits = {"w1": models._w(4, 1, 3, 3), "w2": models._w(4, 4, 3, 3), "fc": models._w(10, 16)}
-    onnx.save(models.make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10]), tmp / "lppool.onnx")
-    out = tmp / "lppool.snn.onnx"
-    code = main(["convert", str(tmp / "lppool.onnx"), "--calib", str(tmp / "calib.npz"), "-o", str(out)])
-    _one_line_error(capsys, code, "the_lppool (LpPool → p)")
+    onnx.save(models.make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10]), tmp / "noise.onnx")
+    out = tmp / "noise.snn.onnx"
+    code = main(["convert", str(tmp / "noise.onnx"), "--calib", str(tmp / "calib.npz"), "-o", str(out)])
+    _one_line_error(capsys, code, "the_noise (RandomUniformLike → u): a random op")
     assert not out.exists()
     assert list(tmp.glob("*.tmp")) == []
 
@@ -288,18 +289,27 @@ def test_debug_shows_the_traceback(files):
     assert done.returncode == 2 and "Traceback" not in done.stderr
 
 
-def test_inspect_reports_blockers(files, capsys):
+def test_inspect_reports_neurons_compensated_units_and_blockers(files, capsys):
     tmp, _ = files
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], name="r1"),
         helper.make_node("Tanh", ["a"], ["t"], name="squash"),
         helper.make_node("MatMul", ["t", "w"], ["h"], name="mm"),
-        helper.make_node("Relu", ["h"], ["y"], name="r2"),
+        helper.make_node("Softmax", ["h"], ["p"], name="norm"),
+        helper.make_node("Bernoulli", ["p"], ["b"], name="draw"),
+        helper.make_node("MatMul", ["b", "w"], ["g"], name="mm2"),
+        helper.make_node("Relu", ["g"], ["y"], name="r2"),
     ]
-    onnx.save(models.make_model(nodes, {"w": models._w(16, 16)}, ["N", 16], ["N", 16]), tmp / "tanh.onnx")
-    assert main(["inspect", str(tmp / "tanh.onnx")]) == 0
+    onnx.save(models.make_model(nodes, {"w": models._w(16, 16)}, ["N", 16], ["N", 16]), tmp / "net.onnx")
+    assert main(["inspect", str(tmp / "net.onnx")]) == 0
     out = capsys.readouterr().out
-    assert "blocking conversion: 1" in out and "squash (Tanh → t)" in out and "BLOCKS" in out
+    # relu then tanh is one region: one sigma-delta neuron of tanh(relu(x))
+    assert "r1" in out and "sigma-delta neuron" in out and "if neuron" in out
+    assert "compensated units (dense, every step): 1" in out and "norm" in out
+    assert "blocking conversion: 1" in out and "draw (Bernoulli → b): a random op" in out and "BLOCKS" in out
+    assert (
+        "spiking: 2 neuron site(s) (1 if, 1 sigma-delta); 3 of 3 elementwise activation node(s) spike" in out
+    )
 
 
 def test_tune_finds_the_smallest_T_within_the_drop(capsys):

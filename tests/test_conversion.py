@@ -9,6 +9,7 @@ from onnx import helper
 
 import icsnn_onnx
 from icsnn_onnx import UnsupportedOperatorError
+from icsnn_onnx.contract import SnnMetadata
 from tests import models
 from tests.conftest import relative_error, run
 
@@ -129,7 +130,10 @@ def _with_nodes_between(extra: list[onnx.NodeProto], extra_inits: dict | None = 
     return models.make_model(nodes, {**inits, **(extra_inits or {})}, ["N", 1, 8, 8], ["N", 10])
 
 
-def test_unsupported_ops_are_all_reported_at_once(digits):
+def test_nonlinear_ops_between_neurons_are_neurons_or_compensated_units(digits):
+    """relu → sigmoid is one region: one sigma-delta neuron of sigmoid(relu(x)); so is the square
+    m·m, an elementwise function of one tensor; LpPool, which is not, is a compensated unit; the
+    converted net follows its ANN."""
     model = _with_nodes_between(
         [
             helper.make_node("Sigmoid", ["a1"], ["s"], name="gate"),
@@ -139,27 +143,49 @@ def test_unsupported_ops_are_all_reported_at_once(digits):
         ],
         extra_inits={"pads": np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64)},
     )
+    x = digits[0][:50]
+    snn = icsnn_onnx.convert(model, x, T=32)
+    meta = SnnMetadata.read({p.key: p.value for p in snn.metadata_props})
+    assert [(s["site"], s["kind"]) for s in meta.neurons] == [
+        ("relu1", "sigma-delta"),
+        ("square", "sigma-delta"),
+        ("relu2", "if"),
+    ]
+    assert [u["ops"] for u in meta.compensated] == [["LpPool"]]
+    ann = run(model, x)[0]
+    assert relative_error(run(snn, x)[0], ann) < 0.05
+
+
+def test_unsupported_ops_are_all_reported_at_once(digits):
+    """Random ops cannot be compensated (a mean of draws is no draw): every one named at once."""
+    model = _with_nodes_between(
+        [
+            helper.make_node("RandomNormalLike", ["a1"], ["n1"], name="noise1"),
+            helper.make_node("Add", ["a1", "n1"], ["s"], name="plus"),
+            helper.make_node("RandomUniformLike", ["s"], ["n2"], name="noise2"),
+            helper.make_node("Mul", ["s", "n2"], ["e"], name="times"),
+        ]
+    )
     with pytest.raises(UnsupportedOperatorError) as info:
         icsnn_onnx.convert(model, digits[0][:50], T=4)
-    names = {n.name for n in info.value.nodes}
-    assert names == {"gate", "pool", "square"}
+    assert {n.name for n in info.value.nodes} == {"noise1", "noise2"}
     message = str(info.value)
     assert (
-        "gate (Sigmoid → s)" in message and "pool (LpPool → m)" in message and "square (Mul → sq)" in message
+        "noise1 (RandomNormalLike → n1): a random op" in message
+        and "noise2 (RandomUniformLike → n2)" in message
     )
 
 
-def test_leaky_relu_between_neurons_is_reported_with_its_transfer_function(digits):
+def test_leaky_relu_between_neurons_is_a_sigma_delta_neuron_noting_why_it_is_no_if_neuron(digits):
     model = _with_nodes_between(
         [
             helper.make_node("Conv", ["a1", "cm"], ["hm"], name="conv_mid"),
             helper.make_node("LeakyRelu", ["hm"], ["e"], alpha=0.1, name="leaky"),
         ]
     )
-    with pytest.raises(
-        UnsupportedOperatorError, match=r"leaky \(LeakyRelu → e\): transfer function is not a ReLU"
-    ):
-        icsnn_onnx.convert(model, digits[0][:50], T=4)
+    (site,) = [s for s in icsnn_onnx.inspect_model(model).sites if s.name == "leaky"]
+    assert site.neuron == "sigma-delta" and site.transfer.describe() == "leaky relu (0.1)"
+    assert "0 for negative inputs" in site.note
 
 
 def test_nonlinear_ops_outside_the_spiking_part_are_allowed(digits):
@@ -206,7 +232,7 @@ def test_model_without_activation_is_rejected(digits):
     ],
     ids=["sigmoid", "silu", "gelu"],
 )
-def test_a_model_without_relu_names_the_nonlinear_nodes_that_are_the_reason(digits, activation, names):
+def test_a_model_without_relu_converts_its_activations_to_sigma_delta_neurons(digits, activation, names):
     nodes = [
         helper.make_node("Flatten", ["x"], ["f"]),
         helper.make_node("Gemm", ["f", "w"], ["h"], transB=1),
@@ -216,12 +242,18 @@ def test_a_model_without_relu_names_the_nonlinear_nodes_that_are_the_reason(digi
     model = models.make_model(
         nodes, {"w": models._w(16, 64), "w2": models._w(10, 16)}, ["N", 1, 8, 8], ["N", 10]
     )
-    with pytest.raises(icsnn_onnx.UnsupportedOperatorError, match="no ReLU-like activation found") as info:
-        icsnn_onnx.convert(model, digits[0][:10], T=4)
-    assert [n.name for n in info.value.nodes] == names
-    assert all("not a ReLU" in n.reason for n in info.value.nodes)
     report = icsnn_onnx.inspect_model(model)
-    assert [b.name for b in report.blockers] == names and not report.convertible
+    (site,) = report.sites
+    assert list(site.nodes) == names and site.neuron == "sigma-delta" and report.convertible
+    assert report.spiking_share == 1.0 and not report.units
+    x = digits[0][:64]
+    ann = run(model, x)[0]
+    # its only neurons feed the read-out: compensated, it is exact at any T (float rounding)
+    assert relative_error(run(icsnn_onnx.convert(model, x, T=4), x)[0], ann) < 1e-5
+    errors = [
+        relative_error(run(icsnn_onnx.convert(model, x, T=T, compensation=False), x)[0], ann) for T in (4, 64)
+    ]
+    assert errors[1] < errors[0] / 4 and errors[1] < 0.02, errors
 
 
 def test_missing_calibration_is_reported():

@@ -153,11 +153,22 @@ def test_gate_forwards_the_unit_with_the_most_accumulated_input():
     assert p.sum() == a[:, 1].sum()  # the 0.5-rate unit leads from its first spike on
 
 
-def test_decompose_refuses_padding_on_a_signed_input(digits):
+def test_a_padded_maxpool_of_a_signed_input_is_compensated_under_decompose(digits):
+    """Decomposing would pad a signed input with zeros, which could win the max: the pool is a
+    compensated unit instead (the max of the mean inputs, dense), and the SNN follows the ANN."""
     model = maxpool_cnn(POOLS["3x3-pad"], signed=True)
-    with pytest.raises(icsnn_onnx.UnsupportedOperatorError, match="padding is exact only"):
-        icsnn_onnx.convert(model, digits[0][:50], T=4, maxpool="decompose")
-    icsnn_onnx.convert(model, digits[0][:50], T=4, maxpool="gate")  # the gate needs no padding value
+    x = digits[0][:50]
+    report = icsnn_onnx.inspect_model(model, maxpool="decompose")
+    assert dict(report.maxpools) == {"pool": "compensated"} and [u.op_types for u in report.units] == [
+        ("MaxPool",)
+    ]
+    ann = run(model, x)[0]
+    errors = [
+        relative_error(run(icsnn_onnx.convert(model, x, T=T, maxpool="decompose"), x)[0], ann)
+        for T in (4, 64)
+    ]
+    assert errors[1] < errors[0] and errors[1] < 0.05, errors
+    icsnn_onnx.convert(model, x, T=4, maxpool="gate")  # the gate needs no padding value
 
 
 def test_inspect_reports_the_policy_of_every_maxpool():

@@ -279,13 +279,16 @@ def test_insertion_leaves_no_relu(digits):
 
 
 def test_insertion_postcondition_catches_a_leftover_relu():
+    """A site's own node left beside its neuron (an activation converted twice) is caught."""
+
     class LeaveRelu(InsertNeurons):
         def call(self, program):
             result = super().call(program)
             from onnx_graphsurgeon import Node, Variable
 
             x = program.graph.inputs[0]
-            program.graph.nodes.append(Node("Relu", "stray", inputs=[x], outputs=[Variable("stray_out")]))
+            site = next(iter(program.sites))
+            program.graph.nodes.append(Node("Relu", site, inputs=[x], outputs=[Variable("stray_out")]))
             return result
 
     program = _program(models.cnn_bn())
@@ -293,7 +296,7 @@ def test_insertion_postcondition_catches_a_leftover_relu():
     for name in program.sites:
         program.thresholds[name] = np.float32(1.0)
         program.v_init[name] = np.float32(0.5)
-    with pytest.raises(PostconditionError, match="ReLU left"):
+    with pytest.raises(PostconditionError, match="activation nodes left"):
         LeaveRelu()(program)
 
 

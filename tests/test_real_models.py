@@ -6,7 +6,6 @@ benchmark (benchmarks/architectures.py) measures all nine and torchvision's and 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import icsnn_onnx
@@ -35,17 +34,17 @@ def test_squeezenet_ir3_converts_and_converges():
 
 
 @pytest.mark.parametrize("name", ["inception_v1", "bvlc_alexnet"])
-def test_lrn_is_the_only_refusal_and_every_lrn_is_named(name):
-    """Inception v1's padded MaxPools read Concats and MaxPools (provably non-negative): only its
-    two LRNs, a normalization across channels, block it."""
+def test_lrn_is_compensated_and_every_lrn_is_named(name):
+    """Inception v1's padded MaxPools read Concats and MaxPools (provably non-negative) and
+    decompose; its two LRNs, a normalization across channels, are compensated units (dense),
+    each named with its output."""
     model = zoo.randomized(name, cache=False) if name == "inception_v1" else None
     if model is None:  # AlexNet's weights are 61M parameters: inspect the fills, not random ones
         import onnx
 
         model = onnx.load(zoo.LIGHT / f"light_{name}.onnx")
     report = icsnn_onnx.inspect_model(model)
-    assert [b.op_type for b in report.blockers] == ["LRN", "LRN"]
-    assert all("LRN" in str(b) and b.output for b in report.blockers)
-    with pytest.raises(icsnn_onnx.UnsupportedOperatorError) as info:
-        icsnn_onnx.convert(model, np.zeros((1, 3, 224, 224), np.float32), T=4)
-    assert [n.op_type for n in info.value.nodes] == ["LRN", "LRN"]
+    assert not report.blockers and report.convertible
+    assert [u.op_types for u in report.units] == [("LRN",), ("LRN",)]
+    assert all("LRN is nonlinear" in u.reason for u in report.units)
+    assert report.spiking_share == 1.0

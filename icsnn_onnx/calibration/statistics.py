@@ -9,7 +9,8 @@ outputs. Memory depends on the number of channels, never on the number of sample
   rank ``q/100·(n-1)``) is read off the cumulative counts, each order statistic located within
   its bin (error at most ``max / BINS``).
 
-Statistics are of the ReLU'd pre-activation ``max(z, 0)`` — the ANN's activation values.
+Statistics are of the ReLU'd pre-activation ``max(z, 0)`` — the ANN's activation values — or,
+for a tensor given as a magnitude (a signed neuron's activation ``f(z)``), of ``|a|``.
 """
 
 from __future__ import annotations
@@ -78,12 +79,14 @@ def activation_thresholds(
     channel_wise: bool,
     levels: int | None = None,
     bounds: Mapping[str, float] | None = None,
+    magnitudes: Sequence[str] = (),
     batch_size: int = 64,
     progress: ProgressFactory = silent,
     engine: RayEngine | None = None,
 ) -> dict[str, np.ndarray]:
     """Per tensor, a statistic of ``a = max(z, 0)`` (``min(max(z, 0), λ)`` for a tensor with a
-    bound λ in ``bounds``: a clipped activation's values): shape ``[C]`` or ``[1]``.
+    bound λ in ``bounds``: a clipped activation's values; ``|a|`` for a tensor in ``magnitudes``,
+    a signed neuron's activation): shape ``[C]`` or ``[1]``.
 
     The max; or the ``percentile``; or, with ``levels`` = T, the θ minimizing the squared error
     of ``a`` rounded to the T levels ``k·θ/T``, ``k = 0..T`` (the quantization an IF neuron
@@ -91,7 +94,7 @@ def activation_thresholds(
     batches run on its Ray workers, with the same result.
     """
     names = list(tensors)
-    statistics = _Statistics(names, channel_wise, dict(bounds or {}))
+    statistics = _Statistics(names, channel_wise, dict(bounds or {}), frozenset(magnitudes))
     if engine is not None:
         maxima, hist = _distributed(
             engine, expose(model, names), statistics, data, batch_size, levels, percentile
@@ -120,9 +123,10 @@ class _Statistics:
     names: list[str]
     channel_wise: bool
     bounds: dict[str, float]
+    magnitudes: frozenset[str] = frozenset()
 
     def _activation(self, out: Mapping[str, np.ndarray], name: str) -> np.ndarray:
-        a = np.clip(out[name], 0, self.bounds.get(name))
+        a = np.abs(out[name]) if name in self.magnitudes else np.clip(out[name], 0, self.bounds.get(name))
         return _rows_per_channel(a, self.channel_wise)
 
     def maxima(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from icsnn_onnx.cli.common import engine_of, options_of, progress_factory
-from icsnn_onnx.contract import INIT_METHOD_KEY, LAYOUT_KEY, SITES_KEY, THRESHOLD_METHOD_KEY
+from icsnn_onnx.contract import INIT_METHOD_KEY, LAYOUT_KEY, SITES_KEY, THRESHOLD_METHOD_KEY, SnnMetadata
 from icsnn_onnx.errors import DataError
 from icsnn_onnx.runtime.engine import RayEngine
 
@@ -25,8 +25,9 @@ def convert_command(args: argparse.Namespace) -> int:
     )
     save_model(model, output, force=args.force, inputs=inputs)
     meta = {p.key: p.value for p in model.metadata_props}
+    spiking = SnnMetadata.read(meta)
     print(
-        f"{args.model} -> {output}: {meta[SITES_KEY]} activation site(s) as IF neurons, "
+        f"{args.model} -> {output}: {spiking.spiking_summary() if spiking else meta[SITES_KEY]}, "
         f"T={options.T}, init={meta[INIT_METHOD_KEY]}{' (auto)' if options.init == 'auto' else ''}, compensation {'on' if options.compensation else 'off'}, "
         f"{options.encoding} coding, threshold={meta.get(THRESHOLD_METHOD_KEY, 'clip bounds')}"
         f"{' (channel-wise)' if options.channel_wise and THRESHOLD_METHOD_KEY in meta else ''}, {meta[LAYOUT_KEY]} layout, "
@@ -122,7 +123,7 @@ _MAXPOOL_EFFECT = {
 
 
 def inspect_command(args: argparse.Namespace) -> int:
-    from icsnn_onnx.converter import inspect_model
+    from icsnn_onnx.inspection import inspect_model
 
     report = inspect_model(args.model, maxpool=args.maxpool, encoding=args.encoding)
     print(f"{args.model}  (opset {report.source_opset}, producer: {report.producer or 'unknown'})")
@@ -130,7 +131,16 @@ def inspect_command(args: argparse.Namespace) -> int:
     print("outputs: " + ", ".join(report.outputs))
     print(f"activation sites: {len(report.sites)}")
     for site in report.sites:
-        print(f"  {site.name:<28} {site.transfer.describe():<32} {site.input} -> {site.output}")
+        kind = f"{site.neuron} neuron"
+        print(f"  {site.name:<28} {site.transfer.describe():<26} {kind:<20} {site.input} -> {site.output}")
+    if report.units:
+        print(f"compensated units (dense, every step): {len(report.units)}")
+        for unit in report.units:
+            print(f"  {unit.name:<28} {'+'.join(unit.op_types):<26} {unit.reason}")
+    if report.side:
+        print(
+            f"side computations (dense): {len(report.side)} node(s), e.g. {report.side[0][0]}: {report.side[0][1]}"
+        )
     if report.maxpools:
         print(f"MaxPool ({args.maxpool} policy between neurons):")
         for name, policy in report.maxpools:
@@ -138,16 +148,19 @@ def inspect_command(args: argparse.Namespace) -> int:
     print("op coverage:")
     for op, behaviour, count in report.op_behaviour:
         print(f"  {op:<22} {count:>4}  {behaviour}")
+    if report.sites:
+        print(f"spiking: {report.summary()}")
     if report.blockers:
         print(
-            f"blocking conversion: {len(report.blockers)}{'' if report.sites else ' (no ReLU-like activation)'}"
+            f"blocking conversion: {len(report.blockers)}"
+            f"{'' if report.sites else ' (no activation to make a spiking neuron)'}"
         )
         for b in report.blockers:
             print(f"  {b}")
     elif not report.sites:
         print("nothing to convert: the model has no nonlinear activation")
     else:
-        calib = " (needs --calib for ReLU thresholds)" if report.needs_calibration else ""
+        calib = " (needs --calib for thresholds)" if report.needs_calibration else ""
         print(f"convertible{calib}")
     return 0
 

@@ -19,7 +19,6 @@ from types import ModuleType
 import numpy as np
 import onnx
 
-from icsnn_onnx import neurons
 from icsnn_onnx.contract import base_name
 from icsnn_onnx.errors import UnsupportedNode
 from icsnn_onnx.export.options import NirOptions
@@ -120,7 +119,7 @@ class Lowering:
         if layer.name in self._built:
             return self._built[layer.name]
         shape = self.g.shape(layer.outputs[0])
-        kind = neurons.by_name(layer.kind)
+        kind = layer.kind
         if kind.nir != "IF" or layer.threshold is None:
             self.problems.append(UnsupportedNode(layer.name, kind.op_type, kind.nir_refusal))
             self._built[layer.name] = ""

@@ -12,23 +12,31 @@ from __future__ import annotations
 import onnx
 
 from icsnn_onnx.contract import NEURON_DOMAIN
+from icsnn_onnx.neurons import sigma_delta as _sigma_delta
+from icsnn_onnx.neurons.function import ElementwiseFunction
 from icsnn_onnx.neurons.if_channelwise import IF_CHANNELWISE
 from icsnn_onnx.neurons.if_neuron import IF
-from icsnn_onnx.neurons.kind import OUT, NeuronKind, next_state
+from icsnn_onnx.neurons.kind import OUT, NeuronKind, count_breakpoint, next_state
 
 __all__ = [
     "IF",
     "IF_CHANNELWISE",
     "KINDS",
     "OUT",
+    "ElementwiseFunction",
     "NeuronKind",
     "by_name",
+    "count_breakpoint",
     "functions",
     "kind_of",
     "next_state",
+    "sigma_delta",
 ]
 
-#: Every neuron kind (and form) a file may hold, in the order their functions are written.
+sigma_delta = _sigma_delta.sigma_delta
+
+#: The fixed kinds (and forms), in the order their functions are written; the sigma-delta kinds,
+#: one per activation function (:func:`sigma_delta`), follow them.
 KINDS: tuple[NeuronKind, ...] = (IF, IF_CHANNELWISE)
 
 _BY_OP_TYPE = {kind.op_type: kind for kind in KINDS}
@@ -36,15 +44,25 @@ _BY_NAME = {kind.name: kind for kind in KINDS}
 
 
 def by_name(name: str) -> NeuronKind:
-    """The kind called ``name`` (a ``KeyError`` for none: a bug, never a user's input)."""
-    return _BY_NAME[name]
+    """The fixed kind called ``name``, or a sigma-delta kind by its op type (a ``KeyError`` for
+    none: a bug, never a user's input)."""
+    kind = _BY_NAME.get(name) or _sigma_delta.lookup(name)
+    if kind is None:
+        raise KeyError(name)
+    return kind
 
 
 def kind_of(domain: str, op_type: str) -> NeuronKind | None:
-    """The kind whose step a node of this domain and op type is, else ``None``."""
-    return _BY_OP_TYPE.get(op_type) if domain == NEURON_DOMAIN else None
+    """The kind whose step a node of this domain and op type is, else ``None`` (a sigma-delta kind
+    written by another process: its shared signature)."""
+    if domain != NEURON_DOMAIN:
+        return None
+    return _BY_OP_TYPE.get(op_type) or _sigma_delta.lookup(op_type)
 
 
 def functions(op_types: set[str], opset: int) -> list[onnx.FunctionProto]:
-    """The ONNX functions of the kinds whose steps a graph uses (``op_types`` of its icsnn nodes)."""
-    return [kind.function_proto(opset) for kind in KINDS if kind.op_type in op_types]
+    """The ONNX functions of the kinds whose steps a graph uses (``op_types`` of its icsnn nodes):
+    the fixed kinds in :data:`KINDS` order, then the sigma-delta kinds by name."""
+    fixed = [kind.function_proto(opset) for kind in KINDS if kind.op_type in op_types]
+    parametric = sorted(t for t in op_types if _sigma_delta.lookup(t) is not None)
+    return fixed + [_sigma_delta.lookup(t).function_proto(opset) for t in parametric]

@@ -49,7 +49,7 @@ def evaluate(
     ``evaluators`` for ops that need their own)."""
     evaluators = evaluators or {}
     for eq in equations:
-        args = [env[a] for a in eq.args]
+        args = [env[a] if a else None for a in eq.args]  # "": an optional input left out
         custom = evaluators.get(eq.op_type)
         if custom is not None:
             env[eq.result] = custom(*args)
@@ -68,11 +68,18 @@ def function_proto(
     opset: int,
     doc: str,
     attributes: tuple[str, ...] = (),
+    constants: tuple[tuple[str, np.ndarray], ...] = (),
 ) -> onnx.FunctionProto:
     """The model-local ONNX function ``domain::op_type(inputs) -> outputs`` whose body is the table,
-    one node per equation named after its result. ONNX Runtime inlines it on any execution
-    provider, so a converted model needs no custom-op library."""
-    nodes = []
+    one node per equation named after its result (after a ``Constant`` node per constant the table
+    reads). ONNX Runtime inlines it on any execution provider, so a converted model needs no
+    custom-op library."""
+    nodes = [
+        helper.make_node(
+            "Constant", [], [name], name=name, value=onnx.numpy_helper.from_array(np.asarray(value))
+        )
+        for name, value in constants
+    ]
     for eq in equations:
         node = helper.make_node(eq.op_type, list(eq.args), [eq.result], name=eq.result)
         for key, value in eq.attrs:

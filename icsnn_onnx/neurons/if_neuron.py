@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from icsnn_onnx.neurons.equations import Equation, evaluate
+from icsnn_onnx.neurons.equations import Equation
 from icsnn_onnx.neurons.kind import NeuronKind
+from icsnn_onnx.neurons.kind import count_breakpoint as kind_count_breakpoint
 
 IF_EQUATIONS: tuple[Equation, ...] = (
     Equation("m", "Add", ("v", "z")),  # m(t) = v(t-1) + z(t)
@@ -36,6 +37,20 @@ IF_EQUATIONS: tuple[Equation, ...] = (
     Equation("out", "Mul", ("s", "theta")),  # out(t) = θ·s(t)
     Equation("v_next", "Sub", ("m", "out")),  # v(t) = m(t) - θ·s(t)
 )
+
+#: Alg 2's one-run analysis (:func:`count_breakpoint`), one step of it after the IF step from
+#: ``v(0) = 0``: ``v_star``, the least start that ends one spike ahead of that run after the steps
+#: so far, updated from ``m(t)`` and ``fired(t)``. A silent step offers ``θ − m(t)`` (a start that
+#: high fires here, one spike ahead); a firing step raises every offer to at least ``2θ − m(t)``
+#: (below that, the start falls back: level again).
+BREAKPOINT_EQUATIONS: tuple[Equation, ...] = (
+    Equation("gap", "Sub", ("theta", "m")),  # θ − m(t)
+    Equation("fall", "Add", ("theta", "gap")),  # 2θ − m(t)
+    Equation("raised", "Max", ("v_star", "fall")),
+    Equation("lowered", "Min", ("v_star", "gap")),
+    Equation("v_star_next", "Where", ("fired", "raised", "lowered")),
+)
+
 
 #: ``icsnn::IFNeuron(v, z, theta) -> (out, v_next)``: one step of IF neurons, as a file holds it.
 #: NIR's ``IF`` is the same neuron (reset by subtraction); its doc string is what every converted
@@ -49,6 +64,7 @@ IF = NeuronKind(
     equations=IF_EQUATIONS,
     doc="Per time step t = 1..T, with input current z(t), threshold θ > 0 and membrane potential v::",
     nir="IF",
+    breakpoint=BREAKPOINT_EQUATIONS,
 )
 
 
@@ -131,20 +147,6 @@ def simulate(z: np.ndarray, params: IFParams) -> IFTrace:
     return IFTrace(out=np.stack(outs), v=np.stack(vs))
 
 
-#: Alg 2's one-run analysis (:func:`count_breakpoint`), one step of it after the IF step from
-#: ``v(0) = 0``: ``v_star``, the least start that ends one spike ahead of that run after the steps
-#: so far, updated from ``m(t)`` and ``fired(t)``. A silent step offers ``θ − m(t)`` (a start that
-#: high fires here, one spike ahead); a firing step raises every offer to at least ``2θ − m(t)``
-#: (below that, the start falls back: level again).
-BREAKPOINT_EQUATIONS: tuple[Equation, ...] = (
-    Equation("gap", "Sub", ("theta", "m")),  # θ − m(t)
-    Equation("fall", "Add", ("theta", "gap")),  # 2θ − m(t)
-    Equation("raised", "Max", ("v_star", "fall")),
-    Equation("lowered", "Min", ("v_star", "gap")),
-    Equation("v_star_next", "Where", ("fired", "raised", "lowered")),
-)
-
-
 def count_breakpoint(z: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spike counts over ``T = len(z)`` steps as a function of ``v(0)`` in ``[0, θ)``, from one run.
 
@@ -160,14 +162,8 @@ def count_breakpoint(z: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, 
     rounding of ``v*`` can differ from a simulation.
     """
     z = np.asarray(z)
-    theta = np.asarray(threshold).astype(z.dtype)
-    v_star: np.ndarray = np.asarray(np.inf, z.dtype)
-    count: np.ndarray = np.zeros((), np.int32)
-    for env in steps(z, IFParams(theta)):
-        env = evaluate(BREAKPOINT_EQUATIONS, {**env, "v_star": v_star})
-        v_star, count = env["v_star_next"], count + env["fired"]
-    shape = np.broadcast_shapes(z.shape[1:], theta.shape)
-    return np.broadcast_to(count, shape), np.broadcast_to(v_star, shape)
+    theta = np.asarray(IFParams(np.asarray(threshold)).threshold).astype(z.dtype)
+    return kind_count_breakpoint(IF, z, {"theta": theta})
 
 
 def constant_input_rate(z: np.ndarray, params: IFParams, T: int) -> np.ndarray:

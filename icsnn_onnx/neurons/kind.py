@@ -45,7 +45,12 @@ class NeuronKind:
     ``nir_refusal``).
     ``attributes``: the function's own attributes (bound into its body by
     :class:`~icsnn_onnx.neurons.equations.AttributeRef`); ``evaluators``: numpy forms of ops the
-    table uses that the elementwise semantics lack.
+    table uses that the elementwise semantics lack; ``constants``: values the table reads, written
+    as ``Constant`` nodes in the function. ``step_count``: an input that is the step's number ``t``
+    (a float scalar the emitters supply, for kinds that track running means). ``spike``: the
+    table's value that is the step's spike count (signed for signed kinds: ``out = θ·spike``), and
+    ``breakpoint``: the one-run analysis of Alg 2 (:func:`count_breakpoint`), written against a run
+    from all states zero.
     """
 
     name: str
@@ -60,11 +65,16 @@ class NeuronKind:
     nir_refusal: str = "NIR has no such neuron"
     attributes: tuple[str, ...] = ()
     evaluators: Mapping[str, Evaluator] = field(default_factory=dict)
+    constants: tuple[tuple[str, np.ndarray], ...] = ()
+    step_count: str | None = None
+    spike: str = "fired"
+    breakpoint: tuple[Equation, ...] = ()
+    signed: bool = False
 
     def __post_init__(self) -> None:
         if not self.states:
             raise ValueError(f"neuron kind {self.name!r} has no state (its first state is the membrane)")
-        defined = {*self.inputs}
+        defined = {*self.inputs, *(name for name, _ in self.constants)}
         for eq in self.equations:
             missing = [a for a in eq.args if a not in defined]
             if missing:
@@ -76,7 +86,8 @@ class NeuronKind:
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        return (*self.states, self.current, *self.parameters)
+        clock = (self.step_count,) if self.step_count else ()
+        return (*self.states, self.current, *self.parameters, *clock)
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -93,7 +104,10 @@ class NeuronKind:
 
     def step(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every value of one step (each equation's result, by name) from the inputs by name."""
-        return evaluate(self.equations, {k: np.asarray(v) for k, v in values.items()}, self.evaluators)
+        env = {k: np.asarray(v) for k, v in values.items()}
+        dtype = np.asarray(values[self.current]).dtype
+        env.update({name: _typed(value, dtype) for name, value in self.constants})
+        return evaluate(self.equations, env, self.evaluators)
 
     def steps(
         self, z: np.ndarray, parameters: Mapping[str, np.ndarray], initial: Mapping[str, np.ndarray]
@@ -104,8 +118,9 @@ class NeuronKind:
             s: np.broadcast_to(np.asarray(initial[s]), np.broadcast_shapes(np.shape(initial[s]), z.shape[1:]))
             for s in self.states
         }
-        for z_t in z:
-            env = self.step({**states, self.current: z_t, **parameters})
+        for t, z_t in enumerate(z, start=1):
+            clock = {self.step_count: np.asarray(t, z.dtype)} if self.step_count else {}
+            env = self.step({**states, self.current: z_t, **parameters, **clock})
             yield env
             states = {s: env[next_state(s)] for s in self.states}
 
@@ -120,4 +135,29 @@ class NeuronKind:
             opset,
             self.doc,
             self.attributes,
+            self.constants,
         )
+
+
+def _typed(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A float constant in the current's float type (the function is written for that type)."""
+    value = np.asarray(value)
+    return value.astype(dtype) if value.dtype.kind == "f" and np.dtype(dtype).kind == "f" else value
+
+
+def count_breakpoint(
+    kind: NeuronKind, z: np.ndarray, parameters: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spike counts over ``T = len(z)`` steps as a function of the membrane's start ``v(0)`` in
+    ``[0, θ)``, from one run of ``kind`` from all states zero: ``(n, v*)`` such that started at
+    ``v(0)`` each neuron's count is ``n + [v(0) >= v*]`` (docs/method.md §2b; the kind's
+    :attr:`~NeuronKind.breakpoint` table accumulates ``v*``). ``v* = inf``: never one more."""
+    z = np.asarray(z)
+    zero = {s: np.zeros((), z.dtype) for s in kind.states}
+    v_star: np.ndarray = np.asarray(np.inf, z.dtype)
+    count: np.ndarray = np.zeros((), np.int32)
+    for env in kind.steps(z, parameters, zero):
+        env = evaluate(kind.breakpoint, {**env, "v_star": v_star})
+        v_star, count = env["v_star_next"], count + env[kind.spike].astype(np.int32)
+    shape = np.broadcast_shapes(z.shape[1:], *(np.shape(p) for p in parameters.values()))
+    return np.broadcast_to(count, shape), np.broadcast_to(v_star, shape)

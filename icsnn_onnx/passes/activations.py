@@ -8,11 +8,16 @@ numerically on a grid and fitted to one of
 - clipped ReLU:    f(x) = min(max(x, 0), λ)                     (ReLU6, Hardtanh(0, λ), Clip)
 - quantized clip:  f(x) = (λ/L)·clip(floor(x·L/λ + φ), 0, L)    (QCFS-style clip-floor)
 
-If the whole region does not fit, it is segmented along its series of blocks: the longest span
-that fits becomes a site and the parts before and after it are segmented in turn (``relu(2x)``
-is a ``Mul`` then a ReLU; ``sigmoid(relu(x))`` is a ReLU site then a Sigmoid). Nonlinear nodes
-left outside every site are recorded with the reason, which the support analysis reports if
-they sit between spiking layers.
+which the IF neuron converts. If the whole region does not fit, it is segmented along its series
+of blocks: the longest span that fits becomes a site and the parts before and after it are
+segmented in turn (``relu(2x)`` is a ``Mul`` then a ReLU). A region with a nonlinear block no IF
+site covers (SiLU, HardSwish, GELU, Sigmoid, ``sigmoid(relu(x))``, …) is one *generic* site
+instead: the span of blocks from its first nonlinear block to its last, its function ``f`` the
+graph's own nodes, made a sigma-delta neuron (:mod:`icsnn_onnx.neurons.sigma_delta`) — unless
+``f`` is not finite on [-50, 50] (a ``Log``, a ``Reciprocal``), which stays with the support
+analysis (compensated, dense). A site whose output reaches no synaptic layer and no graph output
+as data — a clamp on a normaliser's divisor, a mask — is no neuron: it is a side computation and
+stays dense.
 """
 
 from __future__ import annotations
@@ -21,11 +26,34 @@ from collections.abc import Callable
 
 import numpy as np
 
+from icsnn_onnx.ops.elementwise import evaluate
 from icsnn_onnx.passes import Pass, PassResult, ensure
+from icsnn_onnx.passes.data_path import data_tensors
 from icsnn_onnx.passes.program import ActivationKind, ActivationSite, Program, TransferFunction
-from icsnn_onnx.passes.regions import Block, Region, find_regions, is_affine, transfer_of
+from icsnn_onnx.passes.regions import Block, Region, find_regions, function_of, is_affine, transfer_of
 
 _MAX_LEVELS = 4096
+#: Where a generic activation must be finite to be a neuron (a mean input stays in the ANN's range).
+_FINITE = np.linspace(-50.0, 50.0, 2001)
+#: Activations named by what they compute (on [-8, 8]), for people reading ``inspect``.
+_KNOWN: tuple[tuple[str, Callable[[np.ndarray], np.ndarray]], ...] = (
+    ("silu", lambda x: x / (1 + np.exp(-x))),
+    ("sigmoid", lambda x: 1 / (1 + np.exp(-x))),
+    ("tanh", np.tanh),
+    ("gelu", lambda x: 0.5 * x * (1 + evaluate("Erf", [x / np.sqrt(2)], {}))),
+    ("gelu (tanh)", lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))),
+    ("hardswish", lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+    ("hardsigmoid", lambda x: np.clip(x / 6 + 0.5, 0, 1)),
+    ("hardsigmoid (0.2x + 0.5)", lambda x: np.clip(0.2 * x + 0.5, 0, 1)),
+    ("mish", lambda x: x * np.tanh(np.logaddexp(0, x))),
+    ("softplus", lambda x: np.logaddexp(0, x)),
+    ("elu", lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0)))),
+    ("leaky relu (0.01)", lambda x: np.where(x > 0, x, 0.01 * x)),
+    ("leaky relu (0.1)", lambda x: np.where(x > 0, x, 0.1 * x)),
+    ("leaky relu (0.2)", lambda x: np.where(x > 0, x, 0.2 * x)),
+    ("hardtanh", lambda x: np.clip(x, -1, 1)),
+    ("identity", lambda x: x),
+)
 
 
 def fit_transfer(f: Callable[[np.ndarray], np.ndarray]) -> TransferFunction | str:
@@ -119,6 +147,30 @@ def segment(blocks: tuple[Block, ...]) -> tuple[list[tuple[int, int, TransferFun
     return [], {i: reason for i in nonlinear}
 
 
+def generic_site(blocks: tuple[Block, ...], why_not_relu: str) -> TransferFunction | str:
+    """The generic transfer function of ``blocks``, or why it cannot be a neuron."""
+    function = function_of(blocks)
+    with np.errstate(all="ignore"):
+        values = np.asarray(function(_FINITE), np.float64)
+    if not np.all(np.isfinite(values)):
+        x = float(_FINITE[np.argmin(np.isfinite(values))])
+        return f"not finite on [-50, 50] (f({x:g}) = {function(np.array([x]))[0]:g}): {why_not_relu}"
+    named = type(function)(function.equations, function.constants, _describe(function))
+    return TransferFunction(ActivationKind.GENERIC, function=named, nonnegative=bool(values.min() >= 0))
+
+
+def _describe(function: Callable[[np.ndarray], np.ndarray]) -> str:
+    """A known activation's name, else the ops that spell it."""
+    grid = np.linspace(-8.0, 8.0, 321)
+    with np.errstate(all="ignore"):
+        got = np.asarray(function(grid), np.float64)
+        for name, reference in _KNOWN:
+            if np.allclose(got, reference(grid), rtol=1e-4, atol=1e-5):
+                return name
+    ops = [eq.op_type for eq in function.equations]  # type: ignore[attr-defined]
+    return "f = " + "·".join(dict.fromkeys(ops))
+
+
 class RecognizeActivations(Pass):
     """Record every activation site in ``program.sites`` (the graph is left unchanged)."""
 
@@ -137,8 +189,54 @@ class RecognizeActivations(Pass):
         program.sites.clear()
         program.rejected.clear()
         for region in find_regions(program.graph):
+            before = set(program.sites)
             self._record(program, region, chains=False)
+            members = {n.name for block in region.blocks for n in block.nodes}
+            if any(name in program.rejected for name in members):  # some nonlinearity no IF site covers
+                for name in set(program.sites) - before:
+                    del program.sites[name]
+                self._record_generic(program, region)
+        self._drop_side_computations(program)
         return PassResult(program, False)
+
+    @staticmethod
+    def _record_generic(program: Program, region: Region) -> None:
+        """One generic site for the whole region: its affine ops too, which then cost nothing of
+        their own at each step (they are part of f)."""
+        blocks = region.blocks
+        nodes = [n for block in blocks for n in block.nodes]
+        reason = next(program.rejected[n.name] for n in nodes if n.name in program.rejected)
+        fitted = generic_site(blocks, reason)
+        if isinstance(fitted, str):
+            for node in nodes:
+                if not is_affine(node):
+                    program.rejected[node.name] = fitted
+            return
+        for block in region.blocks:
+            for node in block.nodes:
+                program.rejected.pop(node.name, None)
+        anchor = next(n for n in nodes if not is_affine(n))
+        program.sites[anchor.name] = ActivationSite(
+            name=anchor.name,
+            input=blocks[0].input.name,
+            output=blocks[-1].output.name,
+            nodes=tuple(n.name for n in nodes),
+            transfer=fitted,
+            note=reason.removeprefix("transfer function is not a ReLU: "),
+        )
+
+    @staticmethod
+    def _drop_side_computations(program: Program) -> None:
+        """Sites whose output is no data of a synaptic layer or an output stay dense, noted."""
+        data = data_tensors(program.graph)
+        for name, site in list(program.sites.items()):
+            if site.output not in data:
+                del program.sites[name]
+                for node in site.nodes:
+                    program.side[node] = (
+                        f"{site.transfer.describe()} of {site.input}: a side computation (its output is no "
+                        "layer's data, e.g. a divisor or a mask), computed densely"
+                    )
 
     def _record(self, program: Program, region: Region, chains: bool) -> None:
         sites, rejected = segment(region.blocks)

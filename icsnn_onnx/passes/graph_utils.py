@@ -117,3 +117,20 @@ def rename_duplicates(graph: gs.Graph) -> None:
                 fresh += "_"
             taken.add(fresh)
             tensor.name = fresh
+
+
+def outer_scope_inputs(node: gs.Node) -> set[str]:
+    """Names a node's subgraphs (If branches, Loop and Scan bodies) read from the graph around
+    it: implicit inputs, which ``node.inputs`` does not list."""
+    found: set[str] = set()
+    for value in node.attrs.values():
+        for graph in value if isinstance(value, list) else [value]:
+            if isinstance(graph, gs.Graph):
+                defined = {t.name for t in graph.inputs}
+                for inner in graph.nodes:
+                    defined.update(t.name for t in inner.outputs)
+                for inner in graph.nodes:
+                    found.update(t.name for t in inner.inputs if isinstance(t, gs.Variable) and t.name)
+                    found.update(outer_scope_inputs(inner))
+                found -= defined
+    return found

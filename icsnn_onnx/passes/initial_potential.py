@@ -21,7 +21,7 @@ from icsnn_onnx.calibration.segments import SpillStore
 from icsnn_onnx.contract import INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY, INIT_METHOD_KEY
 from icsnn_onnx.data import Data
 from icsnn_onnx.errors import CalibrationError
-from icsnn_onnx.neurons.if_neuron import count_breakpoint
+from icsnn_onnx.neurons import NeuronKind, count_breakpoint
 from icsnn_onnx.options import InitPolicy, Layout, Target, resolve_init
 from icsnn_onnx.passes import Pass, PassManager, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
@@ -141,7 +141,8 @@ class CalibrateInitialPotential(Pass):
                     theta = np.asarray(program.thresholds[site.name], np.float64)
                     errors, target_rank = None, 0
                     for target, z in run.currents_of(index):
-                        batch_errors = self._block_errors(z, target, theta, program.options.T)
+                        kind = run.kind(index, z.dtype)
+                        batch_errors = self._block_errors(kind, z, target, theta, program.options.T)
                         errors = batch_errors if errors is None else errors + batch_errors
                         target_rank = target.ndim
                     program.v_init[site.name], per_site[site.name] = self._choose(errors, theta, target_rank)
@@ -175,7 +176,9 @@ class CalibrateInitialPotential(Pass):
         PassManager([InsertNeurons(), Unroll()])(trial)
         return trial.to_onnx()
 
-    def _block_errors(self, z: np.ndarray, target: np.ndarray, theta: np.ndarray, T: int) -> np.ndarray:
+    def _block_errors(
+        self, kind: NeuronKind, z: np.ndarray, target: np.ndarray, theta: np.ndarray, T: int
+    ) -> np.ndarray:
         """Squared error per candidate and channel, ``[K, C]`` (one channel when rank < 2), of a
         batch's currents ``z`` (``[T, …]``, or ``[1, …]`` for a current constant over time: a
         first layer under direct coding): one IF run per neuron
@@ -190,7 +193,7 @@ class CalibrateInitialPotential(Pass):
             block_theta = theta[block[1]].reshape(channel_shape(target.ndim, -1) if target.ndim >= 2 else ())
             block_z = z[(slice(None), *where)]
             steps = np.broadcast_to(block_z, (T, *block_z.shape[1:]))
-            count, v_star = count_breakpoint(steps, block_theta.astype(z.dtype))
+            count, v_star = count_breakpoint(kind, steps, {"theta": block_theta.astype(z.dtype)})
             part = self._channel_errors(count, v_star, target[where], block_theta, T)
             return block[1] if target.ndim >= 2 else slice(None), part
 

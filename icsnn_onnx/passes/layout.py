@@ -28,6 +28,8 @@ def batch_fold_blocker(node: gs.Node, streams: Sequence[bool]) -> str | None:
     if fn is None:
         return f"{node.op} has no time-batching rule"
     for tensor, is_stream in zip(node.inputs, streams, strict=True):
+        if is_stream and tensor.shape is not None and len(tensor.shape) == 0:
+            return f"time-varying scalar {tensor.name}: no batch axis to stack the steps on"
         if (
             not is_stream
             and isinstance(tensor, gs.Variable)
@@ -72,6 +74,10 @@ def _constant_input(node: gs.Node, index: int) -> np.ndarray | None:
     "DepthToSpace",
     "SpaceToDepth",
     "Sum",
+    "LpPool",
+    "GlobalLpPool",
+    "GlobalMaxPool",
+    "LRN",
 )
 def _per_sample(node: gs.Node, streams: Sequence[bool]) -> str | None:
     return None
@@ -85,6 +91,13 @@ def _broadcast(node: gs.Node, streams: Sequence[bool]) -> str | None:
         value = constant_value(tensor)
         if value is not None and top is not None and value.ndim == top and value.shape[0] != 1:
             return f"constant {tensor.name} has a batch axis of {value.shape[0]}"
+    return None
+
+
+@batch_rule("MaxPool")
+def _max_pool(node: gs.Node, streams: Sequence[bool]) -> str | None:
+    if len(node.outputs) > 1 and node.outputs[1].outputs:
+        return "MaxPool's indices count the batch"  # flat over N·C·H·W
     return None
 
 
@@ -163,12 +176,72 @@ def _gemm(node: gs.Node, streams: Sequence[bool]) -> str | None:
 
 @batch_rule("MatMul")
 def _matmul(node: gs.Node, streams: Sequence[bool]) -> str | None:
-    if streams[1]:
-        return "MatMul with a time-varying right operand"
+    if streams[1]:  # two activations (attention): a batched product, per sample when both are
+        ranks = [None if t.shape is None else len(t.shape) for t in node.inputs[:2]]
+        if all(r is not None and r >= 3 for r in ranks) and ranks[0] == ranks[1]:
+            return None
+        return "MatMul with a time-varying right operand that is not batched like the left"
     b = node.inputs[1]
     if b.shape is None or len(b.shape) > 2:
         return "MatMul with a batched right operand"
     return None
+
+
+@batch_rule("LayerNormalization", "InstanceNormalization", "GroupNormalization")
+def _normalization(node: gs.Node, streams: Sequence[bool]) -> str | None:
+    if node.op == "LayerNormalization":
+        return _axes_avoid_zero(node.attrs.get("axis", -1), _rank(node), node.op)
+    return None  # over each sample's channels or groups
+
+
+@batch_rule(
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Erf",
+    "Abs",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Softplus",
+    "Softsign",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "Mish",
+    "ThresholdedRelu",
+    "Not",
+)
+def _unary(node: gs.Node, streams: Sequence[bool]) -> str | None:
+    return None  # elementwise, one operand
+
+
+@batch_rule(
+    "Pow",
+    "Max",
+    "Min",
+    "Where",
+    "Equal",
+    "Greater",
+    "GreaterOrEqual",
+    "Less",
+    "LessOrEqual",
+    "And",
+    "Or",
+    "Clip",
+    "PRelu",
+)
+def _elementwise(node: gs.Node, streams: Sequence[bool]) -> str | None:
+    return _broadcast(node, streams)
 
 
 @batch_rule("Resize")

@@ -16,7 +16,10 @@ exactly; it is left alone.
 - ``avg``: replaced by an AveragePool of the same window (an approximation of the ANN).
 
 A GlobalMaxPool between neurons is first written as the MaxPool of one window over its whole
-(static) map, then follows the policy like any MaxPool.
+(static) map, then follows the policy like any MaxPool. Where the policy cannot apply (a padded
+MaxPool of a signed input under ``decompose``, SPPF's 5×5 pools after SiLU; a window the lowering
+does not take), the MaxPool is compensated instead (:mod:`.compensate`): the max of the mean
+inputs, dense and exact at every step.
 
 The ANN graph after this pass still runs in ONNX Runtime (calibration relies on it): decompose
 rewrites into plain ops; gate keeps the MaxPool and is realized only by the unroll pass.
@@ -41,6 +44,9 @@ from icsnn_onnx.passes.temporal import analyze_program
 
 logger = logging.getLogger(__name__)
 
+#: A MaxPool between neurons no policy could rewrite: a compensated unit (docs/method.md §15).
+COMPENSATED = "compensated"
+
 
 class LowerMaxPool(Pass):
     """MaxPools between neurons under ``program.options.maxpool`` (see the module docstring)."""
@@ -56,7 +62,9 @@ class LowerMaxPool(Pass):
         policy = program.options.maxpool
         _, blocked = analyze_program(program)  # no gate yet: this pass decides them
         blocked_names = {b.name for b in blocked}
-        nonnegative = nonnegative_tensors(program.graph, {s.output for s in program.sites.values()})
+        nonnegative = nonnegative_tensors(
+            program.graph, {s.output for s in program.sites.values() if s.transfer.nonnegative}
+        )
         modified = False
         for node in list(program.graph.nodes):
             if node.op not in ("MaxPool", "GlobalMaxPool"):
@@ -69,8 +77,12 @@ class LowerMaxPool(Pass):
                 reason = self._decompose(program, node, nonnegative=node.inputs[0].name in nonnegative)
             elif reason is None and policy is MaxPoolPolicy.AVG:
                 _to_average_pool(node)
-            if reason is not None:
+            if reason is not None:  # compensated instead (the max of the mean inputs: dense, exact)
+                logger.info(
+                    "%s: MaxPool policy %s not applicable (%s); compensated", node.name, policy, reason
+                )
                 program.rejected[node.name] = f"MaxPool policy {policy}: {reason}"
+                program.maxpools[node.name] = COMPENSATED
                 continue
             program.maxpools[node.name] = str(policy)
             modified = True

@@ -3,8 +3,8 @@
 The trial SNN (θ/2 everywhere) and the ANN are cut at every site: the segment of site ``l``
 computes its currents ``z_l(1..T)`` (SNN) and its activation (ANN) from the graph inputs and the
 stored outputs of earlier sites. After ``v_l(0)`` is chosen, the site's spikes are simulated by the
-IF reference (:func:`icsnn_onnx.neurons.if_neuron.steps`: the same float32 operations as the file's
-neuron function) and stored as bits; later segments read ``θ·s``. So every site sees what the
+reference of its kind (:meth:`icsnn_onnx.neurons.NeuronKind.steps`: the same float32 operations
+as the file's neuron function) and stored as bits; later segments read ``θ·s``. So every site sees what the
 finished SNN would feed it, as in rebuilding the SNN per site, at the cost of one run. The
 stored tensors stay in memory within a budget and go to disk beyond it
 (:class:`~icsnn_onnx.segments.SpillStore`), and are dropped after their last reader, so memory is
@@ -25,8 +25,9 @@ from icsnn_onnx.calibration.segments import SpillStore, extract, free_batch, mer
 from icsnn_onnx.calibration.statistics import run_batches
 from icsnn_onnx.contract import step_name
 from icsnn_onnx.data import Dataset
-from icsnn_onnx.neurons.if_neuron import IFParams, steps
+from icsnn_onnx.neurons import NeuronKind
 from icsnn_onnx.ops.elementwise import FLOAT_TENSOR_TYPES
+from icsnn_onnx.passes.insert_neurons import neuron_kind
 from icsnn_onnx.passes.program import ActivationSite, Program
 from icsnn_onnx.progress import ProgressFactory
 from icsnn_onnx.runtime.instrument import NeuronLayer, neuron_layers
@@ -164,12 +165,15 @@ class OnePass:
         z_all = self.store[f"z{i}"]
         self._dtype[i] = z_all.dtype  # what later segments read θ·s as
         theta, v_init = self.thresholds[i], np.asarray(v_init, np.float32)
+        kind = self.kind(i, z_all.dtype)
         keep_spikes = ("snn", i) in self._last_read
         if not keep_spikes and i not in self._keep_membrane:  # nothing after it reads this site
             self._forget(i)
             return
-        if keep_spikes:
-            spikes = self.store.create(f"s{i}", (self.T, *z_all.shape[1:]), np.uint8)
+        if keep_spikes:  # spike counts per step: bits, or signed for a signed kind
+            spikes = self.store.create(
+                f"s{i}", (self.T, *z_all.shape[1:]), np.int8 if kind.signed else np.uint8
+            )
         if i in self._keep_membrane:
             membrane = self.store.create(f"v{i}", z_all.shape[1:], z_all.dtype)
         # z is [T or 1, N, C, …]: a block of channels takes its slice of per-channel θ and v(0).
@@ -182,15 +186,20 @@ class OnePass:
         def work(block: Block, z: np.ndarray, start: int) -> None:
             batch, channel = block
             where = (slice(None), batch, channel) if z.ndim >= 3 else (slice(None), batch)
-            params = (
-                IFParams(theta_c[channel].reshape(-1, *tail), v_init_c[channel].reshape(-1, *tail))
-                if per_channel
-                else IFParams(theta, v_init)
-            )
+            if per_channel:
+                block_theta = theta_c[channel].reshape(-1, *tail)
+                block_v = v_init_c[channel].reshape(-1, *tail)
+            else:
+                block_theta, block_v = theta, v_init
+            parameters = {"theta": block_theta.astype(z.dtype)}
+            initial = {s: np.zeros((), z.dtype) for s in kind.states} | {
+                kind.membrane: block_v.astype(z.dtype)
+            }
             rows = (slice(start + batch.start, start + batch.stop), *where[2:])
-            for t, step in enumerate(steps(np.broadcast_to(z[where], (self.T, *z[where].shape[1:])), params)):
+            currents = np.broadcast_to(z[where], (self.T, *z[where].shape[1:]))
+            for t, step in enumerate(kind.steps(currents, parameters, initial)):
                 if keep_spikes:
-                    spikes[(t, *rows)] = step["fired"]
+                    spikes[(t, *rows)] = step[kind.spike]
             if i in self._keep_membrane:
                 membrane[rows] = step["v_next"]
 
@@ -199,6 +208,10 @@ class OnePass:
             for _ in run_blocks(lambda block, z=z, start=start: work(block, z, start), blocks(z.shape[1:])):
                 pass
         self._forget(i)
+
+    def kind(self, i: int, dtype: np.dtype) -> NeuronKind:
+        """Site ``i``'s neuron kind in the float type its currents are computed in."""
+        return neuron_kind(self.sites[i], np.dtype(dtype))
 
     def _forget(self, i: int) -> None:
         """Drops site ``i``'s currents and whatever site ``i`` was the last to read."""

@@ -16,6 +16,8 @@ import onnx_graphsurgeon as gs
 
 from icsnn_onnx import neurons
 from icsnn_onnx.contract import NEURON_DOMAIN, NEURON_DOMAIN_VERSION
+from icsnn_onnx.neurons import IF, ElementwiseFunction
+from icsnn_onnx.neurons.sigma_delta import NAME as SIGMA_DELTA
 from icsnn_onnx.ops.elementwise import evaluate
 from icsnn_onnx.options import ConversionOptions
 
@@ -24,6 +26,7 @@ class ActivationKind(str, Enum):
     RELU = "relu"  # max(x, 0)
     CLIPPED = "clipped"  # min(max(x, 0), λ)
     QUANTIZED = "quantized"  # (λ/L)·clip(floor(x·L/λ + φ), 0, L)
+    GENERIC = "generic"  # any other elementwise f, carried as the graph's own nodes
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,16 @@ class TransferFunction:
     upper_bound: float | None = None  # λ
     levels: int | None = None  # L
     offset: float | None = None  # φ, the rounding offset of a quantized activation
+    function: ElementwiseFunction | None = None  # f itself (generic activations)
+    nonnegative: bool = True  # f(x) >= 0 for every x (what a padded MaxPool after it needs)
 
     def __post_init__(self) -> None:
+        if self.kind is ActivationKind.GENERIC:
+            if self.function is None or self.upper_bound is not None or self.levels is not None:
+                raise ValueError("a generic activation is its function, with no bound or levels")
+            return
+        if self.function is not None or not self.nonnegative:
+            raise ValueError(f"a {self.kind.value} activation is >= 0 and defined by its parameters")
         if self.kind is ActivationKind.RELU:
             if self.upper_bound is not None or self.levels is not None or self.offset is not None:
                 raise ValueError("an unclipped ReLU has no bound, levels or offset")
@@ -62,7 +73,10 @@ class TransferFunction:
 
     def equations(self) -> tuple[TransferStep, ...]:
         """The function as elementwise ONNX ops applied in turn to ``x``: the one definition that
-        :meth:`__call__` evaluates in numpy and the read-out (``passes/unroll``) emits as nodes."""
+        :meth:`__call__` evaluates in numpy and the read-out (``passes/unroll``) emits as nodes
+        (a generic activation is its :attr:`function`, evaluated inside its neuron)."""
+        if self.kind is ActivationKind.GENERIC:
+            raise ValueError("a generic activation has no chain of ops: it is its function")
         if self.kind is ActivationKind.RELU:
             return (TransferStep("Relu"),)
         lam = float(self.upper_bound)
@@ -79,6 +93,8 @@ class TransferFunction:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Evaluate the recognized function in numpy, as the ONNX read-out computes it."""
+        if self.function is not None:
+            return self.function(x)
         value = np.asarray(x)
         for step in self.equations():
             constants = [
@@ -89,6 +105,8 @@ class TransferFunction:
         return value
 
     def describe(self) -> str:
+        if self.function is not None:
+            return self.function.description
         if self.kind is ActivationKind.RELU:
             return "relu"
         if self.kind is ActivationKind.CLIPPED:
@@ -98,19 +116,43 @@ class TransferFunction:
 
 @dataclass(frozen=True)
 class ActivationSite:
-    """A maximal elementwise chain ``input → … → output`` computing a (clipped) ReLU."""
+    """An elementwise region (or a span of one) ``input → … → output``: an activation, made a
+    neuron of the kind its transfer function calls for (:attr:`neuron`)."""
 
     name: str
     input: str  # pre-activation tensor name
     output: str  # activation tensor name
     nodes: tuple[str, ...]  # names of the chain's nodes, input to output
     transfer: TransferFunction
+    note: str = ""  # why a generic activation is not the IF neuron's (its transfer is not ReLU-like)
+
+    @property
+    def neuron(self) -> str:
+        """The neuron kind's name: the IF neuron for the ReLU family, else sigma-delta."""
+        return SIGMA_DELTA if self.transfer.kind is ActivationKind.GENERIC else IF.name
 
     def __post_init__(self) -> None:
         if not self.nodes:
             raise ValueError(f"activation site {self.name!r} has no nodes")
         if self.input == self.output:
             raise ValueError(f"activation site {self.name!r} maps a tensor onto itself")
+
+
+@dataclass(frozen=True)
+class CompensatedUnit:
+    """Nodes that are not affine in their time-varying inputs, between neurons, computed at every
+    step on the running means of those inputs and emitting the change of ``t·f(means)``
+    (expectation compensation, docs/method.md §15): dense work, no spikes. One node, or several
+    joined where an integer tensor runs between them (a quantizer and the op that reads it)."""
+
+    name: str
+    nodes: tuple[str, ...]  # topological order
+    op_types: tuple[str, ...]
+    reason: str  # why its first node is not affine in its time-varying inputs
+
+    def __post_init__(self) -> None:
+        if not self.nodes or len(self.nodes) != len(self.op_types):
+            raise ValueError(f"compensated unit {self.name!r} needs its nodes and their op types")
 
 
 class EncodingKind(str, Enum):
@@ -160,6 +202,8 @@ class Program:
     extra_opsets: dict[str, int] = field(default_factory=dict)  # e.g. ai.onnx.ml
     sites: dict[str, ActivationSite] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)  # node name → why not an activation
+    side: dict[str, str] = field(default_factory=dict)  # node name → why it is a dense side computation
+    units: dict[str, CompensatedUnit] = field(default_factory=dict)  # compensated units by name
     thresholds: dict[str, np.ndarray] = field(default_factory=dict)  # site name → θ
     v_init: dict[str, np.ndarray] = field(default_factory=dict)  # site name → v(0)
     encoders: dict[str, InputEncoder] = field(default_factory=dict)  # graph input → its encoder
@@ -189,6 +233,11 @@ class Program:
         return model
 
     @property
+    def unit_nodes(self) -> frozenset[str]:
+        """Every node of every compensated unit."""
+        return frozenset(n for unit in self.units.values() for n in unit.nodes)
+
+    @property
     def gates(self) -> frozenset[str]:
         """MaxPool nodes realized by the spike gate (stateful over time, like a neuron)."""
         return frozenset(name for name, policy in self.maxpools.items() if policy == "gate")
@@ -202,6 +251,8 @@ class Program:
             extra_opsets=dict(self.extra_opsets),
             sites=dict(self.sites),
             rejected=dict(self.rejected),
+            side=dict(self.side),
+            units=dict(self.units),
             thresholds=dict(self.thresholds),
             v_init=dict(self.v_init),
             encoders=dict(self.encoders),

@@ -22,6 +22,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from icsnn_onnx.neurons import ElementwiseFunction
+from icsnn_onnx.neurons.equations import Equation
+from icsnn_onnx.neurons.function import X, Y
 from icsnn_onnx.ops.elementwise import AFFINE_ELEMENTWISE, FLOAT_TENSOR_TYPES, NUMPY_OPS, evaluate
 from icsnn_onnx.passes.graph_utils import is_empty, is_graph_output
 
@@ -228,3 +231,33 @@ def transfer_of(blocks: tuple[Block, ...]) -> Callable[[np.ndarray], np.ndarray]
         return np.broadcast_to(values[blocks[-1].output.name].astype(np.float64), x.shape)
 
     return f
+
+
+def function_of(blocks: tuple[Block, ...], description: str = "") -> ElementwiseFunction:
+    """The function consecutive blocks compute, as an equation table of their own nodes: the
+    span's input is ``x``, its output ``y``, each uniform constant a scalar of its own dtype."""
+    names = {blocks[0].input.name: X, blocks[-1].output.name: Y}
+    constants: list[tuple[str, np.ndarray]] = []
+    equations = []
+    for block in blocks:
+        for node in block.nodes:
+            args = []
+            for t in node.inputs:
+                if is_empty(t):
+                    args.append("")
+                elif isinstance(t, gs.Constant):
+                    name = f"c{len(constants)}"
+                    constants.append((name, np.asarray(t.values).reshape(-1)[0].copy()))
+                    args.append(name)
+                else:
+                    args.append(names[t.name])
+            out = node.outputs[0].name
+            names.setdefault(out, f"t{len(names)}")
+            attrs = tuple(sorted((k, _attr(v)) for k, v in node.attrs.items()))
+            equations.append(Equation(names[out], node.op, tuple(args), attrs))
+    return ElementwiseFunction(tuple(equations), tuple(constants), description)
+
+
+def _attr(value: object) -> object:
+    """An attribute as an ONNX attribute value (a string for graphsurgeon's str-like values)."""
+    return value.decode() if isinstance(value, bytes) else value

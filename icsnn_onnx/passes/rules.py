@@ -6,8 +6,9 @@ steps, so an op is exact there iff it is *affine in its time-varying ("stream") 
 streams, and returns ``None`` when the node is affine in them, or the reason it is not.
 
 Ops with no stream input are time-invariant and computed once, whatever they are; nonlinear
-ops after the last neurons are applied once to the averaged read-out (e.g. Softmax). Only a
-non-affine op *between* neurons blocks conversion.
+ops after the last neurons are applied once to the averaged read-out (e.g. Softmax). A
+non-affine op *between* neurons is compensated (:mod:`.compensate`): the reason given here is
+what ``inspect`` shows for it.
 """
 
 from __future__ import annotations
@@ -140,4 +141,4 @@ def _elementwise_nonlinear(node: gs.Node, streams: Sequence[bool]) -> str | None
 
 @rule("Softmax", "LogSoftmax", "LRN", "LayerNormalization", "InstanceNormalization", "GroupNormalization")
 def _normalizing(node: gs.Node, streams: Sequence[bool]) -> str | None:
-    return f"{node.op} is nonlinear (allowed only after the last spiking layer)"
+    return f"{node.op} is nonlinear in its inputs (normalizes over many of them)"

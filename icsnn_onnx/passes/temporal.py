@@ -22,14 +22,14 @@ reports every such node at once, before any calibration or output.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from icsnn_onnx.errors import ConversionError, UnsupportedNode, UnsupportedOperatorError
-from icsnn_onnx.passes import Pass, PassResult
+from icsnn_onnx.errors import UnsupportedNode
 from icsnn_onnx.passes.encoding import encoded_inputs
+from icsnn_onnx.passes.graph_utils import outer_scope_inputs
 from icsnn_onnx.passes.program import Program
 from icsnn_onnx.passes.rules import STRUCTURAL_OPS, check
 
@@ -42,6 +42,7 @@ class TemporalPlan:
     structural: tuple[str, ...]
     streams: frozenset[str]  # tensor names that vary over time
     cuts: tuple[str, ...]  # stream tensors averaged for the read-out
+    units: frozenset[str] = frozenset()  # per-step nodes that are compensated (dense) units
 
 
 def analyze(
@@ -49,9 +50,13 @@ def analyze(
     is_neuron: Callable[[gs.Node], bool],
     rejected: Mapping[str, str] | None = None,
     stream_inputs: frozenset[str] = frozenset(),
+    units: Collection[str] = frozenset(),
 ) -> tuple[TemporalPlan, list[UnsupportedNode]]:
-    """Classify the nodes of ``graph`` (sorted in place) and list those that block conversion."""
+    """Classify the nodes of ``graph`` (sorted in place) and list the non-affine ones between
+    neurons that are not already ``units`` (compensated: they run per step on the means of their
+    inputs, :mod:`.compensate`)."""
     rejected = rejected or {}
+    units = frozenset(units)
     graph.toposort()
     nodes = list(graph.nodes)
     streams: set[str] = set(stream_inputs)
@@ -68,6 +73,10 @@ def analyze(
             continue
         flags = [isinstance(t, gs.Variable) and t.name in streams for t in node.inputs]
         implicit = sorted(outer_scope_inputs(node) & streams)
+        if node.name in units and (implicit or any(flags)):
+            stream_nodes.append(node)
+            streams.update(t.name for t in node.outputs)
+            continue
         if implicit:
             reason = f"its subgraph reads the time-varying {implicit[:3]} (control flow is not converted)"
             nonlinear[node.name] = UnsupportedNode(node.name, node.op, reason, _output_name(node))
@@ -118,25 +127,9 @@ def analyze(
         structural=tuple(n for n in structural if n not in head),
         streams=frozenset(streams - head_tensors),
         cuts=tuple(dict.fromkeys(cuts)),
+        units=frozenset(n.name for n in stream_nodes if n.name in units and n.name not in head),
     )
     return plan, blocked
-
-
-def outer_scope_inputs(node: gs.Node) -> set[str]:
-    """Names a node's subgraphs (If branches, Loop and Scan bodies) read from the graph around
-    it: implicit inputs, which ``node.inputs`` does not list."""
-    found: set[str] = set()
-    for value in node.attrs.values():
-        for graph in value if isinstance(value, list) else [value]:
-            if isinstance(graph, gs.Graph):
-                defined = {t.name for t in graph.inputs}
-                for inner in graph.nodes:
-                    defined.update(t.name for t in inner.outputs)
-                for inner in graph.nodes:
-                    found.update(t.name for t in inner.inputs if isinstance(t, gs.Variable) and t.name)
-                    found.update(outer_scope_inputs(inner))
-                found -= defined
-    return found
 
 
 def site_node_names(program: Program) -> frozenset[str]:
@@ -152,6 +145,7 @@ def analyze_program(program: Program) -> tuple[TemporalPlan, list[UnsupportedNod
         lambda n: n.name in in_sites or n.name in program.gates,
         program.rejected,
         encoded_inputs(program.graph, program.options.encoding),
+        program.unit_nodes,
     )
 
 
@@ -175,18 +169,3 @@ def nonlinear_nodes(program: Program) -> list[UnsupportedNode]:
         for n in graph.nodes
         if n.inputs and (reason := check(n, [True] + [False] * (len(n.inputs) - 1))) is not None
     ]
-
-
-class CheckSupport(Pass):
-    """Fail early, listing every node that cannot be made spiking."""
-
-    def call(self, program: Program) -> PassResult:
-        if not program.sites:
-            nodes = nonlinear_nodes(program)
-            if nodes:
-                raise UnsupportedOperatorError(nodes, headline="no ReLU-like activation found")
-            raise ConversionError("the model has no nonlinear activation: there is nothing to make spiking")
-        _, blocked = analyze_program(program)
-        if blocked:
-            raise UnsupportedOperatorError(blocked)
-        return PassResult(program, False)

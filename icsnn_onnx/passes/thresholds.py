@@ -5,6 +5,8 @@
 - Unclipped ReLU: θ = a statistic (max, a percentile, or the least-squares θ for the compiled
   T's levels) of the site's activations on calibration data (:mod:`icsnn_onnx.calibration.statistics`).
   Activations above θ saturate.
+- Generic activation (a sigma-delta neuron, signed spikes): the same statistic of the magnitude
+  of its activation ``|f(z)|`` (docs/method.md §14).
 
 The neuron emits θ·s(t), so weights are left untouched (θ lives in the neuron).
 """
@@ -47,22 +49,26 @@ class NormalizeThresholds(Pass):
 
     def call(self, program: Program) -> PassResult:
         options = program.options
-        unclipped = [s for s in program.sites.values() if s.transfer.kind is ActivationKind.RELU]
+        unclipped = [
+            s
+            for s in program.sites.values()
+            if s.transfer.kind in (ActivationKind.RELU, ActivationKind.GENERIC)
+        ]
         for site in program.sites.values():
             if site.transfer.upper_bound is not None:
                 program.thresholds[site.name] = np.asarray(site.transfer.upper_bound, np.float32)
         if unclipped and self.calib is None:
             names = ", ".join(s.name for s in unclipped[:5]) + (" …" if len(unclipped) > 5 else "")
             raise CalibrationError(
-                f"{len(unclipped)} unclipped ReLU site(s) ({names}) need calibration data "
-                "for their thresholds (--calib)"
+                f"{len(unclipped)} unclipped ReLU or generic activation site(s) ({names}) need "
+                "calibration data for their thresholds (--calib)"
             )
         fitted = unclipped + self._clipped_to_fit(program) if self.calib is not None else []
         if fitted:
             calib = self.calib.head(options.calib_samples)
             stats = activation_thresholds(
                 program.to_onnx(),
-                [s.input for s in fitted],
+                [_statistic_of(s) for s in fitted],
                 calib,
                 percentile=options.percentile,
                 levels=options.T if options.threshold_method == "mse" else None,
@@ -70,12 +76,15 @@ class NormalizeThresholds(Pass):
                 bounds={
                     s.input: s.transfer.upper_bound for s in fitted if s.transfer.upper_bound is not None
                 },
+                magnitudes=[s.output for s in fitted if s.transfer.kind is ActivationKind.GENERIC],
                 batch_size=options.batch_size,
                 progress=self.progress,
                 engine=self.engine,
             )
             for site in fitted:
-                program.thresholds[site.name] = self._shape(program, site.name, site.input, stats[site.input])
+                program.thresholds[site.name] = self._shape(
+                    program, site.name, site.input, stats[_statistic_of(site)]
+                )
             logger.info("calibrated %d threshold(s) on %s samples", len(fitted), calib.size or "all")
         program.metadata[THRESHOLD_SOURCE_KEY] = "calibration" if fitted else "clip bounds"
         if fitted:
@@ -106,3 +115,9 @@ class NormalizeThresholds(Pass):
             return np.asarray(theta.reshape(()), np.float32)
         rank = len(program.graph.tensors()[tensor].shape)
         return theta.reshape(channel_shape(rank, theta.size)).astype(np.float32)
+
+
+def _statistic_of(site: ActivationSite) -> str:
+    """The tensor θ is a statistic of: a ReLU's pre-activation (its values ReLU'd), a generic
+    activation's output (its magnitude)."""
+    return site.output if site.transfer.kind is ActivationKind.GENERIC else site.input

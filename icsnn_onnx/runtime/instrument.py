@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from icsnn_onnx.contract import loop_step_name, parse_step_name, step_name
+from icsnn_onnx.contract import NEURON_DOMAIN, loop_step_name, parse_step_name, step_name
 from icsnn_onnx.errors import ModelLoadError
 from icsnn_onnx.neurons import IF, NeuronKind, kind_of
 
@@ -47,7 +47,14 @@ class NeuronLayer:
     v_init: str  # v(0)
     threshold: np.ndarray | None  # θ (portable neurons; None for the channelwise form)
     loop: LoopStep | None = None
-    kind: str = IF.name  # the neuron kind (icsnn_onnx.neurons) of its steps
+    op_type: str = IF.op_type  # its steps' op type: which neuron kind (icsnn_onnx.neurons)
+
+    @property
+    def kind(self) -> NeuronKind:
+        """The neuron kind of its steps (for a sigma-delta kind of another process: its signature)."""
+        kind = kind_of(NEURON_DOMAIN, self.op_type)
+        assert kind is not None  # found as a step
+        return kind
 
     @property
     def tensor(self) -> str:
@@ -94,7 +101,7 @@ def neuron_layers(model: onnx.ModelProto) -> list[NeuronLayer]:
                 v_init=_input(kind, nodes[0], kind.membrane),
                 threshold=theta,
                 loop=loop,
-                kind=kind.name,
+                op_type=kind.op_type,
             )
         )
     return layers

@@ -43,6 +43,7 @@ import onnx_graphsurgeon as gs
 
 from icsnn_onnx.contract import CHANNELWISE_SITES_KEY, LAYOUT_KEY, PER_STEP_OF_KEY, PER_STEP_OUTPUTS_KEY
 from icsnn_onnx.errors import ConversionError
+from icsnn_onnx.neurons import IF
 from icsnn_onnx.options import ConversionOptions, Layout, Target
 from icsnn_onnx.passes import Pass, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import rename_duplicates, static_dims
@@ -72,17 +73,27 @@ class Unroll(Pass):
         graph = program.graph
         gates = program.gates
         plan, blocked = analyze(
-            graph, lambda n: is_neuron(n) or n.name in gates, stream_inputs=frozenset(program.encoders)
+            graph,
+            lambda n: is_neuron(n) or n.name in gates,
+            stream_inputs=frozenset(program.encoders),
+            units=program.unit_nodes,
         )
         require(not blocked, self.name, f"unsupported nodes reached unroll: {blocked}")
         options = program.options
         layout = _choose_layout(graph, plan, options)
         readout = {}
         if options.compensation:
-            readout = {s.output: s.transfer for s in program.sites.values() if s.output in plan.cuts}
+            # a site's activation applied to its membrane's mean, or nothing where the neuron
+            # computes f itself (the sigma-delta kinds: their integrated membrane is t·f(x̄))
+            readout = {
+                s.output: s.transfer if s.neuron == IF.name else None
+                for s in program.sites.values()
+                if s.output in plan.cuts
+            }
         cpu = options.target is Target.CPU
+        units = {name: unit.nodes for name, unit in program.units.items()}
         emitter = _emitter_class(layout)(
-            graph, plan, options.T, options.per_step, readout, program.encoders, gates, cpu
+            graph, plan, options.T, options.per_step, readout, program.encoders, gates, cpu, units
         )
         emitter.run()
         if cpu:
@@ -141,6 +152,13 @@ def time_batch_blockers(graph: gs.Graph, plan: TemporalPlan) -> list[str]:
         reason = batch_fold_blocker(node, streams)
         if reason:
             blockers.append(f"{name} ({node.op}): {reason}")
+        if name in plan.units:  # its running means are taken on [T, N, …] views of its tensors
+            for tensor in [*node.inputs, *node.outputs]:
+                dynamic = tensor.shape is None or not static_dims(tensor.shape[1:])
+                if tensor.name in plan.streams and dynamic:
+                    blockers.append(
+                        f"{name} ({node.op}): compensated, {tensor.name} has dynamic non-batch dimensions"
+                    )
     tensors = graph.tensors()
     for cut in plan.cuts:
         shape = tensors[cut].shape

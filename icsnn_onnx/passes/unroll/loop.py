@@ -25,6 +25,7 @@ from icsnn_onnx.contract import PER_STEP_HEAD, PER_STEP_SUFFIX, loop_step_name, 
 from icsnn_onnx.neurons import IF, NeuronKind
 from icsnn_onnx.passes.insert_neurons import is_neuron, site_kind
 from icsnn_onnx.passes.program import EncodingKind
+from icsnn_onnx.passes.unroll.builder import UnitWiring
 from icsnn_onnx.passes.unroll.emitter import Emitter
 from icsnn_onnx.passes.unroll.stateful import site_inputs
 
@@ -44,6 +45,7 @@ class _Step:
 class Loop(Emitter):
     def run(self) -> None:
         self._outer_outputs = list(self.graph.outputs)
+        self._clocks: dict[str, gs.Variable] = {}  # the body's step number: "count", and by float type
         self._rates: dict[str, gs.Tensor] = {}
         self._noise: dict[str, np.ndarray] = {}
         wiring = self._take_body()
@@ -102,7 +104,11 @@ class Loop(Emitter):
         def at(tensor: gs.Tensor) -> gs.Tensor:
             return step.streams[tensor.name] if tensor.name in self.plan.streams else tensor
 
-        for node, inputs, outputs in wiring:
+        for item in wiring:
+            if isinstance(item, UnitWiring):
+                self._unit_loop_step(item, step, carried, at, name)
+                continue
+            node, inputs, outputs = item
             y = outputs[0]
             if node.name in self.gates:
                 key = ("acc", node.name)
@@ -117,7 +123,13 @@ class Loop(Emitter):
                 out = gs.Variable(name(y.name), y.dtype, y.shape)
                 after = {s: gs.Variable(name(f"{node.name}.{s}"), y.dtype, y.shape) for s in kind.states}
                 before = {s: initial[s] if carried is None else carried[keys[s]] for s in kind.states}
-                self._neuron_step(kind, name(node.name), before, at(inputs[0]), parameters, out, after)
+                clock = None
+                if kind.step_count:
+                    dtype = np.dtype(y.dtype or np.float32)
+                    clock = self._clock(1, dtype) if carried is None else self._body_clock(carried, dtype)
+                self._neuron_step(
+                    kind, name(node.name), before, at(inputs[0]), parameters, out, after, None, clock
+                )
                 step.streams[y.name], step.v0[y.name] = out, initial[kind.membrane]
                 step.state.update({keys[s]: after[s] for s in kind.states})
             else:
@@ -171,6 +183,56 @@ class Loop(Emitter):
             attrs={"body": body},
         )
         return final, stacked
+
+    def _unit_loop_step(
+        self, unit: UnitWiring, step: _Step, carried: dict | None, at: Callable, name: Callable[[str], str]
+    ) -> None:
+        """A compensated unit's step 1 (``carried`` None) or the body's, carrying each input's
+        running sum and each output's t·g."""
+        sums = {x.name: carried[("ecm_sum", x.name)] for x in unit.inputs} if carried else {}
+        scaled = {o.name: carried[("ecm_scaled", o.name)] for o in unit.outputs} if carried else {}
+        values = self._unit_step(
+            unit,
+            1 if carried is None else 0,
+            at,
+            sums,
+            scaled,
+            name,
+            lambda dtype: self._body_clock(carried, dtype),
+            lambda dtype: self._body_inverse(carried, dtype),
+        )
+        step.streams.update(values)
+        step.state.update({("ecm_sum", x): v for x, v in sums.items()})
+        step.state.update({("ecm_scaled", o): v for o, v in scaled.items()})
+
+    def _body_inverse(self, carried: dict, dtype: np.dtype) -> gs.Tensor:
+        """Inside the body: 1/t in a float type (once per type)."""
+        name = loop_step_name(f"{LOOP_NODE}.inverse_clock_{dtype}")
+        if name not in self._clocks:
+            inverse = gs.Variable(name, dtype, [])
+            self._add("Reciprocal", name, [self._body_clock(carried, dtype)], [inverse])
+            self._clocks[name] = inverse
+        return self._clocks[name]
+
+    def _body_clock(self, carried: dict, dtype: np.dtype) -> gs.Tensor:
+        """Inside the body: the step number t = iteration + 2 as a float scalar (once per type)."""
+        name = loop_step_name(f"{LOOP_NODE}.clock_{dtype}")
+        if name not in self._clocks:
+            count = self._clocks.get("count")
+            if count is None:
+                count = self._clocks["count"] = gs.Variable(
+                    loop_step_name(f"{LOOP_NODE}.clock"), np.int64, []
+                )
+                self._add(
+                    "Add",
+                    loop_step_name(f"{LOOP_NODE}.clock"),
+                    [carried["iteration"], self._const(f"{LOOP_NODE}.two", 2)],
+                    [count],
+                )
+            clock = gs.Variable(name, dtype, [])
+            self._add("CastLike", name, [count, self._const(f"{LOOP_NODE}.one_{dtype}", 1.0, dtype)], [clock])
+            self._clocks[name] = clock
+        return self._clocks[name]
 
     def _body_read_outs(self, step: _Step, first: _Step, iteration: gs.Tensor) -> dict[str, gs.Tensor]:
         """Inside the body: each graph output after t = iteration + 2 steps (the head applied to

@@ -52,15 +52,18 @@ class ReadOut(Builder):
         """``value`` = the read-out of ``cut`` from the sum ``total`` of its first t steps and
         ``inv`` = 1/t; ``membranes`` = (v(t), v(0)) of a compensated cut; ``name`` tags nodes."""
         dtype = np.dtype(cut.dtype or np.float32)
-        transfer = self.readout.get(cut.name)
-        if transfer is None:
+        if cut.name not in self.readout:
             self._add("Mul", name(readout_name(cut.name, "mean")), [total, inv], [value])
             return
+        transfer = self.readout[cut.name]
         v_t, v_0 = membranes
         residual = gs.Variable(name(readout_name(cut.name, "residual")), cut.dtype, cut.shape)
         self._add("Sub", name(readout_name(cut.name, "residual")), [v_t, v_0], [residual])
         integrated = gs.Variable(name(readout_name(cut.name, "integrated")), cut.dtype, cut.shape)
         self._add("Add", name(readout_name(cut.name, "integrated")), [total, residual], [integrated])
+        if transfer is None:  # the neuron computes f itself: its integrated membrane is t·f(x̄)
+            self._add("Mul", name(readout_name(cut.name, "membrane_mean")), [integrated, inv], [value])
+            return
         mean = gs.Variable(name(readout_name(cut.name, "membrane_mean")), cut.dtype, cut.shape)
         self._add("Mul", name(readout_name(cut.name, "membrane_mean")), [integrated, inv], [mean])
         self._emit_transfer(transfer, mean, value, name(readout_name(cut.name, "readout")), dtype)

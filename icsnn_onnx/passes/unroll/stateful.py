@@ -93,7 +93,8 @@ class StatefulSteps(Builder):
         for t, z_t in enumerate(currents, start=1):
             out = gs.Variable(step_name(y.name, t), y.dtype, y.shape)
             after = {s: gs.Variable(step_name(f"{name}.{s}", t), y.dtype, y.shape) for s in kind.states}
-            self._neuron_step(kind, step_name(name, t), states, z_t, parameters, out, after, attrs)
+            clock = self._clock(t, np.dtype(y.dtype or np.float32)) if kind.step_count else None
+            self._neuron_step(kind, step_name(name, t), states, z_t, parameters, out, after, attrs, clock)
             outs.append(out)
             self.membranes[(y.name, t)] = after[kind.membrane]
             states = after
@@ -109,10 +110,14 @@ class StatefulSteps(Builder):
         out: gs.Tensor,
         after: dict[str, gs.Tensor],
         attrs: dict[str, object] | None = None,
+        clock: gs.Tensor | None = None,
     ) -> None:
         """One step of ``kind``'s neurons, e.g. ``(out(t), v(t)) = IFNeuron(v(t-1), z(t), θ)``:
-        its states before and ``after``, by name."""
+        its states before and ``after``, by name; ``clock``: the step number, for kinds that
+        read it."""
         values = {**states, kind.current: z, **parameters}
+        if kind.step_count:
+            values[kind.step_count] = clock
         self._add(
             kind.op_type,
             name,
@@ -121,6 +126,10 @@ class StatefulSteps(Builder):
             attrs=attrs or {},
             domain=NEURON_DOMAIN,
         )
+
+    def _clock(self, t: int, dtype: np.dtype) -> gs.Tensor:
+        """The step number ``t`` as a float scalar of ``dtype`` (one constant per step and type)."""
+        return self._const(f"icsnn.step_{t}.{dtype}", float(t), dtype)
 
     def _channelwise_inputs(
         self, name: str, theta: gs.Tensor, v0: gs.Tensor, y: gs.Tensor, z_1: gs.Tensor

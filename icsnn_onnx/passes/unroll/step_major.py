@@ -9,6 +9,7 @@ from icsnn_onnx.contract import (
     step_name,
 )
 from icsnn_onnx.passes.insert_neurons import is_neuron
+from icsnn_onnx.passes.unroll.builder import UnitWiring
 from icsnn_onnx.passes.unroll.emitter import Emitter
 
 
@@ -22,7 +23,11 @@ class StepMajor(Emitter):
         for name, steps in self._encoded_inputs().items():
             copies.update({(name, t): x_t for t, x_t in enumerate(steps, start=1)})
         wiring = self._take_body()
-        for node, inputs, outputs in wiring:
+        for item in wiring:
+            if isinstance(item, UnitWiring):
+                copies.update(self._unit_unrolled(item, at))
+                continue
+            node, inputs, outputs = item
             if is_neuron(node) or node.name in self.gates:
                 y = outputs[0]
                 outs = self._stateful_steps(node, inputs, y, [at(inputs[0], t) for t in range(1, self.T + 1)])

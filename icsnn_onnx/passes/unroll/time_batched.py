@@ -10,6 +10,7 @@ from icsnn_onnx.contract import (
     step_name,
 )
 from icsnn_onnx.passes.insert_neurons import is_neuron
+from icsnn_onnx.passes.unroll.builder import UnitWiring
 from icsnn_onnx.passes.unroll.emitter import Emitter
 
 
@@ -33,8 +34,29 @@ class TimeBatched(Emitter):
             joined = gs.Variable(stacked_name(name), x.dtype, self._stacked_shape(x.shape))
             self._add("Concat", stacked_name(name), steps, [joined], attrs={"axis": 0})
             stacked[name] = joined
+
+        def mapped_input(tensor: gs.Tensor, rank: int | None) -> gs.Tensor:
+            if tensor.name in stacked:
+                return stacked[tensor.name]
+            if (
+                isinstance(tensor, gs.Variable)
+                and tensor.name
+                and tensor.shape is not None
+                and len(tensor.shape) == rank
+            ):
+                return tile(tensor)  # a per-sample activation computed once: repeat it per step
+            return tensor
+
         wiring = self._take_body()
-        for node, inputs, outputs in wiring:
+        for item in wiring:
+            if isinstance(item, UnitWiring):
+                ranks = [len(t.shape) for t in item.inputs if t.shape is not None]
+                rank = max(ranks, default=None)
+                stacked.update(
+                    self._unit_stacked(item, lambda t, rank=rank: mapped_input(t, rank), self._stacked_shape)
+                )
+                continue
+            node, inputs, outputs = item
             if is_neuron(node) or node.name in self.gates:
                 z, y = inputs[0], outputs[0]
                 if z.name in stacked:
@@ -59,19 +81,7 @@ class TimeBatched(Emitter):
             rank = max(
                 (len(t.shape) for t in inputs if t.name in stacked and t.shape is not None), default=None
             )
-            mapped = []
-            for tensor in inputs:
-                if tensor.name in stacked:
-                    mapped.append(stacked[tensor.name])
-                elif (
-                    isinstance(tensor, gs.Variable)
-                    and tensor.name
-                    and tensor.shape is not None
-                    and len(tensor.shape) == rank
-                ):
-                    mapped.append(tile(tensor))  # a per-sample activation computed once: repeat it per step
-                else:
-                    mapped.append(tensor)
+            mapped = [mapped_input(tensor, rank) for tensor in inputs]
             clones = self._clone(node, mapped, outputs, stacked_name(""), self._stacked_shape)
             stacked.update({o.name: c for o, c in zip(outputs, clones, strict=True)})
         for cut in self.plan.cuts:
