@@ -39,6 +39,9 @@ CHANNELWISE_SITES_KEY = metadata_key("channelwise_sites")
 #: What spikes and what does not, as JSON: every neuron site ``{"site", "kind", "activation"}``,
 #: every compensated (dense) unit ``{"unit", "ops", "nodes", "reason"}``.
 NEURONS_KEY = metadata_key("neurons")
+#: The inputs a file was compiled for one value of (``--input``), as JSON: name → its value in
+#: words and a digest; the runtime refuses to run it with another.
+FIXED_INPUTS_KEY = metadata_key("fixed_inputs")
 COMPENSATED_KEY = metadata_key("compensated")
 
 

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 
 from icsnn_onnx._version import __version__
-from icsnn_onnx.contract import COMPENSATED_KEY, CONVERTER_VERSION_KEY, NEURONS_KEY, SITES_KEY
-from icsnn_onnx.data import DataSource, input_specs, load_dataset
+from icsnn_onnx.contract import (
+    COMPENSATED_KEY,
+    CONVERTER_VERSION_KEY,
+    FIXED_INPUTS_KEY,
+    NEURONS_KEY,
+    SITES_KEY,
+)
+from icsnn_onnx.data import DataSource, Fixed, fixed_values, input_specs, load_dataset, sample_specs
+from icsnn_onnx.data.fixed import compiled_record
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.options import ConversionOptions
@@ -49,6 +58,7 @@ def convert(
     options: ConversionOptions | None = None,
     progress: ProgressFactory = silent,
     engine: RayEngine | None = None,
+    fixed: Mapping[str, object] | None = None,
     **fields: object,
 ) -> onnx.ModelProto:
     """Convert an ANN (path, bytes or ModelProto) into a T-step SNN ModelProto.
@@ -60,18 +70,23 @@ def convert(
     unclipped ReLU. Wrong option values raise ``ValueError``/``TypeError``; everything a model or
     its data can get wrong raises an :class:`~icsnn_onnx.IcsnnError`. The input model is never
     modified. ``engine``: compute the thresholds' calibration statistics on Ray workers (the
-    same thresholds; Alg 2's layer-by-layer calibration stays in this process).
+    same thresholds; Alg 2's layer-by-layer calibration stays in this process). ``fixed``: inputs
+    that are not samples (a sample rate, a state), one value each (a number, a list, an array or
+    an ``.npy`` path): compiled in as constants, so control flow on them folds; the SNN keeps them
+    as inputs, and refuses to run with other values.
     """
     if options is None:
         options = ConversionOptions(**fields)  # type: ignore[arg-type]
     elif fields:
         raise TypeError(f"give options or keyword fields, not both (got {sorted(fields)})")
     source = load_model(model)
+    values = fixed_values(fixed, input_specs(source))
     dataset = None
     if calib is not None:
-        dataset = load_dataset(calib, input_specs(source), what="calibration data", error=CalibrationError)
+        specs = sample_specs(input_specs(source), values)
+        dataset = load_dataset(calib, specs, what="calibration data", error=CalibrationError)
         dataset = dataset.reusable()  # the passes read it more than once
-    program = import_model(source, options)
+    program = import_model(with_constants(source, values), options)
     PassManager(
         [
             *front_end(),
@@ -86,16 +101,65 @@ def convert(
             Unroll(),
         ]
     )(program)
-    result = finalize(program, source, options)
-    logger.info("converted %d activation site(s) into IF neurons over T=%d", len(program.sites), options.T)
+    result = finalize(program, source, options, values)
+    logger.info("converted %d activation site(s) into neurons over T=%d", len(program.sites), options.T)
     return result
 
 
-def finalize(program: Program, source: onnx.ModelProto, requested: ConversionOptions) -> onnx.ModelProto:
+def with_constants(source: onnx.ModelProto, fixed: Fixed) -> onnx.ModelProto:
+    """``source`` with each fixed input given its value as an initializer (a constant once
+    imported: what reads only it folds, an ``If`` on it is flattened to its branch)."""
+    if not fixed:
+        return source
+    model = onnx.ModelProto()
+    model.CopyFrom(source)
+    model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in fixed.items())
+    return model
+
+
+def _restore_inputs(model: onnx.ModelProto, source: onnx.ModelProto, fixed: Fixed) -> None:
+    """The SNN takes its ANN's inputs, in order: fixed ones too (unused inside, checked by the
+    runtime), so it stays a drop-in replacement."""
+    weights = {t.name for t in source.graph.initializer}
+    _rename_fixed_constants(model.graph, set(fixed))
+    have = {i.name: i for i in model.graph.input}
+    inputs = [
+        have.get(i.name, i)
+        for i in source.graph.input
+        if i.name not in weights and (i.name in have or i.name in fixed)
+    ]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+
+
+def _rename_fixed_constants(graph: onnx.GraphProto, names: set[str]) -> None:
+    """A fixed value still read inside (by the network, not folded away) is a constant of its own
+    name, ``<input>.fixed``: the input of that name stays an input the SNN takes (and ignores),
+    not an initializer a caller could override."""
+    for tensor in graph.initializer:
+        if tensor.name in names:
+            new = f"{tensor.name}.fixed"
+            tensor.name = new
+            _rename_reads(graph, {tensor.name.removesuffix(".fixed"): new})
+
+
+def _rename_reads(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
+    for node in graph.node:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _rename_reads(attribute.g, rename)
+
+
+def finalize(
+    program: Program, source: onnx.ModelProto, requested: ConversionOptions, fixed: Fixed | None = None
+) -> onnx.ModelProto:
     """Export the SNN graph as a self-describing model the installed ONNX Runtime accepts; its
     metadata records the ``requested`` options (``auto`` values as asked; what they resolved to
-    under their own keys)."""
+    under their own keys) and the fixed inputs it was compiled for."""
     model = program.to_onnx()
+    if fixed:
+        _restore_inputs(model, source, fixed)
     model.producer_name = "icsnn-onnx"
     model.producer_version = __version__
     model.graph.name = f"{source.graph.name or 'model'}_snn"
@@ -120,6 +184,7 @@ def finalize(program: Program, source: onnx.ModelProto, requested: ConversionOpt
                 for u in program.units.values()
             ]
         ),
+        **({FIXED_INPUTS_KEY: compiled_record(fixed)} if fixed else {}),
         **program.metadata,
     }
     onnx.helper.set_model_props(model, metadata)

@@ -5,10 +5,11 @@ which run once, and what cannot be converted — with the share of activations t
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from icsnn_onnx.converter import ModelSource, front_end
-from icsnn_onnx.data import InputSpec, input_specs
+from icsnn_onnx.converter import ModelSource, front_end, with_constants
+from icsnn_onnx.data import InputSpec, fixed_values, input_specs
 from icsnn_onnx.errors import UnsupportedNode
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions
@@ -17,7 +18,7 @@ from icsnn_onnx.passes.canonicalize import default_opset, import_model
 from icsnn_onnx.passes.compensate import plan_units
 from icsnn_onnx.passes.program import ActivationKind, ActivationSite, CompensatedUnit, Program
 from icsnn_onnx.passes.regions import find_regions, is_affine
-from icsnn_onnx.passes.temporal import analyze_program, nonlinear_nodes, site_node_names
+from icsnn_onnx.passes.temporal import analyze_program, branch_hint, nonlinear_nodes, site_node_names
 from icsnn_onnx.quiet import quiet_dependencies
 
 #: How each kind of node behaves over time, as ``inspect`` says it.
@@ -48,6 +49,7 @@ class Inspection:
     side: tuple[tuple[str, str], ...] = ()  # (node, why it is a dense side computation)
     activations: int = 0  # nonlinear nodes of the elementwise activations (side computations apart)
     spiking_activations: int = 0  # of those, in neuron sites
+    notes: tuple[str, ...] = ()  # what stays dense that fixing an input would convert
 
     @property
     def convertible(self) -> bool:
@@ -92,11 +94,19 @@ def activation_nodes(program: Program) -> tuple[int, int]:
 
 @quiet_dependencies()
 def inspect_model(
-    model: ModelSource, *, maxpool: str = DEFAULT_MAXPOOL, encoding: str = "direct"
+    model: ModelSource,
+    *,
+    maxpool: str = DEFAULT_MAXPOOL,
+    encoding: str = "direct",
+    fixed: Mapping[str, object] | None = None,
 ) -> Inspection:
-    """Analyse a model without converting it (no calibration needed), for these options."""
+    """Analyse a model without converting it (no calibration needed), for these options and
+    fixed inputs (compiled in as :func:`~icsnn_onnx.convert` would)."""
     source = load_model(model)
-    program = import_model(source, ConversionOptions(maxpool=maxpool, encoding=encoding))
+    values = fixed_values(fixed, input_specs(source))
+    program = import_model(
+        with_constants(source, values), ConversionOptions(maxpool=maxpool, encoding=encoding)
+    )
     PassManager(front_end())(program)
     refused = plan_units(program) if program.sites else nonlinear_nodes(program)
     in_sites = {n: s for s in program.sites.values() for n in s.nodes}
@@ -126,6 +136,11 @@ def inspect_model(
             behaviour = ONCE
         counts[(node.op, behaviour)] += 1
     activations, spiking = activation_nodes(program)
+    notes = tuple(
+        f"{node.name} ({node.op}): {branch_hint(program.graph, node)}"
+        for node in program.graph.nodes
+        if node.op == "If" and node.name not in plan.body and node.name not in plan.head
+    )
     return Inspection(
         inputs=tuple(input_specs(source)),
         outputs=tuple(o.name for o in source.graph.output),
@@ -139,4 +154,5 @@ def inspect_model(
         side=tuple(program.side.items()),
         activations=activations,
         spiking_activations=spiking,
+        notes=notes,
     )

@@ -14,13 +14,14 @@ Choose on held-out data (a validation split), never on the test set you report.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import onnx
 
 from icsnn_onnx.converter import ModelSource, convert
-from icsnn_onnx.data import Data, DataSource, input_specs, load_dataset
-from icsnn_onnx.errors import CalibrationError, DataError
+from icsnn_onnx.data import Data, DataSource, fixed_values, input_specs, load_dataset, sample_specs
+from icsnn_onnx.errors import CalibrationError, DataError, OptionError
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.options import ConversionOptions, threshold_depends_on_T
 from icsnn_onnx.progress import ProgressFactory, silent
@@ -47,6 +48,7 @@ def tune(
     max_T: int = 64,
     progress: ProgressFactory = silent,
     engine: RayEngine | None = None,
+    fixed: Mapping[str, object] | None = None,
     **fields: object,
 ) -> TuneResult:
     """The smallest T ≤ ``max_T`` whose SNN, built as ``options`` says (its ``T`` and ``per_step``
@@ -63,27 +65,38 @@ def tune(
     if isinstance(max_T, bool) or not isinstance(max_T, int) or max_T < 1:
         raise ValueError(f"max_T must be a positive integer, got {max_T!r}")
     source = load_model(model)
-    dataset = load_dataset(data, input_specs(source), what="tuning data").reusable()  # once per T
+    specs = sample_specs(input_specs(source), fixed_values(fixed, input_specs(source)))
+    dataset = load_dataset(data, specs, what="tuning data").reusable()  # once per T
     if calib is not None:  # opened once, not once per conversion
-        calib = load_dataset(calib, input_specs(source), what="calibration data", error=CalibrationError)
+        calib = load_dataset(calib, specs, what="calibration data", error=CalibrationError)
         calib = calib.reusable()
     stepwise = options.init in ("half", "zero") and not threshold_depends_on_T(options.threshold)
     if engine is not None:
+        if fixed:
+            raise OptionError("tune --engine ray does not take fixed inputs yet: tune locally")
         return _tune_distributed(source, calib, dataset, options, stepwise, max_drop, max_T, engine)
-    ann = evaluate(Session(source, provider="cpu"), dataset, progress=progress).accuracy
+    ann = evaluate(Session(source, provider="cpu", fixed=fixed), dataset, progress=progress).accuracy
     if ann is None:
         raise DataError("tuning data needs integer labels 'y'")
     target = _target(ann, max_drop)
     table: dict[int, float] = {}
     if stepwise:
-        snn = convert(source, calib, options=replace(options, T=max_T, per_step=True), progress=progress)
-        steps = evaluate(Session(snn, provider="cpu"), dataset, progress=progress).per_step_accuracy
+        snn = convert(
+            source, calib, options=replace(options, T=max_T, per_step=True), progress=progress, fixed=fixed
+        )
+        steps = evaluate(
+            Session(snn, provider="cpu", fixed=fixed), dataset, progress=progress
+        ).per_step_accuracy
         table = {t: acc for t, acc in enumerate(steps, start=1)}
     else:
         T = 1
         while T <= max_T:
-            snn = convert(source, calib, options=replace(options, T=T, per_step=False), progress=progress)
-            table[T] = evaluate(Session(snn, provider="cpu"), dataset, progress=progress).accuracy
+            snn = convert(
+                source, calib, options=replace(options, T=T, per_step=False), progress=progress, fixed=fixed
+            )
+            table[T] = evaluate(
+                Session(snn, provider="cpu", fixed=fixed), dataset, progress=progress
+            ).accuracy
             if table[T] >= target:
                 break
             T *= 2

@@ -206,8 +206,6 @@ BAD_WEIGHTS: dict[str, tuple[Callable[[Path], str], str]] = {
 # Models that load but cannot be converted: convert and inspect name the reason.
 UNCONVERTIBLE: dict[str, tuple[Callable[[Path], str], str]] = {
     "custom-op-between": (_model("custom_between", bad_models.custom_op_between), "swizzle"),
-    "if-between": (_model("if_between", bad_models.if_between), "branch"),
-    "loop-between": (_model("loop_between", bad_models.loop_between), "loop"),
     "random-between": (_model("random", bad_models.random_between), "the_noise"),
     "integer-only": (_model("integers", bad_models.integer_only), "no nonlinear activation"),
     "already-spiking": (lambda ws: str(ws / "snn.onnx"), "already a spiking network"),

@@ -206,7 +206,9 @@ def test_an_lstm_between_neurons_is_one_unit_and_converges():
     assert errors[1] < errors[0] / 4, errors
 
 
-def test_control_flow_reading_time_varying_tensors_is_refused_by_name(digits):
+def test_control_flow_reading_time_varying_tensors_is_a_unit_and_converges(digits):
+    """An If on a time-invariant but data-dependent condition whose branches read a neuron layer:
+    a compensated unit, its branches reading the running means."""
     then_branch = helper.make_graph(
         [helper.make_node("Relu", ["a"], ["t_out"])],
         "then",
@@ -227,11 +229,15 @@ def test_control_flow_reading_time_varying_tensors_is_refused_by_name(digits):
         ),
     ]
     model = _between(nodes, {"zero": S(0)})
-    with pytest.raises(
-        icsnn_onnx.UnsupportedOperatorError,
-        match=r"branch \(If → c\): its subgraph reads the time-varying \['a'\]",
-    ):
-        icsnn_onnx.convert(model, digits[0][:8], T=4)
+    assert [u.op_types for u in icsnn_onnx.inspect_model(model).units] == [("If",)]
+    x = digits[0][:32]
+    ann = run(model, x)[0]
+    errors = [relative_error(run(icsnn_onnx.convert(model, x, T=t, init="half"), x)[0], ann) for t in (4, 64)]
+    assert errors[1] < errors[0] and errors[1] < 0.05, errors
+    looped = run(icsnn_onnx.convert(model, x, T=8, init="half", layout="loop"), x)[0]
+    unrolled = run(icsnn_onnx.convert(model, x, T=8, init="half"), x)[0]
+    np.testing.assert_allclose(looped, unrolled, atol=1e-4 * np.abs(unrolled).max())
+    icsnn_onnx.convert(model, x, T=4)  # Alg 2's segments read around the If too
 
 
 def test_a_model_with_only_compensated_nonlinearities_is_refused_there_is_nothing_to_spike(digits):
@@ -255,3 +261,17 @@ def test_weights_as_graph_inputs_are_not_streams():
     model = _between(nodes, inits)
     assert {t.name for t in model.graph.initializer} >= {"wq", "wzp", "wscale"}
     assert numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "wq")).dtype == np.int8
+
+
+@pytest.mark.parametrize("build", ["if_between", "loop_between"])
+def test_control_flow_that_used_to_be_refused_converts_as_a_unit(build, digits):
+    """An If and a Loop whose bodies read a neuron layer (tests/bad_models.py): compensated."""
+    from tests import bad_models
+
+    model, x = getattr(bad_models, build)(), digits[0][:16]
+    report = icsnn_onnx.inspect_model(model)
+    # a mask on the layer (Greater) joins the If that reads it: a bool carries no mean
+    (unit,) = report.units
+    assert report.convertible and unit.op_types[-1] in ("If", "Loop")
+    ann = run(model, x)[0]
+    assert relative_error(run(icsnn_onnx.convert(model, x, T=32), x)[0], ann) < 0.05

@@ -21,7 +21,7 @@ has per-step outputs): relative error and agreement of the predicted class.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,6 +100,7 @@ def diagnose(
     batch_size: int = 16,
     provider: str = "auto",
     progress: ProgressFactory = silent,
+    fixed: Mapping[str, object] | None = None,
 ) -> Diagnosis:
     """Trace every neuron layer of ``snn`` against ``ann`` on ``data`` (see the module docstring)."""
     snn_model, ann_model = load_model(snn), load_model(ann)
@@ -114,7 +115,7 @@ def diagnose(
         raise DataError(f"steps must lie in 1..{T}, got {list(steps)}")
     traced = [layer for layer in layers if layer.T == T]  # rate encoders of other lengths aside
     instrumented, probes = instrument(snn_model, traced, steps)
-    snn_session = Session(instrumented, provider=provider)
+    snn_session = Session(instrumented, provider=provider, fixed=fixed)
     ann_tensors = {o for n in ann_model.graph.node for o in n.output} | {
         i.name for i in ann_model.graph.input
     }
@@ -123,7 +124,7 @@ def diagnose(
     per_step = stepwise.get(output)
     layer_tensors = {t for layer in traced for t in (layer.tensor, layer.current) if t in ann_tensors}
     wanted = [output, *sorted(layer_tensors - {output})]
-    ann_session = Session(expose(ann_model, wanted), provider=provider)
+    ann_session = Session(expose(ann_model, wanted), provider=provider, fixed=fixed)
     if [s.name for s in ann_session.inputs] != [s.name for s in snn_session.inputs]:
         raise DataError("the ANN's inputs are not the SNN's: give the ANN this SNN was converted from")
     snn_names = [output, *([per_step] if per_step else [])]

@@ -21,6 +21,7 @@ the data size.
 from __future__ import annotations
 
 import platform
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def report(
     provider: str = "auto",
     energy: EnergyModel | None = None,
     progress: ProgressFactory = silent,
+    fixed: Mapping[str, object] | None = None,
 ) -> Report:
     """Measure ``snn`` on ``data`` (see the module docstring)."""
     data = data.reusable()  # read by the probe, the SNN and the ANN
@@ -109,7 +111,7 @@ def report(
     constants = {t.name for t in model.graph.initializer}
     probe_names = [n for n in [*probe_tensors(paths), *(s.input for s in synapses)] if n not in constants]
     expose_also(instrumented, [*membranes.values(), *probe_names])
-    session = Session(instrumented, provider=provider)
+    session = Session(instrumented, provider=provider, fixed=fixed)
     head = Session(by_step.head, provider="cpu") if by_step is not None else None
     ann_session, ann_tensors = None, []
     if ann is not None:
@@ -117,7 +119,7 @@ def report(
         check_same_inputs(session.inputs, input_specs(ann_model), str(ann))
         known = {o for n in ann_model.graph.node for o in n.output}
         ann_tensors = [layer.tensor for layer in layers if layer.tensor in known]
-        ann_session = Session(expose(ann_model, [output, *ann_tensors]), provider=provider)
+        ann_session = Session(expose(ann_model, [output, *ann_tensors]), provider=provider, fixed=fixed)
 
     probe = session.run(_first_batch(session, data), list(dict.fromkeys(probe_names)))
     routes = spike_routes(model, sources, paths, probe)

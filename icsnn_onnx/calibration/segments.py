@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from icsnn_onnx.ops.subgraphs import subgraph_reads
+
 
 def extract(
     model: onnx.ModelProto, outputs: Iterable[str], cuts: set[str]
@@ -51,9 +53,10 @@ def extract(
             seen.add(id(node))
             kept.append(node)
             stack.extend(node.input)
+            stack.extend(subgraph_reads(node))  # an If's branches read around it too
     order = {id(n): i for i, n in enumerate(graph.node)}
     kept.sort(key=lambda n: order[id(n)])
-    used = {i for n in kept for i in n.input}
+    used = {i for n in kept for i in [*n.input, *subgraph_reads(n)]}
     types = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
     inputs = [i for i in graph.input if i.name in read_inputs]
     for cut in read_cuts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from icsnn_onnx.cli.common import progress_factory
+from icsnn_onnx.cli.common import fixed_of, progress_factory
 from icsnn_onnx.errors import IcsnnError, OptionError
 
 
@@ -16,10 +16,18 @@ def diagnose_command(args: argparse.Namespace) -> int:
     from icsnn_onnx.data import load_dataset
     from icsnn_onnx.runtime import Session
 
-    specs = Session(args.ann, provider="cpu").inputs
+    fixed = fixed_of(args)
+    specs = Session(args.ann, provider="cpu", fixed=fixed).inputs
     data = load_dataset(args.data, specs, what=str(args.data)).head(args.samples)
     d = diagnose(
-        args.snn, args.ann, data, args.steps, args.batch_size, args.provider, progress_factory(args.quiet)
+        args.snn,
+        args.ann,
+        data,
+        args.steps,
+        args.batch_size,
+        args.provider,
+        progress_factory(args.quiet),
+        fixed=fixed,
     )
     if args.json:
         print(json.dumps(d.as_dict(), indent=2))
@@ -69,7 +77,7 @@ def report_command(args: argparse.Namespace) -> int:
             raise OptionError(f"{args.output}: not a directory")
         target = args.output / "report.json" if args.output.is_dir() else args.output
         check_output(target, force=True, inputs=(args.snn, args.data, args.ann))
-    specs = Session(args.snn, provider="cpu").inputs
+    specs = Session(args.snn, provider="cpu", fixed=fixed_of(args)).inputs
     data = load_dataset(args.data, specs, what=str(args.data)).head(args.samples)
     energy = (
         EnergyModel(
@@ -80,7 +88,16 @@ def report_command(args: argparse.Namespace) -> int:
         if (args.e_ac, args.e_mac) != (0.9, 4.6)
         else EnergyModel()
     )
-    r = report(args.snn, data, args.ann, args.batch_size, args.provider, energy, progress_factory(args.quiet))
+    r = report(
+        args.snn,
+        data,
+        args.ann,
+        args.batch_size,
+        args.provider,
+        energy,
+        progress_factory(args.quiet),
+        fixed=fixed_of(args),
+    )
     record = r.as_dict()
     if args.output is not None:
         from icsnn_onnx.model_io import save_text

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from icsnn_onnx.cli.common import engine_of, options_of, progress_factory
+from icsnn_onnx.cli.common import engine_of, fixed_of, options_of, progress_factory
 from icsnn_onnx.contract import INIT_METHOD_KEY, LAYOUT_KEY, SITES_KEY, THRESHOLD_METHOD_KEY, SnnMetadata
-from icsnn_onnx.errors import DataError
+from icsnn_onnx.errors import DataError, OptionError
 from icsnn_onnx.runtime.engine import RayEngine
 
 
@@ -21,7 +21,12 @@ def convert_command(args: argparse.Namespace) -> int:
     check_output(output, args.force, inputs)  # fail before any work
     engine = engine_of(args)
     model = convert(
-        args.model, args.calib, options=options, progress=progress_factory(args.quiet), engine=engine
+        args.model,
+        args.calib,
+        options=options,
+        progress=progress_factory(args.quiet),
+        engine=engine,
+        fixed=fixed_of(args),
     )
     save_model(model, output, force=args.force, inputs=inputs)
     meta = {p.key: p.value for p in model.metadata_props}
@@ -42,10 +47,12 @@ def eval_command(args: argparse.Namespace) -> int:
 
     engine = engine_of(args)
     progress = progress_factory(args.quiet)
-    session = Session(args.model, provider=args.provider if engine is None else "cpu")
+    if engine is not None and args.fixed:
+        raise OptionError("eval --engine ray does not take fixed inputs yet: evaluate locally")
+    session = Session(args.model, provider=args.provider if engine is None else "cpu", fixed=fixed_of(args))
     ann = None
     if args.ann is not None:
-        ann = Session(args.ann, provider="cpu" if engine else args.provider)
+        ann = Session(args.ann, provider="cpu" if engine else args.provider, fixed=fixed_of(args))
         check_same_inputs(session.inputs, ann.inputs, str(args.ann))
     data = load_dataset(args.data, session.inputs, what=str(args.data))
     if engine is not None:
@@ -125,7 +132,7 @@ _MAXPOOL_EFFECT = {
 def inspect_command(args: argparse.Namespace) -> int:
     from icsnn_onnx.inspection import inspect_model
 
-    report = inspect_model(args.model, maxpool=args.maxpool, encoding=args.encoding)
+    report = inspect_model(args.model, maxpool=args.maxpool, encoding=args.encoding, fixed=fixed_of(args))
     print(f"{args.model}  (opset {report.source_opset}, producer: {report.producer or 'unknown'})")
     print("inputs:  " + ", ".join(s.describe() for s in report.inputs))
     print("outputs: " + ", ".join(report.outputs))
@@ -150,6 +157,8 @@ def inspect_command(args: argparse.Namespace) -> int:
         print(f"  {op:<22} {count:>4}  {behaviour}")
     if report.sites:
         print(f"spiking: {report.summary()}")
+    for note in report.notes:
+        print(f"note: {note}")
     if report.blockers:
         print(
             f"blocking conversion: {len(report.blockers)}"
@@ -185,6 +194,7 @@ def tune_command(args: argparse.Namespace) -> int:
         max_T=args.max_T,
         progress=progress,
         engine=engine,
+        fixed=fixed_of(args),
     )
     print(
         f"ANN accuracy {100 * r.ann_accuracy:.2f}%; target ≥ {100 * r.ann_accuracy - r.max_drop:.2f}% (init {options.init})"
@@ -199,7 +209,7 @@ def tune_command(args: argparse.Namespace) -> int:
     if args.output is not None:
         chosen = dataclasses.replace(options, T=r.chosen_T)
         save_model(
-            convert(args.model, args.calib, options=chosen, progress=progress),
+            convert(args.model, args.calib, options=chosen, progress=progress, fixed=fixed_of(args)),
             args.output,
             force=args.force,
             inputs=inputs,
@@ -213,7 +223,16 @@ def bench_command(args: argparse.Namespace) -> int:
 
     from icsnn_onnx.runtime.bench import bench
 
-    r = bench(args.ann, args.snn, args.batch, args.provider, args.repeats, args.warmup, args.cuda_graph)
+    r = bench(
+        args.ann,
+        args.snn,
+        args.batch,
+        args.provider,
+        args.repeats,
+        args.warmup,
+        args.cuda_graph,
+        fixed=fixed_of(args),
+    )
     if args.json:
         print(json.dumps(r.as_dict(), indent=2))
         return 0

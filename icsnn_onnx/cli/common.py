@@ -49,3 +49,9 @@ def engine_of(args: argparse.Namespace) -> RayEngine | None:
         return None
     ray_module()  # the extra's error before any work
     return RayEngine(args.address, args.workers, args.gpus_per_worker)
+
+
+def fixed_of(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--input NAME=VALUE`` flags as the library's ``fixed`` mapping (``None`` without any)."""
+    given = getattr(args, "fixed", None)
+    return dict(given) if given else None

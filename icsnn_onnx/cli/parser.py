@@ -7,6 +7,16 @@ from pathlib import Path
 from typing import NoReturn
 
 from icsnn_onnx._version import __version__
+from icsnn_onnx.cli.types import (
+    fixed_input,
+    gpus,
+    non_negative_int,
+    picojoules,
+    points,
+    positive_int,
+    step_list,
+    threshold,
+)
 from icsnn_onnx.export.options import GROUPS, INITIAL_POTENTIALS, THRESHOLDS, NirOptions
 from icsnn_onnx.options import (
     AUTO_CALIBRATED_MAX_T,
@@ -16,7 +26,6 @@ from icsnn_onnx.options import (
     MAXPOOL_POLICIES,
     TARGETS,
     ConversionOptions,
-    parse_threshold_method,
 )
 from icsnn_onnx.runtime.engine import RayEngine
 
@@ -25,73 +34,6 @@ NIR_DEFAULTS = NirOptions()
 ENGINE_DEFAULTS = RayEngine()
 #: Every data argument also takes shards (icsnn_onnx.data), read one at a time.
 SHARDS = ", or a folder or quoted glob of such shards"
-
-
-def _integer(text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _integer(text, 1)
-
-
-def _non_negative_int(text: str) -> int:
-    return _integer(text, 0)
-
-
-def _points(text: str) -> float:
-    """Accuracy points: a finite number in [0, 100]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected accuracy points in [0, 100], got {text!r}") from None
-    if not 0.0 <= value <= 100.0:  # NaN fails both comparisons
-        raise argparse.ArgumentTypeError(f"expected accuracy points in [0, 100], got {text!r}")
-    return value
-
-
-def _gpus(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of GPUs ≥ 0, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of GPUs ≥ 0, got {text!r}")
-    return value
-
-
-def _picojoules(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected energy in pJ ≥ 0, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected energy in pJ ≥ 0, got {text!r}")
-    return value
-
-
-def _step_list(text: str) -> tuple[int, ...]:
-    try:
-        steps = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected step counts like 8,32,128, got {text!r}") from None
-    if not steps or min(steps) < 1:
-        raise argparse.ArgumentTypeError(f"step counts must be positive integers, got {text!r}")
-    return steps
-
-
-def _threshold(text: str) -> str:
-    try:
-        parse_threshold_method(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,15 +57,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     method = _method_options()
     engine = _engine_options()
-    _convert_parser(sub, common, method, engine)
-    _eval_parser(sub, common, engine)
-    _tune_parser(sub, common, method, engine)
-    _bench_parser(sub, common)
-    _diagnose_parser(sub, common)
-    _report_parser(sub, common)
+    fixed = _fixed_options()
+    _convert_parser(sub, common, method, engine, fixed)
+    _eval_parser(sub, common, engine, fixed)
+    _tune_parser(sub, common, method, engine, fixed)
+    _bench_parser(sub, common, fixed)
+    _diagnose_parser(sub, common, fixed)
+    _report_parser(sub, common, fixed)
     _export_parser(sub, common)
-    _inspect_parser(sub, common)
+    _inspect_parser(sub, common, fixed)
     return parser
+
+
+def _fixed_options() -> argparse.ArgumentParser:
+    fixed = _Parser(add_help=False)
+    fixed.add_argument(
+        "--input",
+        dest="fixed",
+        type=fixed_input,
+        action="append",
+        metavar="NAME=VALUE",
+        help="an input that is no sample (a sample rate, a state): one value for every sample, a "
+        "number, a comma list or an .npy file (repeatable); convert compiles it in",
+    )
+    return fixed
 
 
 def _engine_options() -> argparse.ArgumentParser:
@@ -141,13 +98,13 @@ def _engine_options() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=ENGINE_DEFAULTS.workers,
         help="Ray workers (default: one per CPU)",
     )
     group.add_argument(
         "--gpus-per-worker",
-        type=_gpus,
+        type=gpus,
         default=ENGINE_DEFAULTS.gpus_per_worker,
         help="GPUs per Ray worker (default 0; above 0 the workers run on the CUDA provider)",
     )
@@ -158,12 +115,10 @@ def _method_options() -> argparse.ArgumentParser:
     """What the SNN is made of: shared by convert and tune; defaults are ConversionOptions' own."""
     method = _Parser(add_help=False)
     method.add_argument("--calib", type=Path, help=f"calibration inputs (.npz with x, or .npy){SHARDS}")
-    method.add_argument(
-        "--calib-samples", type=_positive_int, help="use only the first N calibration samples"
-    )
+    method.add_argument("--calib-samples", type=positive_int, help="use only the first N calibration samples")
     method.add_argument(
         "--threshold",
-        type=_threshold,
+        type=threshold,
         default=DEFAULTS.threshold,
         help="threshold of ReLUs (and of clipped ones, below their bound, when --calib is given): mse "
         "(least squares for the levels of the compiled T), max, a percentile pNN.NN, or auto "
@@ -199,7 +154,7 @@ def _method_options() -> argparse.ArgumentParser:
     )
     method.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=DEFAULTS.seed,
         help="seed of the Poisson encoder's noise (≥ 0, default 0)",
     )
@@ -228,7 +183,7 @@ def _method_options() -> argparse.ArgumentParser:
         "ops ONNX Runtime's CPU provider keeps in its blocked layout (faster there)",
     )
     method.add_argument(
-        "--batch-size", type=_positive_int, default=DEFAULTS.batch_size, help="calibration batch size"
+        "--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="calibration batch size"
     )
     return method
 
@@ -238,14 +193,15 @@ def _convert_parser(
     common: argparse.ArgumentParser,
     method: argparse.ArgumentParser,
     engine: argparse.ArgumentParser,
+    fixed: argparse.ArgumentParser,
 ) -> None:
     conv = sub.add_parser(
-        "convert", parents=[common, method, engine], help="convert an ANN into an unrolled SNN"
+        "convert", parents=[common, method, engine, fixed], help="convert an ANN into an unrolled SNN"
     )
     conv.add_argument("model", type=Path, help="input ANN (.onnx); never modified")
     conv.add_argument("-o", "--output", type=Path, help="output SNN (default: IN with .snn.onnx)")
     conv.add_argument(
-        "-T", "--timesteps", dest="T", type=_positive_int, default=DEFAULTS.T, help="time steps (default 32)"
+        "-T", "--timesteps", dest="T", type=positive_int, default=DEFAULTS.T, help="time steps (default 32)"
     )
     conv.add_argument(
         "--per-step", action="store_true", help="add y_per_step outputs [T, ...] for every output y"
@@ -254,14 +210,17 @@ def _convert_parser(
 
 
 def _eval_parser(
-    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, engine: argparse.ArgumentParser
+    sub: argparse._SubParsersAction,
+    common: argparse.ArgumentParser,
+    engine: argparse.ArgumentParser,
+    fixed: argparse.ArgumentParser,
 ) -> None:
-    ev = sub.add_parser("eval", parents=[common, engine], help="accuracy of a model on labelled data")
+    ev = sub.add_parser("eval", parents=[common, engine, fixed], help="accuracy of a model on labelled data")
     ev.add_argument("model", type=Path, help="model to evaluate (SNN or any classifier)")
     ev.add_argument("--data", type=Path, required=True, help=f".npz with x and integer labels y{SHARDS}")
     ev.add_argument("--ann", type=Path, help="also evaluate this ANN and compare")
     ev.add_argument("--output", help="output holding class scores or labels (default: the first)")
-    ev.add_argument("--batch-size", type=_positive_int, default=64)
+    ev.add_argument("--batch-size", type=positive_int, default=64)
     ev.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
 
 
@@ -270,9 +229,10 @@ def _tune_parser(
     common: argparse.ArgumentParser,
     method: argparse.ArgumentParser,
     engine: argparse.ArgumentParser,
+    fixed: argparse.ArgumentParser,
 ) -> None:
     tu = sub.add_parser(
-        "tune", parents=[common, method, engine], help="smallest T within --max-drop points of the ANN"
+        "tune", parents=[common, method, engine, fixed], help="smallest T within --max-drop points of the ANN"
     )
     tu.add_argument("model", type=Path, help="the ANN")
     tu.add_argument(
@@ -280,48 +240,56 @@ def _tune_parser(
     )
     tu.add_argument(
         "--max-drop",
-        type=_points,
+        type=points,
         default=0.5,
         help="accuracy points below the ANN allowed (0–100, default 0.5)",
     )
-    tu.add_argument("--max-T", type=_positive_int, default=64)
+    tu.add_argument("--max-T", type=positive_int, default=64)
     tu.add_argument("-o", "--output", type=Path, help="also write the SNN at the chosen T here")
     tu.add_argument("--force", action="store_true", help="overwrite the output if it exists")
 
 
-def _bench_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    be = sub.add_parser("bench", parents=[common], help="time an SNN against its ANN")
+def _bench_parser(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, fixed: argparse.ArgumentParser
+) -> None:
+    be = sub.add_parser("bench", parents=[common, fixed], help="time an SNN against its ANN")
     be.add_argument("ann", type=Path, help="the ANN")
     be.add_argument("snn", type=Path, help="the SNN converted from it")
-    be.add_argument("--batch", type=_positive_int, default=64)
+    be.add_argument("--batch", type=positive_int, default=64)
     be.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
-    be.add_argument("--repeats", type=_positive_int, help="timed runs of each (default: enough for ~3 s)")
-    be.add_argument("--warmup", type=_non_negative_int, default=1, help="untimed runs first (≥ 0, default 1)")
+    be.add_argument("--repeats", type=positive_int, help="timed runs of each (default: enough for ~3 s)")
+    be.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (≥ 0, default 1)")
     be.add_argument("--cuda-graph", action="store_true", help="capture and replay CUDA graphs (CUDA only)")
     be.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _diagnose_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def _diagnose_parser(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, fixed: argparse.ArgumentParser
+) -> None:
     di = sub.add_parser(
-        "diagnose", parents=[common], help="per-layer error of an SNN against its ANN at each step count"
+        "diagnose",
+        parents=[common, fixed],
+        help="per-layer error of an SNN against its ANN at each step count",
     )
     di.add_argument("snn", type=Path, help="the SNN (any layout or target)")
     di.add_argument("--ann", type=Path, required=True, help="the ANN it was converted from")
     di.add_argument(
         "--data", type=Path, required=True, help=f"inputs (.npz with x, or .npy; labels unused){SHARDS}"
     )
-    di.add_argument(
-        "--steps", type=_step_list, help="step counts to trace, e.g. 8,32,128 (default 1,2,4,…,T)"
-    )
-    di.add_argument("--samples", type=_positive_int, help="use only the first N samples")
-    di.add_argument("--batch-size", type=_positive_int, default=16)
+    di.add_argument("--steps", type=step_list, help="step counts to trace, e.g. 8,32,128 (default 1,2,4,…,T)")
+    di.add_argument("--samples", type=positive_int, help="use only the first N samples")
+    di.add_argument("--batch-size", type=positive_int, default=16)
     di.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
     di.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _report_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def _report_parser(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, fixed: argparse.ArgumentParser
+) -> None:
     rp = sub.add_parser(
-        "report", parents=[common], help="spike activity, latency, synaptic operations and energy of an SNN"
+        "report",
+        parents=[common, fixed],
+        help="spike activity, latency, synaptic operations and energy of an SNN",
     )
     rp.add_argument("snn", type=Path, help="the SNN (step-major or loop layout)")
     rp.add_argument(
@@ -334,13 +302,13 @@ def _report_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
         "--ann", type=Path, help="the ANN it was converted from: correlations, agreement, its accuracy"
     )
     rp.add_argument("-o", "--output", type=Path, help="write report.json and PNG plots into this folder")
-    rp.add_argument("--samples", type=_positive_int, help="use only the first N samples")
-    rp.add_argument("--batch-size", type=_positive_int, default=32)
+    rp.add_argument("--samples", type=positive_int, help="use only the first N samples")
+    rp.add_argument("--batch-size", type=positive_int, default=32)
     rp.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
     rp.add_argument(
-        "--e-ac", type=_picojoules, default=0.9, help="pJ per accumulate (default 0.9: 45 nm, Horowitz 2014)"
+        "--e-ac", type=picojoules, default=0.9, help="pJ per accumulate (default 0.9: 45 nm, Horowitz 2014)"
     )
-    rp.add_argument("--e-mac", type=_picojoules, default=4.6, help="pJ per multiply-accumulate (default 4.6)")
+    rp.add_argument("--e-mac", type=picojoules, default=4.6, help="pJ per multiply-accumulate (default 4.6)")
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -376,8 +344,10 @@ def _export_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     )
 
 
-def _inspect_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    ins = sub.add_parser("inspect", parents=[common], help="activation sites, op coverage, blockers")
+def _inspect_parser(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, fixed: argparse.ArgumentParser
+) -> None:
+    ins = sub.add_parser("inspect", parents=[common, fixed], help="activation sites, op coverage, blockers")
     ins.add_argument("model", type=Path)
     ins.add_argument("--maxpool", choices=MAXPOOL_POLICIES, default=DEFAULTS.maxpool, help="as for convert")
     ins.add_argument("--encoding", choices=ENCODINGS, default="direct", help="as for convert")

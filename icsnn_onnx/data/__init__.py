@@ -18,6 +18,7 @@ import numpy as np
 
 from icsnn_onnx.data.dataset import Batch, Dataset, release
 from icsnn_onnx.data.files import from_keys, read, read_file, single_input, validated
+from icsnn_onnx.data.fixed import Fixed, fixed_values, sample_specs
 from icsnn_onnx.data.specs import InputSpec, check_same_inputs, input_specs
 from icsnn_onnx.data.streams import Data, Stream, batch_count, find_shards, npy_rows, open_stream
 from icsnn_onnx.errors import DataError, IcsnnError
@@ -27,17 +28,20 @@ __all__ = [
     "Data",
     "DataSource",
     "Dataset",
+    "Fixed",
     "InputSpec",
     "Stream",
     "batch_count",
     "check_same_inputs",
     "find_shards",
+    "fixed_values",
     "from_keys",
     "input_specs",
     "load_dataset",
     "npy_rows",
     "read_file",
     "release",
+    "sample_specs",
     "single_input",
     "validated",
 ]

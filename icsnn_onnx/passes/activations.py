@@ -192,7 +192,10 @@ class RecognizeActivations(Pass):
             before = set(program.sites)
             self._record(program, region, chains=False)
             members = {n.name for block in region.blocks for n in block.nodes}
-            if any(name in program.rejected for name in members):  # some nonlinearity no IF site covers
+            mask = region.output.dtype is not None and np.dtype(region.output.dtype).kind != "f"
+            if not mask and any(
+                name in program.rejected for name in members
+            ):  # a nonlinearity no IF site covers
                 for name in set(program.sites) - before:
                     del program.sites[name]
                 self._record_generic(program, region)
@@ -202,7 +205,8 @@ class RecognizeActivations(Pass):
     @staticmethod
     def _record_generic(program: Program, region: Region) -> None:
         """One generic site for the whole region: its affine ops too, which then cost nothing of
-        their own at each step (they are part of f)."""
+        their own at each step (they are part of f). (A region ending in a mask or an integer, a
+        comparison, is no activation: :meth:`call` leaves it to the support analysis.)"""
         blocks = region.blocks
         nodes = [n for block in blocks for n in block.nodes]
         reason = next(program.rejected[n.name] for n in nodes if n.name in program.rejected)

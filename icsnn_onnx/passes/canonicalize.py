@@ -24,6 +24,7 @@ from icsnn_onnx.limits import available_memory, human
 from icsnn_onnx.ops.elementwise import FLOAT_TENSOR_TYPES
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.passes import Pass, PassResult, ensure
+from icsnn_onnx.passes.branches import inline_constant_branches
 from icsnn_onnx.passes.graph_utils import bypass, detach, is_graph_output
 from icsnn_onnx.passes.program import Program
 
@@ -57,6 +58,7 @@ def import_model(model: onnx.ModelProto, options: ConversionOptions) -> Program:
     _refuse_non_finite(model)
     model = _copy(model)
     _initializers_are_not_inputs(model)
+    inline_constant_branches(model)  # an If on a constant (a fixed input) is its branch
     source = default_opset(model)
     if source != CANONICAL_OPSET:
         try:
@@ -149,7 +151,8 @@ class Canonicalize(Pass):
         before = len(graph.nodes)
         self._name_nodes(graph)
         self._refuse_oversized(graph)
-        graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False)
+        # Ifs on constants were inlined at import (branches.py), the same way for every model
+        graph.fold_constants(error_ok=True, flatten_subgraphs=False).cleanup(remove_unused_graph_inputs=False)
         changed = self._sum_to_add(graph) | self._remove_no_ops(graph)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         self._name_nodes(graph)

@@ -11,9 +11,11 @@ docs/method.md §15). That is dense work per step, not spikes: the report counts
 An integer tensor cannot carry a difference of means, so a unit grows over every node that reads
 one of its integer outputs (a ``DynamicQuantizeLinear`` and the ``ConvInteger`` reading its
 codes are one unit), and over every node on a path between two of its nodes (a unit is computed
-at once). Refused, every node named at once: random ops (a mean of draws is no draw), ops ONNX Runtime
-has no kernel for (a custom domain's), and control flow whose subgraph reads time-varying tensors
-(fix the inputs its condition depends on with ``--input`` so that it folds).
+at once). Control flow whose subgraph reads time-varying tensors (an ``If`` on a shape, a ``Loop``) is a
+unit like any other: its subgraph reads the means of those tensors (fix the inputs its condition
+depends on with ``--input`` where it can fold instead: then what it holds spikes). Refused, every
+node named at once: random ops (a mean of draws is no draw) and ops ONNX Runtime has no kernel
+for (a custom domain's).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import onnx_graphsurgeon as gs
 from icsnn_onnx.calibration.kernels import has_kernel
 from icsnn_onnx.errors import ConversionError, UnsupportedNode, UnsupportedOperatorError
 from icsnn_onnx.passes import Pass, PassResult, ensure
-from icsnn_onnx.passes.graph_utils import outer_scope_inputs
 from icsnn_onnx.passes.program import CompensatedUnit, Program
 from icsnn_onnx.passes.temporal import TemporalPlan, analyze_program, nonlinear_nodes
 
@@ -40,12 +41,6 @@ def refusal(node: gs.Node, streams: frozenset[str]) -> str | None:
         return "a random op: the mean of its draws over the steps is not a draw"
     if not has_kernel(node.domain or "", node.op):
         return f"ONNX Runtime has no {node.domain or 'ai.onnx'}::{node.op} to compute it at each step"
-    implicit = sorted(outer_scope_inputs(node) & streams)
-    if implicit:
-        return (
-            f"its subgraph reads the time-varying {implicit[:3]}: control flow is converted only "
-            "where it folds (fix the inputs its condition reads with --input)"
-        )
     return None
 
 

@@ -42,6 +42,8 @@ SIDE_INPUTS: dict[str, frozenset[int]] = {
     "Pow": frozenset({1}),
     "Mod": frozenset({1}),
     "Where": frozenset({0}),
+    "If": frozenset({0}),  # the condition
+    "Loop": frozenset({0, 1}),  # trip count, condition
     "Clip": frozenset({1, 2}),
     "Reshape": frozenset({1}),
     "Expand": frozenset({1}),

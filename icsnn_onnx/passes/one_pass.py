@@ -85,6 +85,7 @@ class OnePass:
                 last_read[("snn", self._spike_of[cut][0])] = i
         outputs = [o.name for o in ann.graph.output if o.type.tensor_type.elem_type in FLOAT_TENSOR_TYPES]
         self._outputs = outputs
+        self._compared = outputs  # those with the batch as their first axis (the reference run decides)
         self._head, self._head_reads = extract(snn, outputs, set(self._spike_of) | set(self._membrane_of))
         for cut in self._head_reads:
             key = ("snn", self._spike_of[cut][0] if cut in self._spike_of else self._membrane_of[cut])
@@ -125,7 +126,11 @@ class OnePass:
         ranges = list(self._ranges(batch))
         runs = run_batches(snn, (self._feeds(snn, [], a, b) for a, b in ranges), self._outputs, 1)
         for (start, stop), half_out in zip(ranges, runs, strict=True):
-            for name in self._outputs:
+            if (
+                start == 0
+            ):  # outputs without a batch axis first (a recurrent state [2, N, …]) are not compared
+                self._compared = [n for n in self._outputs if np.shape(half_out[n])[:1] == (stop - start,)]
+            for name in self._compared:
                 if start == 0:
                     self.store.create(
                         f"half:{name}", (self.n, *half_out[name].shape[1:]), half_out[name].dtype
@@ -243,7 +248,7 @@ class OnePass:
         )
         totals, count = [0.0, 0.0], 0
         for (start, stop), (calibrated_out, ann_out) in zip(ranges, runs, strict=True):
-            for name in self._outputs:
+            for name in self._compared:
                 reference = ann_out[self._ann_names[name]].astype(np.float64)
                 half = self.store[f"half:{name}"][start:stop]
                 totals[0] += float(np.sum((half - reference) ** 2))

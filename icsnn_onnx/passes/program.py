@@ -19,6 +19,7 @@ from icsnn_onnx.contract import NEURON_DOMAIN, NEURON_DOMAIN_VERSION
 from icsnn_onnx.neurons import IF, ElementwiseFunction
 from icsnn_onnx.neurons.sigma_delta import NAME as SIGMA_DELTA
 from icsnn_onnx.ops.elementwise import evaluate
+from icsnn_onnx.ops.subgraphs import subgraph_reads
 from icsnn_onnx.options import ConversionOptions
 
 
@@ -220,6 +221,7 @@ class Program:
         """
         model = gs.export_onnx(self.graph.copy(), do_type_check=False)
         _share_outer_initializers(model.graph)
+        _sort_with_subgraph_reads(model.graph)
         del model.opset_import[:]
         opsets = {"": self.opset, **self.extra_opsets}
         used = {n.op_type for n in model.graph.node if n.domain == NEURON_DOMAIN}
@@ -274,3 +276,36 @@ def _share_outer_initializers(graph: onnx.GraphProto, outer: frozenset[str] = fr
                     del body.initializer[:]
                     body.initializer.extend(kept)
                 _share_outer_initializers(body, names)
+
+
+def _sort_with_subgraph_reads(graph: onnx.GraphProto) -> None:
+    """Order the nodes so that each comes after whatever it reads, its subgraphs' reads of this
+    graph included (graphsurgeon's order sees only listed inputs, and an If reading a read-out
+    tensor through its branches would come before it)."""
+    nodes = list(graph.node)
+    reads = {i: found for i, node in enumerate(nodes) if (found := subgraph_reads(node))}
+    if not reads:
+        return
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    order, placed, visiting = [], set(), set()
+
+    def place(i: int) -> None:
+        if i in placed:
+            return
+        visiting.add(i)
+        node = nodes[i]
+        for name in [*node.input, *reads.get(i, ())]:
+            j = producer.get(name)
+            if j is not None and j not in placed and j not in visiting:
+                place(j)
+        visiting.discard(i)
+        placed.add(i)
+        order.append(node)
+
+    for i in range(len(nodes)):
+        place(i)
+    sorted_nodes = [onnx.NodeProto() for _ in order]
+    for copy, node in zip(sorted_nodes, order, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(sorted_nodes)

@@ -96,10 +96,17 @@ def analyze(
         stream_nodes.append(node)
         streams.update(t.name for t in node.outputs)
 
+    # a tensor's readers: the nodes listing it, and the control-flow nodes whose subgraphs read it
+    implicit_of = {n.name: outer_scope_inputs(n) for n in nodes if _has_subgraph(n)}
+    readers: dict[str, list[str]] = {}
+    for node in nodes:
+        names = {t.name for t in node.inputs} | implicit_of.get(node.name, set())
+        for name in names:
+            readers.setdefault(name, []).append(node.name)
     feeds_neuron: set[str] = set()
     for node in reversed(nodes):
         for out in node.outputs:
-            if any(c.name in neurons or c.name in feeds_neuron for c in out.outputs):
+            if any(r in neurons or r in feeds_neuron for r in readers.get(out.name, ())):
                 feeds_neuron.add(node.name)
                 break
 
@@ -111,14 +118,16 @@ def analyze(
     for node in nodes:
         is_stream_op = node.name in stream_names and node.name not in neurons
         starts_head = is_stream_op and node.name not in feeds_neuron
-        if starts_head or any(t.name in head_tensors for t in node.inputs):
+        reads = {t.name for t in node.inputs} | implicit_of.get(node.name, set())
+        if starts_head or reads & head_tensors:
             head.add(node.name)
             head_tensors.update(t.name for t in node.outputs)
 
     cuts: list[str] = []
     for node in nodes:
         if node.name in head:
-            cuts += [t.name for t in node.inputs if t.name in streams and t.name not in head_tensors]
+            reads = [t.name for t in node.inputs] + sorted(implicit_of.get(node.name, ()))
+            cuts += [name for name in reads if name in streams and name not in head_tensors]
     cuts += [t.name for t in graph.outputs if t.name in streams and t.name not in head_tensors]
     plan = TemporalPlan(
         neurons=frozenset(neurons),
@@ -130,6 +139,10 @@ def analyze(
         units=frozenset(n.name for n in stream_nodes if n.name in units and n.name not in head),
     )
     return plan, blocked
+
+
+def _has_subgraph(node: gs.Node) -> bool:
+    return any(isinstance(v, gs.Graph) for v in node.attrs.values())
 
 
 def site_node_names(program: Program) -> frozenset[str]:
@@ -164,8 +177,32 @@ def nonlinear_nodes(program: Program) -> list[UnsupportedNode]:
     ]
     if found:
         return found
+    branches = [
+        UnsupportedNode(n.name, n.op, branch_hint(graph, n), _output_name(n))
+        for n in graph.nodes
+        if n.op == "If" and _has_subgraph(n)
+    ]
+    if branches:  # the network sits in the branches: they fold where the condition's inputs are fixed
+        return branches
     return [
         UnsupportedNode(n.name, n.op, reason, _output_name(n))
         for n in graph.nodes
         if n.inputs and (reason := check(n, [True] + [False] * (len(n.inputs) - 1))) is not None
     ]
+
+
+def branch_hint(graph: gs.Graph, node: gs.Node) -> str:
+    """Why an If keeps a network from converting, and which inputs to fix to fold it."""
+    inputs = {t.name for t in graph.inputs}
+    seen, todo, found = set(), [node.inputs[0]], set()
+    while todo:
+        tensor = todo.pop()
+        if tensor.name in inputs:
+            found.add(tensor.name)
+        for producer in tensor.inputs:
+            if producer.name not in seen:
+                seen.add(producer.name)
+                todo.extend(producer.inputs)
+    which = f" reads the input(s) {sorted(found)}" if found else " is computed at run time"
+    fix = ": fix them with --input NAME=VALUE and the If folds to its branch" if found else ""
+    return f"its branches (computed once, densely) hold the network and its condition{which}{fix}"

@@ -113,8 +113,11 @@ class NormalizeThresholds(Pass):
         theta = np.where(theta > 0, theta, layer)  # dead channels take the layer's value
         if theta.size == 1:
             return np.asarray(theta.reshape(()), np.float32)
-        rank = len(program.graph.tensors()[tensor].shape)
-        return theta.reshape(channel_shape(rank, theta.size)).astype(np.float32)
+        shape = program.graph.tensors()[tensor].shape
+        if shape is None:  # e.g. after an If whose branches differ in shape: one θ for the layer
+            logger.info("site %s: rank unknown, so one threshold for the layer", site)
+            return np.asarray(layer, np.float32)
+        return theta.reshape(channel_shape(len(shape), theta.size)).astype(np.float32)
 
 
 def _statistic_of(site: ActivationSite) -> str:

@@ -14,6 +14,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def bench(
     cuda_graph: bool = False,
     threads: int | None = None,
     min_seconds: float = 3.0,
+    fixed: Mapping[str, object] | None = None,
 ) -> BenchResult:
     """Time ``ann`` and ``snn`` on the same random batch, alternating a block of T ANN runs
     (one sample: the block's time / T) with one SNN run.
@@ -111,7 +113,9 @@ def bench(
     ``repeats=None`` picks enough interleaved pairs to fill about ``min_seconds`` (at least 5,
     at most 500): a small ANN's few-millisecond runs need many samples for a stable median.
     """
-    snn_session = Session(snn, provider=provider, cuda_graph=cuda_graph, threads=threads, spin=False)
+    snn_session = Session(
+        snn, provider=provider, cuda_graph=cuda_graph, threads=threads, spin=False, fixed=fixed
+    )
     T = snn_session.snn.T if snn_session.snn else 0
     if T < 1:
         raise DataError(f"{snn} is not an icsnn-onnx SNN (no icsnn.T in its metadata)")
@@ -123,7 +127,9 @@ def bench(
     run_snn()
     run_snn()
     snn_peak = peak_rss_mib()
-    ann_session = Session(ann, provider=provider, cuda_graph=cuda_graph, threads=threads, spin=False)
+    ann_session = Session(
+        ann, provider=provider, cuda_graph=cuda_graph, threads=threads, spin=False, fixed=fixed
+    )
     if [s.name for s in ann_session.inputs] != [s.name for s in snn_session.inputs]:
         raise DataError("ANN and SNN have different inputs")
     run_ann = ann_session.runner(feeds)

@@ -18,7 +18,8 @@ import onnx
 import onnxruntime as ort
 
 from icsnn_onnx.contract import SnnMetadata
-from icsnn_onnx.data import Data, InputSpec
+from icsnn_onnx.data import Data, InputSpec, fixed_values, sample_specs
+from icsnn_onnx.data.fixed import check_compiled_values
 from icsnn_onnx.errors import ModelLoadError
 from icsnn_onnx.model_io import load_model
 from icsnn_onnx.progress import ProgressFactory, silent
@@ -61,6 +62,7 @@ def _metadata(model: str | bytes) -> dict[str, str]:
 
 def _session_options(threads: int | None, spin: bool, snn: SnnMetadata | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the optimizer's notes are not the user's business
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or available_cores()
     options.enable_mem_pattern = True
@@ -95,6 +97,7 @@ class Session:
         cuda_graph: bool = False,
         spin: bool = True,
         cuda_options: Mapping[str, str] | None = None,
+        fixed: Mapping[str, object] | None = None,
     ) -> None:
         if isinstance(model, onnx.ModelProto):
             model = model.SerializeToString()
@@ -119,9 +122,13 @@ class Session:
             self._session = self._load(model, options, providers)
         self.provider = self._session.get_providers()[0]
         log_provider_once(self.provider)
-        self.inputs = [
+        every_input = [
             InputSpec(i.name, numpy_type(i.type, i.name), tuple(i.shape)) for i in self._session.get_inputs()
         ]
+        # Inputs that are not samples, one value for every run: fed here, not asked of the data.
+        self.fixed = fixed_values(fixed, every_input)
+        check_compiled_values(self.metadata, self.fixed)
+        self.inputs = sample_specs(every_input, self.fixed)
         self.output_names = [o.name for o in self._session.get_outputs()]
         mismatch = target_mismatch(self.snn, self.provider)
         if mismatch:
@@ -174,6 +181,8 @@ class Session:
     ) -> dict[str, np.ndarray]:
         if isinstance(feeds, np.ndarray):
             feeds = {self.inputs[0].name: feeds}
+        if self.fixed:
+            feeds = {**feeds, **self.fixed}
         names = outputs or self.output_names
         options = None
         if self.cuda_graph:
@@ -190,7 +199,7 @@ class Session:
         captures it and later calls replay it. On the CPU it is a plain ``run``.
         """
         if self.provider != CUDA:
-            names, host_feeds = self.output_names, dict(feeds)
+            names, host_feeds = self.output_names, {**feeds, **self.fixed}
 
             def run_on_host() -> None:
                 self._session.run(names, host_feeds)
@@ -202,6 +211,7 @@ class Session:
         """Every output's shape for these feeds, from the inputs' named (symbolic) dimensions;
         ``None`` if some output dimension is not determined by them."""
         sizes: dict[str, int] = {}
+        feeds = {**feeds, **self.fixed}
         for spec in self._session.get_inputs():
             for dim, size in zip(spec.shape, np.shape(feeds[spec.name]), strict=True):
                 if isinstance(dim, str):
@@ -224,7 +234,13 @@ class Session:
         graph_id = "-1" if shapes is None else str(next(self._graph_ids))
         on_failure = self._drop_cuda_graph if self.cuda_graph else None
         return bind_on_device(
-            self._session, feeds, device, shapes, graph_id, lambda: self.cuda_graph, on_failure
+            self._session,
+            {**feeds, **self.fixed},
+            device,
+            shapes,
+            graph_id,
+            lambda: self.cuda_graph,
+            on_failure,
         )
 
     def iter_run(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from icsnn_onnx.passes.graph_utils import detach
+from icsnn_onnx.passes.graph_utils import detach, outer_scope_inputs
 from icsnn_onnx.passes.program import InputEncoder, TransferFunction
 from icsnn_onnx.passes.temporal import TemporalPlan
 
@@ -119,7 +119,8 @@ class Builder:
         graph_outputs = {t.name for t in self.graph.outputs}
         inputs, outputs = [], []
         for node in nodes:
-            for t in node.inputs:
+            implicit = [self.tensors[n] for n in sorted(outer_scope_inputs(node)) if n in self.tensors]
+            for t in [*node.inputs, *implicit]:
                 if t.name in self.plan.streams and t.name not in produced and t not in inputs:
                     inputs.append(t)
             for t in node.outputs:
@@ -139,10 +140,17 @@ class Builder:
         outputs: list[gs.Tensor],
         suffix: str,
         shape: Callable[[list | None], list | None] = lambda s: s,
+        outer: Mapping[str, gs.Tensor] | None = None,
     ) -> list[gs.Variable]:
-        """Emit a copy of ``node`` reading ``inputs``; its outputs are named ``<output><suffix>``."""
+        """Emit a copy of ``node`` reading ``inputs``; its outputs are named ``<output><suffix>``.
+        A subgraph (an If's branches) is copied, what it reads around it replaced per ``outer``."""
         clones = [gs.Variable(f"{o.name}{suffix}", o.dtype, shape(o.shape)) for o in outputs]
-        self._add(node.op, f"{node.name}{suffix}", inputs, clones, attrs=dict(node.attrs), domain=node.domain)
+        attrs = dict(node.attrs)
+        if outer:
+            attrs = {
+                k: v.copy(tensor_map=dict(outer)) if isinstance(v, gs.Graph) else v for k, v in attrs.items()
+            }
+        self._add(node.op, f"{node.name}{suffix}", inputs, clones, attrs=attrs, domain=node.domain)
         return clones
 
     def _free_name(self, name: str) -> str:

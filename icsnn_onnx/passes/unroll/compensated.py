@@ -40,9 +40,12 @@ class CompensatedSteps(Builder):
         """Emit the unit's nodes once, each input mapped by ``source`` (a mean, another clone of
         this pass, or the tensor itself); return every output's clone by the original's name."""
         clones: dict[str, gs.Tensor] = {}
+        implicit = {t.name: t for t in unit.inputs}
         for node, inputs, outputs in unit.nodes:
             mapped = [clones.get(t.name) or source(t) for t in inputs]
-            made = self._clone(node, mapped, outputs, suffix, shape)
+            # a subgraph's reads of time-varying tensors around it become their means too
+            outer = {name: clones.get(name) or source(t) for name, t in implicit.items()}
+            made = self._clone(node, mapped, outputs, suffix, shape, outer)
             clones.update({o.name: c for o, c in zip(outputs, made, strict=True)})
         return clones
 
