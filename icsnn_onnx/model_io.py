@@ -141,6 +141,12 @@ def check_output(path: str | Path, force: bool, inputs: Iterable[str | Path | No
         raise OutputExistsError(f"{path} exists (use --force to overwrite)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(f"{parent}: cannot write in this directory")
+    try:  # permissions do not tell everything (root, read-only or special file systems): try it
+        fd, probe = tempfile.mkstemp(prefix=".icsnn-probe.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputPathError(f"{parent}: cannot write in this directory ({err.strerror})") from None
     return path
 
 
@@ -181,11 +187,18 @@ def save_file(write: Callable[[Path], None], path: Path, *, force: bool) -> Path
     """Let ``write`` fill a temporary file beside ``path``, then move it into place (replacing an
     existing file only with ``force``): a reader never sees a half-written file, and a failure
     leaves nothing behind. ``path`` is assumed checked (:func:`check_output`)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OutputPathError(f"{path.parent}: cannot write in this directory ({err.strerror})") from None
     os.close(fd)
     try:
         write(Path(tmp))
         _publish(Path(tmp), path, force)
+    except OSError as err:  # the disk filled up, the file system went read-only, …
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise OutputPathError(f"{path}: cannot write it ({err.strerror or err})") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

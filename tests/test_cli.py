@@ -364,3 +364,13 @@ def test_tune_reports_when_no_T_is_good_enough(capsys):
     ]
     assert main(args) == 1
     assert "no T ≤ 2" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs a file system nothing may write to")
+def test_an_output_folder_nothing_can_write_to_is_one_line_exit_2(files, capsys):
+    """/proc takes no files, whatever the permissions say (root may write anywhere else)."""
+    tmp, _ = files
+    code = main(
+        ["convert", str(EXAMPLE / "digits_cnn.onnx"), "--calib", str(tmp / "calib.npz"), "-o", "/proc/x.onnx"]
+    )
+    _one_line_error(capsys, code, "/proc: cannot write in this directory")
