@@ -39,6 +39,8 @@ CHANNELWISE_SITES_KEY = metadata_key("channelwise_sites")
 #: What spikes and what does not, as JSON: every neuron site ``{"site", "kind", "activation"}``,
 #: every compensated (dense) unit ``{"unit", "ops", "nodes", "reason"}``.
 NEURONS_KEY = metadata_key("neurons")
+#: The ANN's elementwise activation nodes and how many of them became spiking neurons (JSON).
+ACTIVATIONS_KEY = metadata_key("activations")
 #: The inputs a file was compiled for one value of (``--input``), as JSON: name → its value in
 #: words and a digest; the runtime refuses to run it with another.
 FIXED_INPUTS_KEY = metadata_key("fixed_inputs")
@@ -166,6 +168,7 @@ class SnnMetadata:
     per_step: dict[str, str] = field(default_factory=dict)  # output → its per-step output
     neurons: tuple[dict[str, str], ...] = ()  # every neuron site: site, kind, activation
     compensated: tuple[dict[str, object], ...] = ()  # every compensated unit: unit, ops, nodes, reason
+    activations: dict[str, int] = field(default_factory=dict)  # nodes, spiking
 
     def spiking_summary(self) -> str:
         """What spikes and what stays dense, in a line (``mostly dense`` said where it is)."""
@@ -174,6 +177,9 @@ class SnnMetadata:
             kinds[site["kind"]] = kinds.get(site["kind"], 0) + 1
         described = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
         line = f"{len(self.neurons)} neuron site(s){f' ({described})' if described else ''}"
+        if self.activations.get("nodes"):
+            nodes, spiking = self.activations["nodes"], self.activations.get("spiking", 0)
+            line += f"; {spiking} of {nodes} activation node(s) spike ({100 * spiking / nodes:.0f}%)"
         if self.compensated:
             line += f", {len(self.compensated)} compensated unit(s) (dense, every step)"
             if len(self.compensated) >= len(self.neurons):
@@ -197,4 +203,5 @@ class SnnMetadata:
             per_step=per_step_outputs(metadata),
             neurons=tuple(json.loads(metadata.get(NEURONS_KEY, "[]"))),
             compensated=tuple(json.loads(metadata.get(COMPENSATED_KEY, "[]"))),
+            activations=dict(json.loads(metadata.get(ACTIVATIONS_KEY, "{}"))),
         )

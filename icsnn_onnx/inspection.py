@@ -15,10 +15,9 @@ from icsnn_onnx.model_io import load_model
 from icsnn_onnx.options import DEFAULT_MAXPOOL, ConversionOptions
 from icsnn_onnx.passes import PassManager
 from icsnn_onnx.passes.canonicalize import default_opset, import_model
-from icsnn_onnx.passes.compensate import plan_units
-from icsnn_onnx.passes.program import ActivationKind, ActivationSite, CompensatedUnit, Program
-from icsnn_onnx.passes.regions import find_regions, is_affine
-from icsnn_onnx.passes.temporal import analyze_program, branch_hint, nonlinear_nodes, site_node_names
+from icsnn_onnx.passes.compensate import activation_nodes, plan_units
+from icsnn_onnx.passes.program import ActivationKind, ActivationSite, CompensatedUnit
+from icsnn_onnx.passes.temporal import analyze_program, branch_hint, nonlinear_nodes
 from icsnn_onnx.quiet import quiet_dependencies
 
 #: How each kind of node behaves over time, as ``inspect`` says it.
@@ -76,20 +75,6 @@ class Inspection:
         if self.units and len(self.units) >= len(self.sites):
             line += " — mostly dense: as many compensated units as neurons"
         return line
-
-
-def activation_nodes(program: Program) -> tuple[int, int]:
-    """(activation nodes, those in neuron sites): the nonlinear nodes of the graph's
-    single-input elementwise regions, side computations apart."""
-    in_sites = site_node_names(program)
-    found = {
-        node.name
-        for region in find_regions(program.graph)
-        for block in region.blocks
-        for node in block.nodes
-        if not is_affine(node) and node.name not in program.side
-    }
-    return len(found), len(found & in_sites)
 
 
 @quiet_dependencies()

@@ -210,3 +210,30 @@ def test_a_maxpool_gate_counts_the_spikes_it_forwards(digits, layout):
     assert rows["MaxPool pool.winner"].sops == pytest.approx(
         next(la for la in r.layers if la.name == "relu1").firing_rate * T * 8 * 8 * 8
     )
+
+
+def test_compensated_units_are_counted_as_dense_work_and_the_report_says_what_spikes(digits):
+    """A product of two neuron layers between neurons: its MACs and running means are dense work
+    every step (energy at e_mac), spikes into it are no synaptic operations, and the report's
+    line says what spikes and what share of the ANN's MACs spikes drive."""
+    from tests.test_compensation import OPS, _between
+
+    nodes, inits = OPS["attention-like matmul"]
+    model = _between(nodes, inits)
+    x = digits[0][:8]
+    snn = icsnn_onnx.convert(model, x, T=4, init="half")
+    r = report(snn, Dataset({"x": x}), model)
+    (unit,) = r.compensated
+    # MatMul of [N, 4, 8, 8] by [N, 4, 8, 8]: 4·8·8 outputs of 8 products each, per step
+    assert unit.ops == ("MatMul",) and unit.macs_per_step == 4 * 8 * 8 * 8
+    # running means of its two inputs (add, multiply) and the change of t·g it emits (multiply, sub)
+    assert unit.other_per_step == 2 * 2 * 256 + 2 * 256
+    assert unit.per_sample == 4 * (unit.macs_per_step + unit.other_per_step)
+    assert r.energy["compensated_ops_per_sample"] == unit.per_sample
+    assert not any("MatMul" in s.name and s.op_type == "other" for s in r.synapses)
+    # the convolutions read the input (hoisted) or the unit's dense output, the Gemm the read-out:
+    # no synaptic layer here is driven by spikes, and the report says the net is mostly dense
+    assert r.spike_driven_macs == 0.0 and "1 compensated unit(s)" in r.spiking
+    assert "0% of the ANN's multiply-accumulates are driven by spikes" in r.spiking
+    assert any(n.startswith("mostly dense: 100%") for n in r.notes)
+    assert r.neuron_ops == r.neuron_updates * 5  # IF steps: five operations each

@@ -13,9 +13,11 @@ ENERGY_CONVENTION = (
     "SNN: synaptic operations (each spike × the weights it reaches: its exact fan-out through "
     "pooling, Add and Concat) at e_ac each, plus the multiply-accumulates of the layers that "
     "compute on dense values (the input layer under direct coding, the output layer on the "
-    "read-out) at e_mac; ANN: the same layers' multiply-accumulates at e_mac. Padding's zeros are "
+    "read-out, layers fed by a compensated unit: T × their MACs) at e_mac, plus every operation of "
+    "the compensated units (their products' MACs and other ops' outputs and running means, T "
+    "times) at e_mac; ANN: the same layers' multiply-accumulates at e_mac. Padding's zeros are "
     "not counted; elementwise adds of the ANN and the read-out's sums are not counted. Neuron "
-    "updates (T × neurons) are reported apart, not included."
+    "updates (T × neurons, each its kind's operations) are reported apart, not included."
 )
 
 
@@ -88,11 +90,18 @@ def synaptic_layers(
     return rows, notes
 
 
-def energy_record(synaptic: list[SynapticLayer], energy: EnergyModel, updates: float) -> dict:
-    """The estimate of ``E_SNN = e_ac·SOPs + e_mac·dense MACs`` against ``E_ANN = e_mac·MACs``."""
+def energy_record(
+    synaptic: list[SynapticLayer],
+    energy: EnergyModel,
+    updates: float,
+    compensated: float = 0.0,
+    compensated_ann: float = 0.0,
+) -> dict:
+    """The estimate of ``E_SNN = e_ac·SOPs + e_mac·(dense MACs + compensated units' ops)`` against
+    ``E_ANN = e_mac·MACs`` (the ANN's own products of activations, ``compensated_ann``, included)."""
     sops = sum(s.sops for s in synaptic)
-    snn_macs = sum(s.snn_macs for s in synaptic)
-    ann_macs = sum(s.ann_macs for s in synaptic)
+    snn_macs = sum(s.snn_macs for s in synaptic) + compensated
+    ann_macs = sum(s.ann_macs for s in synaptic) + compensated_ann
     return {
         "convention": ENERGY_CONVENTION,
         "source": energy.source,
@@ -104,4 +113,5 @@ def energy_record(synaptic: list[SynapticLayer], energy: EnergyModel, updates: f
         "snn_joules_per_sample": sops * energy.e_ac + snn_macs * energy.e_mac,
         "ann_joules_per_sample": ann_macs * energy.e_mac,
         "neuron_updates_per_sample": updates,
+        "compensated_ops_per_sample": compensated,
     }

@@ -27,6 +27,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from icsnn_onnx.analysis.dense import ECM
 from icsnn_onnx.analysis.synapses import SYNAPTIC_OPS, Synapse, fanout
 from icsnn_onnx.contract import PER_STEP_HEAD, base_name, is_readout_name, parse_step_name
 from icsnn_onnx.neurons import kind_of
@@ -150,6 +151,8 @@ def _role(
     if step is not None and step[1] != 1:  # a later step reading step 1: state (a gate's running sum)
         return None
     base = base_name(node.name)
+    if ECM in base:  # a compensated unit's step: its dense work is counted whole (analysis/dense.py)
+        return None
     kind = kind_of(node.domain, node.op_type)
     if kind is not None:  # a neuron step: spikes into its current are accumulated into its membrane
         return (MEMBRANE, base) if index == kind.inputs.index(kind.current) else None

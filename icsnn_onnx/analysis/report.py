@@ -38,6 +38,8 @@ from icsnn_onnx.analysis.activity import (
     final_membrane,
     layer_family,
 )
+from icsnn_onnx.analysis.dense import CompensatedCost, clone_nodes, compensated_costs
+from icsnn_onnx.analysis.dense import probe_names as unit_tensors
 from icsnn_onnx.analysis.energy import EnergyModel, SynapticLayer, energy_record, synaptic_layers
 from icsnn_onnx.analysis.fanout import probe_tensors, spike_paths, spike_routes
 from icsnn_onnx.analysis.readout_by_step import StepReadout
@@ -68,6 +70,10 @@ class Report:
     energy: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     versions: dict = field(default_factory=dict)
+    compensated: tuple[CompensatedCost, ...] = ()  # what is computed densely, every step
+    neuron_ops: float = 0.0  # per sample: Σ T × neurons × their kind's operations per step
+    spike_driven_macs: float | None = None  # the ANN's MACs done by layers that receive spikes, a share
+    spiking: str = ""  # one line: what spikes, what stays dense ("mostly dense" where it is)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -109,7 +115,12 @@ def report(
     step_names = by_step.expose(instrumented) if by_step is not None else []
     membranes = {layer.name: final_membrane(layer) for layer in layers}
     constants = {t.name for t in model.graph.initializer}
-    probe_names = [n for n in [*probe_tensors(paths), *(s.input for s in synapses)] if n not in constants]
+    clones = clone_nodes(model, meta) if meta is not None else {}
+    probe_names = [
+        n
+        for n in [*probe_tensors(paths), *(s.input for s in synapses), *unit_tensors(clones)]
+        if n not in constants
+    ]
     expose_also(instrumented, [*membranes.values(), *probe_names])
     session = Session(instrumented, provider=provider, fixed=fixed)
     head = Session(by_step.head, provider="cpu") if by_step is not None else None
@@ -121,9 +132,14 @@ def report(
         ann_tensors = [layer.tensor for layer in layers if layer.tensor in known]
         ann_session = Session(expose(ann_model, [output, *ann_tensors]), provider=provider, fixed=fixed)
 
-    probe = session.run(_first_batch(session, data), list(dict.fromkeys(probe_names)))
+    first = _first_batch(session, data)
+    probe = session.run(first, list(dict.fromkeys(probe_names)))
     routes = spike_routes(model, sources, paths, probe)
     stats = _Stats(layers, synapses, routes, T, _macs(synapses, probe, model))
+    if meta is not None:
+        shapes = {n: np.shape(v) for n, v in probe.items()}
+        stats.units = compensated_costs(model, meta, clones, shapes, len(next(iter(first.values()))))
+        stats.meta = meta
     names = [output, *([per_step] if per_step else []), *(n for f in finals.values() for n in f)]
     names = list(dict.fromkeys([*names, *membranes.values(), *step_names]))
     ann_batches = ann_session.iter_run(data, batch_size, [output, *ann_tensors]) if ann_session else None
@@ -167,6 +183,8 @@ class _Stats:
     ) -> None:
         self.layers, self.synapses, self.routes, self.T, self.macs = layers, synapses, routes, T, macs
         self.activity = Activity(layers, T)
+        self.units: list[CompensatedCost] = []
+        self.meta: SnnMetadata | None = None
         self.seen = 0
         self.correct = self.ann_correct = 0.0
         self.correct_by_t: np.ndarray | None = None
@@ -212,6 +230,17 @@ class _Stats:
             self.synapses, self.routes, self.activity.spikes, self.macs, samples, T
         )
         updates = T * sum(self.activity.neurons.values())
+        neuron_ops = T * sum(
+            self.activity.neurons.get(layer.name, 0) * layer.kind.ops_per_step for layer in self.layers
+        )
+        dense = sum(u.per_sample for u in self.units)
+        ann_macs = sum(s.ann_macs for s in synaptic) + sum(u.macs_per_step for u in self.units)
+        driven = sum(s.ann_macs for s in synaptic if s.per_step) / ann_macs if ann_macs else None
+        spiking = _spiking_line(self.meta, driven)
+        if driven is not None and driven < 0.5:
+            notes.append(
+                f"mostly dense: {100 * (1 - driven):.0f}% of the ANN's multiply-accumulates run on dense values"
+            )
         return Report(
             samples=samples,
             T=T,
@@ -222,10 +251,24 @@ class _Stats:
             accuracy_by_t=(self.correct_by_t / samples).tolist() if self.correct_by_t is not None else None,
             agreement_by_t=(self.agree_by_t / samples).tolist() if self.agree_by_t is not None else None,
             neuron_updates=float(updates),
-            energy=energy_record(synaptic, energy, updates),
+            energy=energy_record(synaptic, energy, updates, dense, sum(u.macs_per_step for u in self.units)),
             notes=tuple(notes),
             versions=_versions(),
+            compensated=tuple(self.units),
+            neuron_ops=float(neuron_ops),
+            spike_driven_macs=driven,
+            spiking=spiking,
         )
+
+
+def _spiking_line(meta: SnnMetadata | None, driven: float | None) -> str:
+    """What spikes and what does not, in a line."""
+    if meta is None:
+        return ""
+    line = meta.spiking_summary()
+    if driven is not None:
+        line += f"; {100 * driven:.0f}% of the ANN's multiply-accumulates are driven by spikes"
+    return line
 
 
 def _versions() -> dict:

@@ -136,6 +136,8 @@ def _print_report(r: object) -> None:
         )
     if r.agreement_by_t:
         print(f"  same class as the ANN after T: {100 * r.agreement_by_t[-1]:.2f}%")
+    if r.spiking:
+        print(f"spiking: {r.spiking}")
     width = max(len(layer.name) for layer in r.layers)
     print(f"{'neuron layer':<{width}}  neurons   rate  silent%  always%  1st spike  v(T)/θ   corr")
     for layer in r.layers:
@@ -150,6 +152,16 @@ def _print_report(r: object) -> None:
     print(f"{'synaptic layer':<{width}}  kind  SNN SOPs/sample  SNN MACs/sample  ANN MACs/sample")
     for s in r.synapses:
         print(f"{s.name:<{width}}  {s.kind:<4}  {s.sops:15.4g}  {s.snn_macs:15.4g}  {s.ann_macs:15.4g}")
+    if r.compensated:
+        width = max(len(u.name) for u in r.compensated)
+        print(
+            f"{'compensated unit':<{width}}  ops                  MACs/step  other ops/step  dense ops/sample"
+        )
+        for u in r.compensated:
+            ops = "+".join(u.ops)[:20]
+            print(
+                f"{u.name:<{width}}  {ops:<20} {u.macs_per_step:10.4g}  {u.other_per_step:14.4g}  {u.per_sample:16.4g}"
+            )
     print(
         f"energy per sample: SNN {_joules(e['snn_joules_per_sample'])} "
         f"({e['sops_per_sample']:.4g} SOPs, {e['snn_macs_per_sample']:.4g} MACs), "

@@ -20,14 +20,18 @@ for (a custom domain's).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from icsnn_onnx.calibration.kernels import has_kernel
+from icsnn_onnx.contract import ACTIVATIONS_KEY
 from icsnn_onnx.errors import ConversionError, UnsupportedNode, UnsupportedOperatorError
 from icsnn_onnx.passes import Pass, PassResult, ensure
 from icsnn_onnx.passes.program import CompensatedUnit, Program
-from icsnn_onnx.passes.temporal import TemporalPlan, analyze_program, nonlinear_nodes
+from icsnn_onnx.passes.regions import find_regions, is_affine
+from icsnn_onnx.passes.temporal import TemporalPlan, analyze_program, nonlinear_nodes, site_node_names
 
 #: Ops whose value is a draw: no mean over steps stands for it.
 RANDOM_OPS = frozenset(
@@ -120,6 +124,20 @@ def _between(members: set[str], by_name: dict[str, gs.Node], body: set[str]) -> 
     return down & up
 
 
+def activation_nodes(program: Program) -> tuple[int, int]:
+    """(activation nodes, those in neuron sites): the nonlinear nodes of the graph's
+    single-input elementwise regions, side computations apart."""
+    in_sites = site_node_names(program)
+    found = {
+        node.name
+        for region in find_regions(program.graph)
+        for block in region.blocks
+        for node in block.nodes
+        if not is_affine(node) and node.name not in program.side
+    }
+    return len(found), len(found & in_sites)
+
+
 class CheckSupport(Pass):
     """Every non-affine node between neurons becomes a compensated unit (``program.units``), or,
     where none can be, is refused: every such node listed at once, before any calibration or
@@ -138,6 +156,8 @@ class CheckSupport(Pass):
         refused = plan_units(program)
         if refused:
             raise UnsupportedOperatorError(refused)
+        total, spiking = activation_nodes(program)
+        program.metadata[ACTIVATIONS_KEY] = json.dumps({"nodes": total, "spiking": spiking})
         return PassResult(program, bool(program.units))
 
 
