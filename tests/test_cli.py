@@ -298,7 +298,8 @@ def test_inspect_reports_neurons_compensated_units_and_blockers(files, capsys):
         helper.make_node("Softmax", ["h"], ["p"], name="norm"),
         helper.make_node("Bernoulli", ["p"], ["b"], name="draw"),
         helper.make_node("MatMul", ["b", "w"], ["g"], name="mm2"),
-        helper.make_node("Relu", ["g"], ["y"], name="r2"),
+        helper.make_node("Relu", ["g"], ["r"], name="r2"),
+        helper.make_node("MatMul", ["r", "w"], ["y"], name="mm3"),
     ]
     onnx.save(models.make_model(nodes, {"w": models._w(16, 16)}, ["N", 16], ["N", 16]), tmp / "net.onnx")
     assert main(["inspect", str(tmp / "net.onnx")]) == 0

@@ -231,11 +231,14 @@ class RecognizeActivations(Pass):
 
     @staticmethod
     def _drop_side_computations(program: Program) -> None:
-        """Sites whose output is no data of a synaptic layer or an output stay dense, noted."""
-        data = data_tensors(program.graph)
+        """Sites whose output is no data of a synaptic layer are no neurons: after the last layer
+        they are part of the read-out's head (exact, once); elsewhere, side computations, noted."""
+        data, to_outputs = data_tensors(program.graph), data_tensors(program.graph, to_outputs=True)
         for name, site in list(program.sites.items()):
             if site.output not in data:
                 del program.sites[name]
+                if site.output in to_outputs:
+                    continue
                 for node in site.nodes:
                     program.side[node] = (
                         f"{site.transfer.describe()} of {site.input}: a side computation (its output is no "

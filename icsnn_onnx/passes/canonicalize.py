@@ -99,12 +99,15 @@ def _refuse_spiking(model: onnx.ModelProto) -> None:
 
 
 def _refuse_non_finite(model: onnx.ModelProto) -> None:
-    """Weights with NaN or Inf make every threshold and spike meaningless: name them all."""
+    """Weights with NaN or Inf make every threshold and spike meaningless: name them all. A single
+    ±Inf is a sentinel, not a weight (``max(x, -inf)``, a mask's fill): ONNX Runtime runs it."""
     bad = []
     for tensor in _stored_tensors(model.graph):
         if tensor.data_type not in FLOAT_TENSOR_TYPES or tensor.data_location == onnx.TensorProto.EXTERNAL:
             continue
         values = numpy_helper.to_array(tensor)
+        if values.size == 1 and np.isinf(values).all():
+            continue
         count = values.size - int(np.count_nonzero(np.isfinite(values)))
         if count:
             bad.append(f"{tensor.name or '(a Constant)'} ({count} of {values.size})")

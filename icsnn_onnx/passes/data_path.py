@@ -1,11 +1,14 @@
-"""Which tensors are the network's data: what reaches a synaptic layer, or an output, as data.
+"""Which tensors are the network's data: what reaches a synaptic layer as data.
 
-An activation is worth a neuron where its spikes drive synapses (or are what the network
-outputs). A clamp on a normaliser's count, ``clamp(Σ mask, min=1e-9)``, reaches the rest only as
-a divisor; a comparison makes a mask; a ``Reshape``'s shape input is shape arithmetic: such
-side computations stay dense (:mod:`.activations`). Per op, the inputs that are *not* data are
-listed (:data:`SIDE_INPUTS`); every other input of every op is data. Synaptic layers (Conv,
-Gemm, MatMul, the recurrent layers and their quantized forms) are where data ends up.
+An activation is worth a neuron where its spikes drive synapses. A clamp on a normaliser's count,
+``clamp(Σ mask, min=1e-9)``, reaches the rest only as a divisor; a square summed into a variance
+only under a square root or a reciprocal (a LayerNorm's scale); a comparison makes a mask; a
+``Reshape``'s shape input is shape arithmetic: such side computations stay dense
+(:mod:`.activations`). An activation after the last synaptic layer (a Sigmoid on the output, the
+exponentials of a softmax) is computed once on the read-out, exactly. Per op, the inputs that are
+*not* data are listed (:data:`SIDE_INPUTS`); every other input of every op is data. Synaptic
+layers (Conv, Gemm, MatMul, the recurrent layers and their quantized forms) are where data ends
+up; a graph with none (a bare activation) has its outputs instead.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ _ALL = frozenset(range(64))
 SIDE_INPUTS: dict[str, frozenset[int]] = {
     "Div": frozenset({1}),
     "Pow": frozenset({1}),
+    "Sqrt": frozenset({0}),  # a root is a scale (a norm, a standard deviation)
+    "Reciprocal": frozenset({0}),
     "Mod": frozenset({1}),
     "Where": frozenset({0}),
     "If": frozenset({0}),  # the condition
@@ -105,11 +110,13 @@ SIDE_INPUTS: dict[str, frozenset[int]] = {
 }
 
 
-def data_tensors(graph: gs.Graph) -> frozenset[str]:
-    """Names of the tensors a synaptic layer or a graph output reads as data, directly or through
-    ops that pass them on as data (``graph`` is sorted in place)."""
+def data_tensors(graph: gs.Graph, to_outputs: bool = False) -> frozenset[str]:
+    """Names of the tensors a synaptic layer reads as data, directly or through ops that pass
+    them on as data (``graph`` is sorted in place); with ``to_outputs``, or in a graph without
+    synaptic layers, what reaches its outputs too."""
     graph.toposort()
-    data = {t.name for t in graph.outputs}
+    synaptic = any(n.op in SYNAPTIC for n in graph.nodes)
+    data = {t.name for t in graph.outputs} if to_outputs or not synaptic else set()
     for node in reversed(graph.nodes):
         side = SIDE_INPUTS.get(node.op, frozenset())
         if node.op in SYNAPTIC or any(t.name in data for t in node.outputs):

@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 #: A MaxPool between neurons no policy could rewrite: a compensated unit (docs/method.md §15).
 COMPENSATED = "compensated"
+#: The largest window decompose rewrites: a 5×5 pool already costs 24 neuron sites in 5 layers of
+#: latency; a global max over a long sequence would cost hundreds (it is compensated instead).
+DECOMPOSE_MAX_WINDOW = 25
 
 
 class LowerMaxPool(Pass):
@@ -98,6 +101,11 @@ class LowerMaxPool(Pass):
         if isinstance(window, str):
             return window
         kernel, strides, dilations, pads, out_dims = window
+        if math.prod(kernel) > DECOMPOSE_MAX_WINDOW:
+            return (
+                f"a window of {math.prod(kernel)} elements would take {math.prod(kernel) - 1} neuron sites in "
+                f"{math.ceil(math.log2(math.prod(kernel)))} layers (decompose takes up to {DECOMPOSE_MAX_WINDOW})"
+            )
         graph, prefix = program.graph, node.name
         source = x
         if any(pads):

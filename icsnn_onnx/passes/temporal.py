@@ -78,7 +78,7 @@ def analyze(
             streams.update(t.name for t in node.outputs)
             continue
         if implicit:
-            reason = f"its subgraph reads the time-varying {implicit[:3]} (control flow is not converted)"
+            reason = f"its subgraph reads the time-varying {implicit[:3]}"
             nonlinear[node.name] = UnsupportedNode(node.name, node.op, reason, _output_name(node))
             stream_nodes.append(node)
             streams.update(t.name for t in node.outputs)
@@ -156,7 +156,7 @@ def analyze_program(program: Program) -> tuple[TemporalPlan, list[UnsupportedNod
     return analyze(
         program.graph,
         lambda n: n.name in in_sites or n.name in program.gates,
-        program.rejected,
+        {**program.side, **program.rejected},
         encoded_inputs(program.graph, program.options.encoding),
         program.unit_nodes,
     )
