@@ -137,6 +137,7 @@ class ConversionOptions:
     target: Target = Target.PORTABLE
     calib_samples: int | None = None
     batch_size: int = 64
+    levels: int = 1  # K: a spike carries up to K units of θ per step (1: binary spikes)
 
     def __post_init__(self) -> None:
         _integer("T", self.T, 1)
@@ -155,6 +156,7 @@ class ConversionOptions:
         if self.calib_samples is not None:
             _integer("calib_samples", self.calib_samples, 1)
         _integer("batch_size", self.batch_size, 1)
+        _integer("levels", self.levels, 1)
 
     @property
     def threshold_method(self) -> str:

@@ -147,8 +147,9 @@ def _head_model(model: onnx.ModelProto, cuts: Sequence[_Cut]) -> tuple[onnx.Mode
     used = list(dict.fromkeys(i for n in head for i in n.input if i))
     external = [i for i in used if i not in produced and i not in seeds and i not in constants]
     inputs = [onnx.ValueInfoProto(name=n) for n in [*sorted(seeds), *external]]
-    for value in inputs:  # ONNX Runtime wants typed graph inputs
-        value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    types = _elem_types(model, external)
+    for value in inputs:  # ONNX Runtime wants typed graph inputs: the read-outs are float, others as they are
+        value.type.tensor_type.elem_type = types.get(value.name, onnx.TensorProto.FLOAT)
     initializers = [constants[i] for i in used if i in constants and i not in seeds]
     outputs = [o for o in graph.output if o.name in produced]
     head_graph = helper.make_graph(head, "icsnn_head", inputs, outputs, initializers)
@@ -156,3 +157,19 @@ def _head_model(model: onnx.ModelProto, cuts: Sequence[_Cut]) -> tuple[onnx.Mode
     built.ir_version = model.ir_version
     built.functions.extend(model.functions)
     return built, external
+
+
+def _elem_types(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, int]:
+    """The element types of ``names`` (a shape computed beside the head is an int64, not a float)."""
+
+    def known(m: onnx.ModelProto) -> dict[str, int]:
+        values = [*m.graph.value_info, *m.graph.input, *m.graph.output]
+        return {v.name: v.type.tensor_type.elem_type for v in values if v.type.tensor_type.elem_type}
+
+    types = known(model)
+    if any(n not in types for n in names):
+        try:
+            types = known(onnx.shape_inference.infer_shapes(model)) | types
+        except Exception:  # no inference: the unknown ones stay float, as before
+            pass
+    return {n: types[n] for n in names if n in types}

@@ -16,7 +16,7 @@ from icsnn_onnx.neurons import sigma_delta as _sigma_delta
 from icsnn_onnx.neurons.function import ElementwiseFunction
 from icsnn_onnx.neurons.if_channelwise import IF_CHANNELWISE
 from icsnn_onnx.neurons.if_neuron import IF
-from icsnn_onnx.neurons.kind import OUT, NeuronKind, count_breakpoint, next_state
+from icsnn_onnx.neurons.kind import OUT, NeuronKind, count_breakpoint, driven, next_state
 
 __all__ = [
     "IF",
@@ -27,6 +27,7 @@ __all__ = [
     "NeuronKind",
     "by_name",
     "count_breakpoint",
+    "driven",
     "functions",
     "kind_of",
     "next_state",

@@ -15,7 +15,7 @@ are found by their op type (:func:`icsnn_onnx.neurons.kind_of`) and read by thes
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +70,11 @@ class NeuronKind:
     spike: str = "fired"
     breakpoint: tuple[Equation, ...] = ()
     signed: bool = False
+    #: A kind made of a front that turns the current into a drive (independent of the membrane)
+    #: and a simpler kind driven by it: ``front(z[T, …])`` gives all T drives at once, and
+    #: ``quantizer`` is that kind (Alg 2 scores and fires it on the drives, computed once).
+    front: Callable[[np.ndarray], np.ndarray] | None = field(default=None, compare=False)
+    quantizer: NeuronKind | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.states:
@@ -161,3 +166,11 @@ def count_breakpoint(
         v_star, count = env["v_star_next"], count + env[kind.spike].astype(np.int32)
     shape = np.broadcast_shapes(z.shape[1:], *(np.shape(p) for p in parameters.values()))
     return np.broadcast_to(count, shape), np.broadcast_to(v_star, shape)
+
+
+def driven(kind: NeuronKind, z: np.ndarray) -> tuple[NeuronKind, np.ndarray]:
+    """``(kind, z)``, or for a kind with a front, its quantizer and all T drives (computed once:
+    they do not depend on the membrane, so every start a caller tries reuses them)."""
+    if kind.front is None or kind.quantizer is None:
+        return kind, z
+    return kind.quantizer, kind.front(np.asarray(z))

@@ -73,35 +73,104 @@ SIGNED_BREAKPOINT: tuple[Equation, ...] = (
     Equation("v_star_next", "Where", ("up", "raised", "below")),
 )
 
+#: Graded spikes (``levels`` K > 1): up to K units of θ per step, either sign, reset by subtraction
+#: of what was emitted (docs/method.md §16); ``lo``/``hi`` = ∓K. ``up``/``down`` are kept so that the
+#: analysis of Alg 2 reads the same names.
+GRADED_EQUATIONS: tuple[Equation, ...] = (
+    Equation("m", "Add", ("v", "drive")),  # m(t) = v(t-1) + drive(t)
+    Equation("ratio", "Div", ("m", "theta")),
+    Equation("level", "Floor", ("ratio",)),  # ⌊m/θ⌋: 0 in [0, θ), ≥ 1 from θ, ≤ −1 below 0
+    Equation("s", "Clip", ("level", "lo", "hi")),  # s(t) ∈ {−K … K}
+    Equation("out", "Mul", ("s", "theta")),
+    Equation("v_next", "Sub", ("m", "out")),
+    Equation("up", "GreaterOrEqual", ("m", "theta")),
+    Equation("down", "Less", ("m", "zero")),
+)
+
 _REFUSAL = "NIR has no neuron that fires on a function of its mean input (a sigma-delta neuron)"
 
 _KINDS: dict[str, NeuronKind] = {}  # op type → kind, for the kinds built in this process
 
+#: The quantizer alone, driven by the front's increments: a signed IF neuron (binary, or graded).
+SIGNED_IF = NeuronKind(
+    name="signed if",
+    op_type="SignedIFNeuron",
+    states=("v",),
+    current="drive",
+    parameters=("theta",),
+    equations=SIGNED_EQUATIONS,
+    doc="Signed IF neuron (the quantizer of the sigma-delta neuron).",
+    constants=(("zero", np.zeros((), np.float32)),),
+    spike="s",
+    breakpoint=SIGNED_BREAKPOINT,
+    signed=True,
+)
 
-def sigma_delta(f: ElementwiseFunction, dtype: np.dtype | type = np.float32) -> NeuronKind:
-    """The sigma-delta kind of ``f`` in float type ``dtype`` (built once per function and type)."""
+
+def _graded_if(levels: int) -> NeuronKind:
+    return NeuronKind(
+        name=f"signed if, {levels} levels",
+        op_type=f"SignedIFNeuron_K{levels}",
+        states=("v",),
+        current="drive",
+        parameters=("theta",),
+        equations=GRADED_EQUATIONS,
+        doc="Graded signed IF neuron (the quantizer of the graded sigma-delta neuron).",
+        constants=(
+            ("zero", np.zeros((), np.float32)),
+            ("lo", np.asarray(-levels, np.float32)),
+            ("hi", np.asarray(levels, np.float32)),
+        ),
+        spike="s",
+        signed=True,
+    )
+
+
+def front(f: ElementwiseFunction, z: np.ndarray) -> np.ndarray:
+    """The drives ``d(t) − d(t−1)`` of all T steps of current ``z[T, …]`` at once, in z's float type,
+    rounding as the step-by-step equations do: Σ in step order, times 1/t, f, times t."""
+    z = np.asarray(z)
+    steps = np.arange(1, len(z) + 1, dtype=z.dtype).reshape(-1, *([1] * (z.ndim - 1)))
+    acc = np.cumsum(z, axis=0, dtype=z.dtype)
+    with np.errstate(all="ignore"):
+        d = f(acc * np.reciprocal(steps)) * steps
+    drive = np.empty_like(d)
+    drive[0] = d[0]
+    np.subtract(d[1:], d[:-1], out=drive[1:])
+    return drive
+
+
+def sigma_delta(f: ElementwiseFunction, dtype: np.dtype | type = np.float32, levels: int = 1) -> NeuronKind:
+    """The sigma-delta kind of ``f`` in float type ``dtype`` with spikes of up to ``levels`` units
+    (built once per function, type and levels)."""
     dtype = np.dtype(dtype)
-    op_type = f"{PREFIX}{f.digest(dtype)}"
+    op_type = f"{PREFIX}{f.digest(dtype)}" + (f"_K{levels}" if levels > 1 else "")
     if op_type not in _KINDS:
         body, constants = f.renamed("f.", "mean", "target")
         typed = tuple((constants[name], _typed(value, dtype)) for name, value in f.constants)
+        quantizer = SIGNED_EQUATIONS if levels == 1 else GRADED_EQUATIONS
+        bounds = (
+            () if levels == 1 else (("lo", np.asarray(-levels, dtype)), ("hi", np.asarray(levels, dtype)))
+        )
         _KINDS[op_type] = NeuronKind(
             name=NAME,
             op_type=op_type,
             states=("v", "acc", "d"),
             current="z",
             parameters=("theta",),
-            equations=(*_FRONT_IN, *body, *_FRONT_OUT, *SIGNED_EQUATIONS),
+            equations=(*_FRONT_IN, *body, *_FRONT_OUT, *quantizer),
             doc=f"Sigma-delta neuron of f = {f.description or 'an elementwise function'}: signed spikes "
             "θ·s(t) whose sum tracks t·f(mean input so far) (icsnn_onnx.neurons.sigma_delta).",
             readout_transfer=False,
             nir=None,
             nir_refusal=_REFUSAL,
-            constants=(("zero", np.zeros((), dtype)), *typed),
+            constants=(("zero", np.zeros((), dtype)), *bounds, *typed),
             step_count="step",
             spike="s",
-            breakpoint=SIGNED_BREAKPOINT,
+            breakpoint=SIGNED_BREAKPOINT if levels == 1 else (),
             signed=True,
+            front=lambda z, f=f: front(f, z),
+            quantizer=SIGNED_IF if levels == 1 else _graded_if(levels),
         )
     return _KINDS[op_type]
 

@@ -21,7 +21,7 @@ from icsnn_onnx.calibration.segments import SpillStore
 from icsnn_onnx.contract import INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY, INIT_METHOD_KEY
 from icsnn_onnx.data import Data
 from icsnn_onnx.errors import CalibrationError
-from icsnn_onnx.neurons import NeuronKind, count_breakpoint
+from icsnn_onnx.neurons import NeuronKind, count_breakpoint, driven
 from icsnn_onnx.options import InitPolicy, Layout, Target, resolve_init
 from icsnn_onnx.passes import Pass, PassManager, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
@@ -193,12 +193,42 @@ class CalibrateInitialPotential(Pass):
             block_theta = theta[block[1]].reshape(channel_shape(target.ndim, -1) if target.ndim >= 2 else ())
             block_z = z[(slice(None), *where)]
             steps = np.broadcast_to(block_z, (T, *block_z.shape[1:]))
-            count, v_star = count_breakpoint(kind, steps, {"theta": block_theta.astype(z.dtype)})
-            part = self._channel_errors(count, v_star, target[where], block_theta, T)
+            quantizer, drive = driven(kind, steps)
+            parameters = {"theta": block_theta.astype(z.dtype)}
+            if not quantizer.breakpoint:  # no one-run analysis (graded spikes): each candidate run
+                part = self._simulated_errors(quantizer, drive, parameters, target[where], block_theta, T)
+            else:
+                count, v_star = count_breakpoint(quantizer, drive, parameters)
+                part = self._channel_errors(count, v_star, target[where], block_theta, T)
             return block[1] if target.ndim >= 2 else slice(None), part
 
         for channel, block_errors in run_blocks(work, blocks(target.shape)):
             errors[:, channel] += block_errors
+        return errors
+
+    def _simulated_errors(
+        self,
+        kind: NeuronKind,
+        drive: np.ndarray,
+        parameters: dict[str, np.ndarray],
+        target: np.ndarray,
+        theta: np.ndarray,
+        T: int,
+    ) -> np.ndarray:
+        """Squared error per candidate and channel, ``[K, C]``, from one run per candidate start."""
+        channels = target.shape[1] if target.ndim >= 2 else 1
+        shape = channel_shape(target.ndim, channels) if target.ndim >= 2 else ()
+        theta = np.broadcast_to(np.asarray(theta, np.float64).reshape(-1), (channels,)).reshape(shape)
+        axes = tuple(i for i in range(target.ndim) if i != 1) if target.ndim >= 2 else None
+        errors = np.zeros((self.K, channels))
+        zero = {s: np.zeros((), drive.dtype) for s in kind.states}
+        for k in range(self.K):
+            start = (theta * (k / self.K)).astype(drive.dtype)
+            count = sum(
+                step[kind.spike] for step in kind.steps(drive, parameters, {**zero, kind.membrane: start})
+            )
+            error = (theta * count / T - target) ** 2
+            errors[k] = np.sum(error, axis=axes).reshape(channels) if axes else np.sum(error)
         return errors
 
     def _channel_errors(

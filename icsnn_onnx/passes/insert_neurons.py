@@ -33,12 +33,12 @@ def site_kind(node: gs.Node) -> NeuronKind:
     return neurons.by_name(node.attrs["kind"])
 
 
-def neuron_kind(site: ActivationSite, dtype: np.dtype) -> NeuronKind:
+def neuron_kind(site: ActivationSite, dtype: np.dtype, levels: int = 1) -> NeuronKind:
     """The kind a site becomes: the IF neuron, or the sigma-delta neuron of its function."""
     if site.neuron == IF.name:
         return IF
     assert site.transfer.function is not None  # a generic activation carries its function
-    return sigma_delta(site.transfer.function, dtype)
+    return sigma_delta(site.transfer.function, dtype, levels)
 
 
 class InsertNeurons(Pass):
@@ -66,7 +66,7 @@ class InsertNeurons(Pass):
             params = IFParams(program.thresholds[site.name], program.v_init[site.name])
             theta = gs.Constant(f"{site.name}.threshold", params.threshold.astype(dtype))
             v0 = gs.Constant(f"{site.name}.v_init", params.v_init.astype(dtype))
-            kind = neuron_kind(site, dtype)
+            kind = neuron_kind(site, dtype, program.options.levels)
             zeros = [gs.Constant(f"{site.name}.{s}_init", np.zeros((), dtype)) for s in kind.states[1:]]
             graph.nodes.append(
                 gs.Node(

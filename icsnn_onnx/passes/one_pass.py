@@ -25,7 +25,7 @@ from icsnn_onnx.calibration.segments import SpillStore, extract, free_batch, mer
 from icsnn_onnx.calibration.statistics import run_batches
 from icsnn_onnx.contract import step_name
 from icsnn_onnx.data import Dataset
-from icsnn_onnx.neurons import NeuronKind
+from icsnn_onnx.neurons import NeuronKind, driven
 from icsnn_onnx.ops.elementwise import FLOAT_TENSOR_TYPES
 from icsnn_onnx.passes.insert_neurons import neuron_kind
 from icsnn_onnx.passes.program import ActivationSite, Program
@@ -46,6 +46,7 @@ class OnePass:
         progress: ProgressFactory,
     ) -> None:
         self.T, self.batch = program.options.T, program.options.batch_size
+        self.levels = program.options.levels
         # A graph whose inputs fix the batch below ours (old model-zoo graphs: 1) runs each segment
         # that provably computes sample by sample on whole batches anyway, the others at the
         # fixed size (e.g. the head's Reshape to [1, 2048]).
@@ -197,14 +198,13 @@ class OnePass:
             else:
                 block_theta, block_v = theta, v_init
             parameters = {"theta": block_theta.astype(z.dtype)}
-            initial = {s: np.zeros((), z.dtype) for s in kind.states} | {
-                kind.membrane: block_v.astype(z.dtype)
-            }
             rows = (slice(start + batch.start, start + batch.stop), *where[2:])
-            currents = np.broadcast_to(z[where], (self.T, *z[where].shape[1:]))
-            for t, step in enumerate(kind.steps(currents, parameters, initial)):
+            quantizer, drive = driven(kind, np.broadcast_to(z[where], (self.T, *z[where].shape[1:])))
+            initial = {s: np.zeros((), z.dtype) for s in quantizer.states}
+            initial[quantizer.membrane] = block_v.astype(z.dtype)
+            for t, step in enumerate(quantizer.steps(drive, parameters, initial)):
                 if keep_spikes:
-                    spikes[(t, *rows)] = step[kind.spike]
+                    spikes[(t, *rows)] = step[quantizer.spike]
             if i in self._keep_membrane:
                 membrane[rows] = step["v_next"]
 
@@ -216,7 +216,7 @@ class OnePass:
 
     def kind(self, i: int, dtype: np.dtype) -> NeuronKind:
         """Site ``i``'s neuron kind in the float type its currents are computed in."""
-        return neuron_kind(self.sites[i], np.dtype(dtype))
+        return neuron_kind(self.sites[i], np.dtype(dtype), self.levels)
 
     def _forget(self, i: int) -> None:
         """Drops site ``i``'s currents and whatever site ``i`` was the last to read."""
