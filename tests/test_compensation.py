@@ -5,6 +5,8 @@ units; what cannot be compensated is refused by name."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -275,3 +277,68 @@ def test_control_flow_that_used_to_be_refused_converts_as_a_unit(build, digits):
     assert report.convertible and unit.op_types[-1] in ("If", "Loop")
     ann = run(model, x)[0]
     assert relative_error(run(icsnn_onnx.convert(model, x, T=32), x)[0], ann) < 0.05
+
+
+def test_the_spiking_share_counts_activations_on_the_way_to_synapses_only():
+    """A scale from a shape (``sqrt(d)``), a LayerNorm's ``1/sqrt(var)`` (reads no data) and a
+    final ``Exp`` (the read-out's, computed once) are no activations; the GELU is, and spikes."""
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Shape", ["h"], ["shape"]),
+        helper.make_node("Gather", ["shape", "last"], ["d"]),
+        helper.make_node("Cast", ["d"], ["df"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Sqrt", ["df"], ["scale"], name="scale_from_shape"),
+        helper.make_node("Div", ["h", "scale"], ["hs"]),
+        helper.make_node("ReduceMean", ["hs", "axes"], ["mean"]),
+        helper.make_node("Sub", ["hs", "mean"], ["centred"]),
+        helper.make_node("Mul", ["centred", "centred"], ["square"]),
+        helper.make_node("ReduceMean", ["square", "axes"], ["var"]),
+        helper.make_node("Add", ["var", "eps"], ["var_eps"]),
+        helper.make_node("Sqrt", ["var_eps"], ["std"], name="norm_sqrt"),
+        helper.make_node("Reciprocal", ["std"], ["inv"], name="norm_reciprocal"),
+        helper.make_node("Mul", ["centred", "inv"], ["normed"]),
+        helper.make_node("Gelu", ["normed"], ["g"], name="gelu"),
+        helper.make_node("MatMul", ["g", "w2"], ["logits"]),
+        helper.make_node("Exp", ["logits"], ["y"], name="readout_exp"),
+    ]
+    inits = {
+        "w1": models._w(16, 16), "w2": models._w(16, 8), "last": np.asarray(1, np.int64),
+        "axes": np.asarray([-1], np.int64), "eps": np.asarray(1e-5, np.float32),
+    }  # fmt: skip
+    model = models.make_model(nodes, inits, ["N", 16], ["N", 8])
+    report = icsnn_onnx.inspect_model(model)
+    assert (report.activations, report.spiking_activations) == (1, 1), report.summary()
+    assert [s.nodes for s in report.sites] == [("gelu",)]
+
+
+def test_a_tensor_read_by_two_units_has_one_running_mean_in_every_layout(digits):
+    """Spatial-pyramid pooling (YOLO's SPP): MaxPools with windows too large to decompose, each
+    a unit, all reading the neurons' output: one running sum and mean of it per step (not nodes
+    of one name, which ONNX Runtime refuses), the same result in every layout."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["a"]),
+        helper.make_node("MaxPool", ["a"], ["p7"], kernel_shape=[7, 7], pads=[3, 3, 3, 3]),
+        helper.make_node("MaxPool", ["a"], ["p9"], kernel_shape=[9, 9], pads=[4, 4, 4, 4]),
+        helper.make_node("Concat", ["a", "p7", "p9"], ["c"], axis=1),
+        helper.make_node("Conv", ["c", "w2"], ["g"]),
+        helper.make_node("Relu", ["g"], ["r"]),  # the pools are between neurons
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
+    inits = {"w": models._w(4, 1, 3, 3), "w2": models._w(4, 12, 1, 1), "fc": models._w(10, 256)}
+    model = models.make_model(nodes, inits, ["N", 1, 8, 8], ["N", 10])
+    x = digits[0][:32]
+    (ann,) = run(model, x)
+    outs = {}
+    for layout in ("step-major", "time-batched", "loop"):
+        snn = icsnn_onnx.convert(model, x, T=4, init="half", layout=layout)
+        names = [n.name for n in snn.graph.node]
+        assert len(names) == len(set(names))
+        assert len(json.loads({p.key: p.value for p in snn.metadata_props}["icsnn.compensated"])) == 2
+        outs[layout] = run(snn, x)[0]
+    np.testing.assert_allclose(outs["time-batched"], outs["step-major"], atol=1e-4)
+    np.testing.assert_allclose(outs["loop"], outs["step-major"], atol=1e-4)
+    assert relative_error(outs["step-major"], ann) < 0.5

@@ -29,6 +29,7 @@ from icsnn_onnx.calibration.kernels import has_kernel
 from icsnn_onnx.contract import ACTIVATIONS_KEY
 from icsnn_onnx.errors import ConversionError, UnsupportedNode, UnsupportedOperatorError
 from icsnn_onnx.passes import Pass, PassResult, ensure
+from icsnn_onnx.passes.data_path import data_tensors, sample_dependent
 from icsnn_onnx.passes.program import CompensatedUnit, Program
 from icsnn_onnx.passes.regions import find_regions, is_affine
 from icsnn_onnx.passes.temporal import TemporalPlan, analyze_program, nonlinear_nodes, site_node_names
@@ -126,14 +127,20 @@ def _between(members: set[str], by_name: dict[str, gs.Node], body: set[str]) -> 
 
 def activation_nodes(program: Program) -> tuple[int, int]:
     """(activation nodes, those in neuron sites): the nonlinear nodes of the graph's
-    single-input elementwise regions, side computations apart."""
+    single-input elementwise regions that take data to a synaptic layer (:mod:`.data_path`):
+    not side computations (a LayerNorm's ``1/sqrt(var)`` reads no data, a scale
+    ``sqrt(head size)`` comes from a shape), not the read-out's (a final softmax, computed once)."""
     in_sites = site_node_names(program)
+    data = data_tensors(program.graph) & sample_dependent(program.graph)
     found = {
         node.name
         for region in find_regions(program.graph)
         for block in region.blocks
         for node in block.nodes
-        if not is_affine(node) and node.name not in program.side
+        if not is_affine(node)
+        and node.name not in program.side
+        and any(o.name in data for o in node.outputs)
+        and any(i.name in data for i in node.inputs)
     }
     return len(found), len(found & in_sites)
 

@@ -127,3 +127,22 @@ def data_tensors(graph: gs.Graph, to_outputs: bool = False) -> frozenset[str]:
             )
             data.update(outer_scope_inputs(node))  # what an If or Loop body reads around it
     return frozenset(data)
+
+
+#: Ops whose output depends on their input's shape, not its values.
+SHAPE_OF = frozenset({"Shape", "Size"})
+
+
+def sample_dependent(graph: gs.Graph) -> frozenset[str]:
+    """Names of the tensors whose values depend on a graph input's values (``graph`` is sorted
+    in place): not a scale computed from a shape (``sqrt(head size)``), not a constant."""
+    graph.toposort()
+    constants = {t.name for t in graph.inputs if isinstance(t, gs.Constant)}
+    found = {t.name for t in graph.inputs if t.name not in constants}
+    for node in graph.nodes:
+        if node.op in SHAPE_OF:
+            continue
+        reads = [t.name for t in node.inputs if not is_empty(t)] + list(outer_scope_inputs(node))
+        if any(name in found for name in reads):
+            found.update(t.name for t in node.outputs)
+    return frozenset(found)

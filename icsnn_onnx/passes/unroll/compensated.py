@@ -49,6 +49,13 @@ class CompensatedSteps(Builder):
             clones.update({o.name: c for o, c in zip(outputs, made, strict=True)})
         return clones
 
+    def _running_means(self) -> dict:
+        """The running sums and means already emitted, by name: a tensor read by several units
+        gets one of each per step."""
+        if not hasattr(self, "_ecm_running"):
+            self._ecm_running: dict = {}
+        return self._ecm_running
+
     def _unit_step(
         self,
         unit: UnitWiring,
@@ -66,10 +73,15 @@ class CompensatedSteps(Builder):
         carry Σx and t·g from the step before and are updated. Returns each output's value this
         step, o(t)."""
         means: dict[str, gs.Tensor] = {}
+        shared = self._running_means()
         for x in unit.inputs:
             value = at(x)
             if t == 1:
                 sums[x.name] = means[x.name] = value
+                continue
+            key = name(f"{x.name}.ecm_sum")
+            if key in shared:  # another unit reads x too: its running mean, once
+                sums[x.name], means[x.name] = shared[key]
                 continue
             dtype = _dtype(x)
             total = gs.Variable(name(f"{x.name}.ecm_sum"), x.dtype, x.shape)
@@ -81,7 +93,7 @@ class CompensatedSteps(Builder):
             )
             mean = gs.Variable(name(f"{x.name}.ecm_mean"), x.dtype, x.shape)
             self._add("Mul", name(f"{x.name}.ecm_mean"), [total, inv], [mean])
-            sums[x.name], means[x.name] = total, mean
+            sums[x.name], means[x.name] = shared[key] = total, mean
         clones = self._unit_clones(unit, lambda s: means.get(s.name) or at(s), name(ECM))
         values: dict[str, gs.Tensor] = {}
         for o in unit.outputs:
@@ -120,7 +132,11 @@ class CompensatedSteps(Builder):
         running means by a CumSum over the steps, the nodes once on ``[T·N, …]``, each output's
         changes of t·g by a shifted difference. Returns each output's stacked values."""
         means: dict[str, gs.Tensor] = {}
+        shared = self._running_means()
         for x in unit.inputs:
+            if stacked_name(f"{x.name}.ecm_mean") in shared:  # read by another unit too: once
+                means[x.name] = shared[stacked_name(f"{x.name}.ecm_mean")]
+                continue
             rest = list(x.shape[1:])
             by_step = self._by_step(stacked(x), x, rest, "ecm_by_step")
             sums = gs.Variable(stacked_name(f"{x.name}.ecm_sum"), x.dtype, [self.T, None, *rest])
@@ -133,6 +149,7 @@ class CompensatedSteps(Builder):
             mean = gs.Variable(stacked_name(f"{x.name}.ecm_mean_by_step"), x.dtype, [self.T, None, *rest])
             self._add("Mul", stacked_name(f"{x.name}.ecm_mean_by_step"), [sums, inverse], [mean])
             means[x.name] = self._flat(mean, x, rest, stacked_name(f"{x.name}.ecm_mean"))
+            shared[stacked_name(f"{x.name}.ecm_mean")] = means[x.name]
         clones = self._unit_clones(unit, lambda s: means.get(s.name) or stacked(s), stacked_name(ECM), shape)
         values: dict[str, gs.Tensor] = {}
         for o in unit.outputs:
