@@ -35,6 +35,7 @@ THRESHOLD_METHOD_KEY = metadata_key("threshold_method")  # the method at this T 
 INIT_METHOD_KEY = metadata_key("init_method")  # the initial potential used (auto resolved)
 INIT_CANDIDATES_KEY = metadata_key("init_candidates")
 INIT_FALLBACK_KEY = metadata_key("init_fallback")
+BIAS_SITES_KEY = metadata_key("bias_sites")  # sites whose current bias calibration corrected
 CHANNELWISE_SITES_KEY = metadata_key("channelwise_sites")
 #: What spikes and what does not, as JSON: every neuron site ``{"site", "kind", "activation"}``,
 #: every compensated (dense) unit ``{"unit", "ops", "nodes", "reason"}``.

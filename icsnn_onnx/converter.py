@@ -25,6 +25,7 @@ from icsnn_onnx.model_io import load_model
 from icsnn_onnx.options import ConversionOptions
 from icsnn_onnx.passes import Pass, PassManager
 from icsnn_onnx.passes.activations import RecognizeActivations
+from icsnn_onnx.passes.bias import ApplyCurrentBias
 from icsnn_onnx.passes.canonicalize import Canonicalize, import_model
 from icsnn_onnx.passes.compensate import CheckSupport
 from icsnn_onnx.passes.encoding import EncodeInputs
@@ -96,7 +97,8 @@ def convert(
             NormalizeThresholds(dataset, progress, engine),
             EncodeInputs(dataset),
             InitialPotential(),
-            CalibrateInitialPotential(dataset, progress),  # where init is (or became) calibrated
+            CalibrateInitialPotential(dataset, progress),  # Alg 2 and/or bias calibration, one pass
+            ApplyCurrentBias(),
             InsertNeurons(),
             Unroll(),
         ]

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 
 from icsnn_onnx.contract import metadata_key
+from icsnn_onnx.neurons.graded import MAX_LEVELS
 
 
 class Choice(str, Enum):
@@ -138,6 +139,7 @@ class ConversionOptions:
     calib_samples: int | None = None
     batch_size: int = 64
     levels: int = 1  # K: a spike carries up to K units of θ per step (1: binary spikes)
+    bias_calibration: bool = False  # with calibration data: remove each site's mean current error
 
     def __post_init__(self) -> None:
         _integer("T", self.T, 1)
@@ -157,6 +159,8 @@ class ConversionOptions:
             _integer("calib_samples", self.calib_samples, 1)
         _integer("batch_size", self.batch_size, 1)
         _integer("levels", self.levels, 1)
+        if self.levels > MAX_LEVELS:
+            raise ValueError(f"levels must be at most {MAX_LEVELS}, got {self.levels}")
 
     @property
     def threshold_method(self) -> str:

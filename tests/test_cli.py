@@ -83,7 +83,7 @@ def test_method_options_reach_the_model_and_inspect_reports_maxpools(tmp_path, c
     out = tmp_path / "pool.snn.onnx"
     argv = ["convert", str(model), "--calib", str(tmp_path / "calib.npz"), "-T", "4", "-o", str(out), "-q"]
     extra = ["--encoding", "poisson", "--seed", "3", "--no-compensation", "--maxpool", "decompose"]
-    extra += ["--threshold", "mse", "--init", "calibrated"]
+    extra += ["--threshold", "mse", "--init", "calibrated", "--levels", "2"]
     assert main([*argv, *extra]) == 0
     assert "compensation off, poisson coding" in capsys.readouterr().out
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
@@ -92,10 +92,11 @@ def test_method_options_reach_the_model_and_inspect_reports_maxpools(tmp_path, c
         "3",
         "False",
     )
-    assert (meta["icsnn.maxpool"], meta["icsnn.threshold"], meta["icsnn.init"]) == (
+    assert (meta["icsnn.maxpool"], meta["icsnn.threshold"], meta["icsnn.init"], meta["icsnn.levels"]) == (
         "decompose",
         "mse",
         "calibrated",
+        "2",
     )
     assert main(["inspect", str(model), "--maxpool", "gate"]) == 0
     report = capsys.readouterr().out
@@ -274,7 +275,13 @@ def test_input_is_never_modified(files):
 
 def test_bad_options_exit_2(files, capsys):
     _, model = files
-    for args in (["-T", "0"], ["--threshold", "p101"], ["--init", "third"]):
+    for args in (
+        ["-T", "0"],
+        ["--threshold", "p101"],
+        ["--init", "third"],
+        ["--levels", "0"],
+        ["--levels", "128"],
+    ):
         with pytest.raises(SystemExit) as info:
             main(["convert", str(model), *args])
         assert info.value.code == 2
@@ -345,6 +352,37 @@ def test_tune_finds_the_smallest_T_within_the_drop(capsys):
         assert set(fitted) <= {1, 2, 4, 8, 16} and fitted_T == max(fitted)
         assert fitted[fitted_T] >= ann - 1.0
         assert all(fitted[t] < ann - 1.0 for t in fitted if t < fitted_T)
+
+
+def test_tune_compares_t_and_levels_by_latency_and_synaptic_operations(tmp_path, capsys):
+    """--levels 1,3: each K searched; each K's least T within target measured for SOPs; the
+    fastest pair (graded reaches the target at a smaller T) is what -o writes."""
+    out_model = tmp_path / "tuned.onnx"
+    args = ["tune", str(EXAMPLE / "digits_cnn.onnx"), "--calib", str(EXAMPLE / "calib.npz")]
+    args += ["--data", str(EXAMPLE / "test.npz"), "--max-drop", "1.0", "--max-T", "16", "--init", "half"]
+    assert main([*args, "--levels", "1,3", "-o", str(out_model), "-q"]) == 0
+    out = capsys.readouterr().out
+    table = {(int(t), int(k)): float(a) for t, k, a in re.findall(r"T=(\d+)\s+K=(\d+)\s+([\d.]+)%", out)}
+    assert {k for _, k in table} == {1, 3}
+    least = {
+        k: min(
+            t
+            for (t, kk), a in table.items()
+            if kk == k and a >= float(out.split("target ≥ ")[1].split("%")[0])
+        )
+        for k in (1, 3)
+    }
+    assert least[3] < least[1]
+    sops = {
+        (int(t), int(k)): float(v)
+        for t, k, v in re.findall(r"within target: T=(\d+) K=(\d+): ([\d.e+]+) SOPs", out)
+    }
+    assert set(sops) == {(least[1], 1), (least[3], 3)}
+    assert f"fastest: T={least[3]} K=3" in out
+    cheapest = min(sops, key=lambda pair: (sops[pair], pair[0]))
+    assert f"fewest synaptic operations: T={cheapest[0]} K={cheapest[1]}" in out
+    meta = {p.key: p.value for p in onnx.load(out_model).metadata_props}
+    assert (meta["icsnn.T"], meta["icsnn.levels"]) == (str(least[3]), "3")
 
 
 def test_tune_reports_when_no_T_is_good_enough(capsys):

@@ -28,6 +28,7 @@ class LayerActivity:
     first_spike_histogram: list[int]  # neurons by first-spike step: min(T, 64) equal bins of 1..T
     residual_mean: float | None  # mean v(T)/θ (portable neurons)
     correlation: float | None  # ANN activation vs rate·θ (with an ANN)
+    mean_level: float | None = None  # units of θ per spike (1 for binary spikes; portable neurons)
 
 
 def final_membrane(layer: NeuronLayer) -> str:
@@ -35,11 +36,12 @@ def final_membrane(layer: NeuronLayer) -> str:
 
 
 def layer_family(layer: NeuronLayer) -> Family:
-    """States per neuron: spike count, steps before the first spike, output sum."""
+    """States per neuron: spike count (a graded spike is one), steps before the first spike,
+    output sum and the sum of its magnitude (a graded spike's level, in units of θ)."""
 
     def update(emit: Emit, previous: tuple[str, ...] | None, tensors: Sequence[str]) -> tuple[str, ...]:
         (out,) = tensors
-        count_before, quiet_before, total_before = previous or (None, None, None)
+        count_before, quiet_before, total_before, size_before = previous or (None, None, None, None)
         spike = emit.nonzero(out, f"{layer.name}.spike")
         count = emit.add(count_before, spike, f"{layer.name}.spike_count")
         quiet = emit.add(
@@ -47,7 +49,10 @@ def layer_family(layer: NeuronLayer) -> Family:
         )
         as_float = emit.op("Cast", [out], f"{layer.name}.out_float", to=onnx.TensorProto.FLOAT)
         total = emit.add(total_before, as_float, f"{layer.name}.output_sum")
-        return count, quiet, total
+        size = emit.add(
+            size_before, emit.op("Abs", [as_float], f"{layer.name}.out_abs"), f"{layer.name}.abs_sum"
+        )
+        return count, quiet, total, size
 
     steps = tuple((name,) for name in layer.outputs)
     body = (layer.loop.output,) if layer.loop is not None else None
@@ -107,7 +112,7 @@ class Activity:
         """One batch: the instrumented SNN's outputs ``got`` and the ANN's ``ref`` (or None)."""
         T = self.T
         for layer in self.layers:
-            count, quiet, total = (got[name] for name in finals[f"{layer.name}.activity"])
+            count, quiet, total, size = (got[name] for name in finals[f"{layer.name}.activity"])
             name = layer.name
             self._spikes(name, count)
             self.neurons[name] = count[0].size
@@ -121,6 +126,7 @@ class Activity:
             if layer.threshold is not None:
                 theta = np.broadcast_to(layer.threshold.astype(np.float64), count.shape[1:])
                 self._add(f"{name}.residual", np.sum(got[membranes[name]] / theta))
+                self._add(f"{name}.units", np.sum(size / theta))
             if ref is not None and layer.tensor in ref:
                 a = ref[layer.tensor].astype(np.float64).ravel()
                 r = (total / T).astype(np.float64).ravel()
@@ -152,6 +158,7 @@ class Activity:
             first_spike_histogram=self.histograms[name].tolist(),
             residual_mean=v[f"{name}.residual"] / elements if f"{name}.residual" in v else None,
             correlation=_correlation(v, name),
+            mean_level=v[f"{name}.units"] / spikes if spikes and f"{name}.units" in v else None,
         )
 
 

@@ -15,7 +15,11 @@ ENERGY_CONVENTION = (
     "compute on dense values (the input layer under direct coding, the output layer on the "
     "read-out, layers fed by a compensated unit: T × their MACs) at e_mac, plus every operation of "
     "the compensated units (their products' MACs and other ops' outputs and running means, T "
-    "times) at e_mac; ANN: the same layers' multiply-accumulates at e_mac. Padding's zeros are "
+    "times) at e_mac; ANN: the same layers' multiply-accumulates at e_mac. A graded spike (--levels "
+    "K > 1) is one event carrying its level k: each synaptic operation it drives multiplies the "
+    "weight by k before accumulating, so it is counted at e_mac (a small-integer multiply in 32-bit "
+    "float arithmetic; with levels restricted to powers of two it would be a shift-and-add, not "
+    "assumed). Padding's zeros are "
     "not counted; elementwise adds of the ANN and the read-out's sums are not counted. Neuron "
     "updates (T × neurons, each its kind's operations) are reported apart, not included."
 )
@@ -43,6 +47,7 @@ class SynapticLayer:
     sops: float  # synaptic operations per sample
     snn_macs: float  # multiply-accumulates per sample in the SNN
     ann_macs: float  # multiply-accumulates per sample in the ANN
+    graded_sops: float = 0.0  # of ``sops``, those driven by graded spikes (a level times a weight)
 
     @property
     def per_step(self) -> bool:
@@ -56,21 +61,30 @@ def synaptic_layers(
     macs: dict[str, int],
     samples: int,
     T: int,
+    graded: frozenset[str] = frozenset(),
 ) -> tuple[list[SynapticLayer], list[str]]:
     """Every synaptic layer's SOPs (Σ over the spikes of each source of their fan-out along each
-    route) or MACs per sample, and notes on what is counted as dense."""
+    route; those of the ``graded`` sources apart) or MACs per sample, and notes on what is counted
+    as dense."""
     sops: dict[tuple[str, str], float] = {}
+    graded_sops: dict[tuple[str, str], float] = {}
     for route in routes:
         source = spikes.get(route.source)
         if source is not None:
             key = (route.kind, route.target)
-            sops[key] = sops.get(key, 0.0) + float(np.sum(source * route.fanout)) / samples
+            value = float(np.sum(source * route.fanout)) / samples
+            sops[key] = sops.get(key, 0.0) + value
+            if route.source in graded:
+                graded_sops[key] = graded_sops.get(key, 0.0) + value
     reached = {(r.kind, r.target) for r in routes}
     rows, notes = [], []
     for s in synapses:
         if (SYNAPSE, s.name) in reached:
+            key = (SYNAPSE, s.name)
             rows.append(
-                SynapticLayer(s.name, s.op_type, "SOP", sops.get((SYNAPSE, s.name), 0.0), 0.0, macs[s.name])
+                SynapticLayer(
+                    s.name, s.op_type, "SOP", sops.get(key, 0.0), 0.0, macs[s.name], graded_sops.get(key, 0.0)
+                )
             )
         elif s.stepped:  # runs every step on values no spike analysis covers: dense
             rows.append(SynapticLayer(s.name, s.op_type, "MAC", 0.0, T * macs[s.name], macs[s.name]))
@@ -81,9 +95,15 @@ def synaptic_layers(
             rows.append(SynapticLayer(s.name, s.op_type, "MAC", 0.0, macs[s.name], macs[s.name]))
     for (kind, target), value in sops.items():
         if kind == MEMBRANE:
-            rows.append(SynapticLayer(f"→ {target}", "identity", "SOP", value, 0.0, 0.0))
+            rows.append(
+                SynapticLayer(
+                    f"→ {target}", "identity", "SOP", value, 0.0, 0.0, graded_sops.get((kind, target), 0.0)
+                )
+            )
         elif kind == OTHER:
-            rows.append(SynapticLayer(target, "other", "SOP", value, 0.0, 0.0))
+            rows.append(
+                SynapticLayer(target, "other", "SOP", value, 0.0, 0.0, graded_sops.get((kind, target), 0.0))
+            )
             notes.append(
                 f"spikes reach {target}, which the fan-out analysis does not see through: one operation per spike"
             )
@@ -97,9 +117,11 @@ def energy_record(
     compensated: float = 0.0,
     compensated_ann: float = 0.0,
 ) -> dict:
-    """The estimate of ``E_SNN = e_ac·SOPs + e_mac·(dense MACs + compensated units' ops)`` against
-    ``E_ANN = e_mac·MACs`` (the ANN's own products of activations, ``compensated_ann``, included)."""
+    """The estimate of ``E_SNN = e_ac·binary SOPs + e_mac·(graded SOPs + dense MACs + compensated
+    units' ops)`` against ``E_ANN = e_mac·MACs`` (the ANN's own products of activations,
+    ``compensated_ann``, included)."""
     sops = sum(s.sops for s in synaptic)
+    graded = sum(s.graded_sops for s in synaptic)
     snn_macs = sum(s.snn_macs for s in synaptic) + compensated
     ann_macs = sum(s.ann_macs for s in synaptic) + compensated_ann
     return {
@@ -110,7 +132,8 @@ def energy_record(
         "sops_per_sample": sops,
         "snn_macs_per_sample": snn_macs,
         "ann_macs_per_sample": ann_macs,
-        "snn_joules_per_sample": sops * energy.e_ac + snn_macs * energy.e_mac,
+        "graded_sops_per_sample": graded,
+        "snn_joules_per_sample": (sops - graded) * energy.e_ac + (graded + snn_macs) * energy.e_mac,
         "ann_joules_per_sample": ann_macs * energy.e_mac,
         "neuron_updates_per_sample": updates,
         "compensated_ops_per_sample": compensated,

@@ -47,6 +47,7 @@ from icsnn_onnx.analysis.synapses import Synapse, find_synapses, macs
 from icsnn_onnx.contract import SnnMetadata
 from icsnn_onnx.data import Data, batch_count, check_same_inputs, input_specs
 from icsnn_onnx.model_io import load_model
+from icsnn_onnx.neurons import levels_of
 from icsnn_onnx.progress import ProgressFactory, silent
 from icsnn_onnx.runtime.batching import iter_labelled
 from icsnn_onnx.runtime.evaluate import predicted_labels
@@ -226,8 +227,9 @@ class _Stats:
 
     def finish(self, energy: EnergyModel, labelled: bool, with_ann: bool) -> Report:
         T, samples = self.T, self.seen
+        graded = frozenset(layer.name for layer in self.layers if levels_of(layer.op_type))
         synaptic, notes = synaptic_layers(
-            self.synapses, self.routes, self.activity.spikes, self.macs, samples, T
+            self.synapses, self.routes, self.activity.spikes, self.macs, samples, T, graded
         )
         updates = T * sum(self.activity.neurons.values())
         neuron_ops = T * sum(

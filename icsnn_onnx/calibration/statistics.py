@@ -88,9 +88,10 @@ def activation_thresholds(
     bound λ in ``bounds``: a clipped activation's values; ``|a|`` for a tensor in ``magnitudes``,
     a signed neuron's activation): shape ``[C]`` or ``[1]``.
 
-    The max; or the ``percentile``; or, with ``levels`` = T, the θ minimizing the squared error
-    of ``a`` rounded to the T levels ``k·θ/T``, ``k = 0..T`` (the quantization an IF neuron
-    started at θ/2 applies to a constant current, docs/method.md eq. 2). With an ``engine``, the
+    The max; or the ``percentile``; or, with ``levels`` = T (T·K with graded spikes), the θ
+    minimizing the squared error of ``a`` rounded to the levels ``k·θ/levels``, ``k = 0..levels``
+    (the quantization a neuron started at θ/2 applies to a constant current, docs/method.md eq. 2
+    and §16). With an ``engine``, the
     batches run on its Ray workers, with the same result.
     """
     names = list(tensors)
@@ -105,7 +106,7 @@ def activation_thresholds(
         )
         hist = None
         if levels is not None or (percentile is not None and percentile < 100.0):
-            what = f"T={levels} levels" if levels is not None else f"p{percentile:g}"
+            what = f"{levels} levels" if levels is not None else f"p{percentile:g}"
             outs = stream_tensors(model, names, data, batch_size, progress, f"calibrating ({what})")
             hist = statistics.all_histograms(outs, maxima)
     if hist is None:

@@ -139,14 +139,20 @@ def _print_report(r: object) -> None:
     if r.spiking:
         print(f"spiking: {r.spiking}")
     width = max(len(layer.name) for layer in r.layers)
-    print(f"{'neuron layer':<{width}}  neurons   rate  silent%  always%  1st spike  v(T)/θ   corr")
+    graded = any(layer.mean_level is not None and layer.mean_level > 1 for layer in r.layers)
+    level_head = "  level" if graded else ""  # units of θ per spike, where spikes are graded
+    print(
+        f"{'neuron layer':<{width}}  neurons   rate  silent%  always%  1st spike  v(T)/θ   corr{level_head}"
+    )
     for layer in r.layers:
         first = "-" if layer.first_spike_mean is None else f"{layer.first_spike_mean:.1f}"
         residual = "-" if layer.residual_mean is None else f"{layer.residual_mean:+.2f}"
         corr = "-" if layer.correlation is None else f"{layer.correlation:.3f}"
+        level = ("-" if layer.mean_level is None else f"{layer.mean_level:.2f}") if graded else ""
         print(
             f"{layer.name:<{width}}  {layer.neurons:>7}  {layer.firing_rate:.3f}  {100 * layer.never_fired:7.1f}"
             f"  {100 * layer.always_fired:7.1f}  {first:>9}  {residual:>6}  {corr:>5}"
+            + (f"  {level:>5}" if graded else "")
         )
     width = max([len(s.name) for s in r.synapses] + [14])
     print(f"{'synaptic layer':<{width}}  kind  SNN SOPs/sample  SNN MACs/sample  ANN MACs/sample")
@@ -164,7 +170,9 @@ def _print_report(r: object) -> None:
             )
     print(
         f"energy per sample: SNN {_joules(e['snn_joules_per_sample'])} "
-        f"({e['sops_per_sample']:.4g} SOPs, {e['snn_macs_per_sample']:.4g} MACs), "
+        f"({e['sops_per_sample']:.4g} SOPs"
+        + (f", {e['graded_sops_per_sample']:.4g} of them graded" if e.get("graded_sops_per_sample") else "")
+        + f", {e['snn_macs_per_sample']:.4g} MACs), "
         f"ANN {_joules(e['ann_joules_per_sample'])} ({e['ann_macs_per_sample']:.4g} MACs); "
         f"neuron updates apart: {e['neuron_updates_per_sample']:.4g}"
     )

@@ -33,7 +33,7 @@ def convert_command(args: argparse.Namespace) -> int:
     spiking = SnnMetadata.read(meta)
     print(
         f"{args.model} -> {output}: {spiking.spiking_summary() if spiking else meta[SITES_KEY]}, "
-        f"T={options.T}, init={meta[INIT_METHOD_KEY]}{' (auto)' if options.init == 'auto' else ''}, compensation {'on' if options.compensation else 'off'}, "
+        f"T={options.T}{f', graded spikes (K={options.levels})' if options.levels > 1 else ''}, init={meta[INIT_METHOD_KEY]}{' (auto)' if options.init == 'auto' else ''}, compensation {'on' if options.compensation else 'off'}, "
         f"{options.encoding} coding, threshold={meta.get(THRESHOLD_METHOD_KEY, 'clip bounds')}"
         f"{' (channel-wise)' if options.channel_wise and THRESHOLD_METHOD_KEY in meta else ''}, {meta[LAYOUT_KEY]} layout, "
         f"{options.target} target, {len(model.graph.node)} nodes"
@@ -195,26 +195,43 @@ def tune_command(args: argparse.Namespace) -> int:
         progress=progress,
         engine=engine,
         fixed=fixed_of(args),
+        levels=args.level_choices,
     )
     print(
         f"ANN accuracy {100 * r.ann_accuracy:.2f}%; target ≥ {100 * r.ann_accuracy - r.max_drop:.2f}% (init {options.init})"
     )
-    for T, acc in sorted(r.accuracy_by_T.items()):
-        mark = "  <- smallest T within target" if T == r.chosen_T else ""
-        print(f"  T={T:<4} {100 * acc:6.2f}%{mark}")
+    several = len(args.level_choices) > 1
+    for (T, K), acc in sorted(r.accuracy_by_pair.items(), key=lambda item: (item[0][1], item[0][0])):
+        chosen = (T, K) == (r.chosen_T, r.chosen_levels if several else K)
+        mark = "  <- smallest T within target" if chosen else ""
+        print(f"  T={T:<4}{f' K={K:<3}' if several else ''} {100 * acc:6.2f}%{mark}")
     if r.chosen_T is None:
         print(f"no T ≤ {args.max_T} is within {args.max_drop} points of the ANN")
         return 1
-    print(f"chosen T = {r.chosen_T}")
+    levels = r.chosen_levels if several else args.level_choices[0]
+    if several:
+        for c in r.candidates:
+            print(
+                f"  within target: T={c.T} K={c.levels}: {c.sops:.4g} SOPs/sample, {c.joules * 1e9:.3g} nJ/sample"
+            )
+        assert r.cheapest is not None and r.least_energy is not None
+        print(
+            f"fastest: T={r.chosen_T} K={levels}; fewest synaptic operations: T={r.cheapest.T} "
+            f"K={r.cheapest.levels}; least energy: T={r.least_energy.T} K={r.least_energy.levels}"
+        )
+    print(f"chosen T = {r.chosen_T}" + (f", K = {levels}" if several or levels > 1 else ""))
     if args.output is not None:
-        chosen = dataclasses.replace(options, T=r.chosen_T)
+        chosen = dataclasses.replace(options, T=r.chosen_T, levels=levels)
         save_model(
             convert(args.model, args.calib, options=chosen, progress=progress, fixed=fixed_of(args)),
             args.output,
             force=args.force,
             inputs=inputs,
         )
-        print(f"{args.model} -> {args.output}: the SNN at T={r.chosen_T}")
+        print(
+            f"{args.model} -> {args.output}: the SNN at T={r.chosen_T}"
+            + (f", K={levels}" if levels > 1 else "")
+        )
     return 0
 
 

@@ -10,6 +10,8 @@ from icsnn_onnx._version import __version__
 from icsnn_onnx.cli.types import (
     fixed_input,
     gpus,
+    level_list,
+    levels,
     non_negative_int,
     picojoules,
     points,
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     fixed = _fixed_options()
     _convert_parser(sub, common, method, engine, fixed)
     _eval_parser(sub, common, engine, fixed)
-    _tune_parser(sub, common, method, engine, fixed)
+    _tune_parser(sub, common, _method_options(several_levels=True), engine, fixed)
     _bench_parser(sub, common, fixed)
     _diagnose_parser(sub, common, fixed)
     _report_parser(sub, common, fixed)
@@ -111,8 +113,9 @@ def _engine_options() -> argparse.ArgumentParser:
     return engine
 
 
-def _method_options() -> argparse.ArgumentParser:
-    """What the SNN is made of: shared by convert and tune; defaults are ConversionOptions' own."""
+def _method_options(several_levels: bool = False) -> argparse.ArgumentParser:
+    """What the SNN is made of: shared by convert and tune (which compares several ``--levels``);
+    defaults are ConversionOptions' own."""
     method = _Parser(add_help=False)
     method.add_argument("--calib", type=Path, help=f"calibration inputs (.npz with x, or .npy){SHARDS}")
     method.add_argument("--calib-samples", type=positive_int, help="use only the first N calibration samples")
@@ -138,6 +141,32 @@ def _method_options() -> argparse.ArgumentParser:
         help="initial potential: half = θ/2 (Alg 1), zero, calibrated on --calib data for this T (Alg 2), "
         f"or auto (default): calibrated with --calib up to T={AUTO_CALIBRATED_MAX_T} where its unrolled "
         "trial SNN fits, half otherwise; the model's metadata records which",
+    )
+    if several_levels:
+        method.add_argument(
+            "--levels",
+            dest="level_choices",
+            type=level_list,
+            default=(DEFAULTS.levels,),
+            help="graded-spike levels K to compare, e.g. 1,3,15 (default 1: binary spikes): each K's "
+            "least T within target is measured for synaptic operations; the fastest and the cheapest "
+            "(T, K) pairs are named",
+        )
+    else:
+        method.add_argument(
+            "--levels",
+            type=levels,
+            default=DEFAULTS.levels,
+            help="graded spikes: a neuron fires up to K units of its threshold per step (default 1: "
+            "binary spikes); with K = 2^b - 1 at -T 1 a b-bit quantized ANN converts exactly",
+        )
+    method.add_argument(
+        "--bias-calibration",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.bias_calibration,
+        help="with --calib: remove each neuron layer's mean current error at the compiled T, measured "
+        "layer by layer, through the bias of the layer computing it (in Alg 2's pass; kept only if the "
+        f"output gets closer to the ANN's; default {'on' if DEFAULTS.bias_calibration else 'off'})",
     )
     method.add_argument(
         "--compensation",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from icsnn_onnx.options import parse_threshold_method
+from icsnn_onnx.options import MAX_LEVELS, parse_threshold_method
 
 
 def integer(text: str, minimum: int) -> int:
@@ -19,6 +19,18 @@ def integer(text: str, minimum: int) -> int:
 
 def positive_int(text: str) -> int:
     return integer(text, 1)
+
+
+def levels(text: str) -> int:
+    value = integer(text, 1)
+    if value > MAX_LEVELS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_LEVELS}, got {value}")
+    return value
+
+
+def level_list(text: str) -> tuple[int, ...]:
+    """``K`` or ``K1,K2,…``: the graded-spike levels tune compares."""
+    return tuple(levels(part) for part in text.split(","))
 
 
 def non_negative_int(text: str) -> int:

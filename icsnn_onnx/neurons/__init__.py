@@ -12,8 +12,10 @@ from __future__ import annotations
 import onnx
 
 from icsnn_onnx.contract import NEURON_DOMAIN
+from icsnn_onnx.neurons import graded as _graded
 from icsnn_onnx.neurons import sigma_delta as _sigma_delta
 from icsnn_onnx.neurons.function import ElementwiseFunction
+from icsnn_onnx.neurons.graded import MAX_LEVELS, graded_if, levels_of
 from icsnn_onnx.neurons.if_channelwise import IF_CHANNELWISE
 from icsnn_onnx.neurons.if_neuron import IF
 from icsnn_onnx.neurons.kind import OUT, NeuronKind, count_breakpoint, driven, next_state
@@ -22,6 +24,7 @@ __all__ = [
     "IF",
     "IF_CHANNELWISE",
     "KINDS",
+    "MAX_LEVELS",
     "OUT",
     "ElementwiseFunction",
     "NeuronKind",
@@ -29,7 +32,9 @@ __all__ = [
     "count_breakpoint",
     "driven",
     "functions",
+    "graded_if",
     "kind_of",
+    "levels_of",
     "next_state",
     "sigma_delta",
 ]
@@ -37,7 +42,8 @@ __all__ = [
 sigma_delta = _sigma_delta.sigma_delta
 
 #: The fixed kinds (and forms), in the order their functions are written; the sigma-delta kinds,
-#: one per activation function (:func:`sigma_delta`), follow them.
+#: one per activation function (:func:`sigma_delta`), and the graded IF kinds, one per K
+#: (:func:`graded_if`), follow them.
 KINDS: tuple[NeuronKind, ...] = (IF, IF_CHANNELWISE)
 
 _BY_OP_TYPE = {kind.op_type: kind for kind in KINDS}
@@ -47,7 +53,7 @@ _BY_NAME = {kind.name: kind for kind in KINDS}
 def by_name(name: str) -> NeuronKind:
     """The fixed kind called ``name``, or a sigma-delta kind by its op type (a ``KeyError`` for
     none: a bug, never a user's input)."""
-    kind = _BY_NAME.get(name) or _sigma_delta.lookup(name)
+    kind = _BY_NAME.get(name) or _sigma_delta.lookup(name) or _graded.lookup(name)
     if kind is None:
         raise KeyError(name)
     return kind
@@ -58,12 +64,12 @@ def kind_of(domain: str, op_type: str) -> NeuronKind | None:
     written by another process: its shared signature)."""
     if domain != NEURON_DOMAIN:
         return None
-    return _BY_OP_TYPE.get(op_type) or _sigma_delta.lookup(op_type)
+    return _BY_OP_TYPE.get(op_type) or _sigma_delta.lookup(op_type) or _graded.lookup(op_type)
 
 
 def functions(op_types: set[str], opset: int) -> list[onnx.FunctionProto]:
     """The ONNX functions of the kinds whose steps a graph uses (``op_types`` of its icsnn nodes):
-    the fixed kinds in :data:`KINDS` order, then the sigma-delta kinds by name."""
+    the fixed kinds in :data:`KINDS` order, then the sigma-delta and graded kinds by name."""
     fixed = [kind.function_proto(opset) for kind in KINDS if kind.op_type in op_types]
-    parametric = sorted(t for t in op_types if _sigma_delta.lookup(t) is not None)
-    return fixed + [_sigma_delta.lookup(t).function_proto(opset) for t in parametric]
+    parametric = sorted(t for t in op_types if t not in _BY_OP_TYPE and kind_of(NEURON_DOMAIN, t))
+    return fixed + [kind_of(NEURON_DOMAIN, t).function_proto(opset) for t in parametric]

@@ -31,6 +31,7 @@ import numpy as np
 
 from icsnn_onnx.neurons.equations import Equation
 from icsnn_onnx.neurons.function import ElementwiseFunction
+from icsnn_onnx.neurons.graded import graded_signed, levels_of, quantizer_equations
 from icsnn_onnx.neurons.kind import NeuronKind
 
 PREFIX = "SigmaDelta_"
@@ -73,20 +74,6 @@ SIGNED_BREAKPOINT: tuple[Equation, ...] = (
     Equation("v_star_next", "Where", ("up", "raised", "below")),
 )
 
-#: Graded spikes (``levels`` K > 1): up to K units of θ per step, either sign, reset by subtraction
-#: of what was emitted (docs/method.md §16); ``lo``/``hi`` = ∓K. ``up``/``down`` are kept so that the
-#: analysis of Alg 2 reads the same names.
-GRADED_EQUATIONS: tuple[Equation, ...] = (
-    Equation("m", "Add", ("v", "drive")),  # m(t) = v(t-1) + drive(t)
-    Equation("ratio", "Div", ("m", "theta")),
-    Equation("level", "Floor", ("ratio",)),  # ⌊m/θ⌋: 0 in [0, θ), ≥ 1 from θ, ≤ −1 below 0
-    Equation("s", "Clip", ("level", "lo", "hi")),  # s(t) ∈ {−K … K}
-    Equation("out", "Mul", ("s", "theta")),
-    Equation("v_next", "Sub", ("m", "out")),
-    Equation("up", "GreaterOrEqual", ("m", "theta")),
-    Equation("down", "Less", ("m", "zero")),
-)
-
 _REFUSAL = "NIR has no neuron that fires on a function of its mean input (a sigma-delta neuron)"
 
 _KINDS: dict[str, NeuronKind] = {}  # op type → kind, for the kinds built in this process
@@ -105,25 +92,6 @@ SIGNED_IF = NeuronKind(
     breakpoint=SIGNED_BREAKPOINT,
     signed=True,
 )
-
-
-def _graded_if(levels: int) -> NeuronKind:
-    return NeuronKind(
-        name=f"signed if, {levels} levels",
-        op_type=f"SignedIFNeuron_K{levels}",
-        states=("v",),
-        current="drive",
-        parameters=("theta",),
-        equations=GRADED_EQUATIONS,
-        doc="Graded signed IF neuron (the quantizer of the graded sigma-delta neuron).",
-        constants=(
-            ("zero", np.zeros((), np.float32)),
-            ("lo", np.asarray(-levels, np.float32)),
-            ("hi", np.asarray(levels, np.float32)),
-        ),
-        spike="s",
-        signed=True,
-    )
 
 
 def front(f: ElementwiseFunction, z: np.ndarray) -> np.ndarray:
@@ -148,10 +116,10 @@ def sigma_delta(f: ElementwiseFunction, dtype: np.dtype | type = np.float32, lev
     if op_type not in _KINDS:
         body, constants = f.renamed("f.", "mean", "target")
         typed = tuple((constants[name], _typed(value, dtype)) for name, value in f.constants)
-        quantizer = SIGNED_EQUATIONS if levels == 1 else GRADED_EQUATIONS
-        bounds = (
-            () if levels == 1 else (("lo", np.asarray(-levels, dtype)), ("hi", np.asarray(levels, dtype)))
-        )
+        graded = graded_signed(levels) if levels > 1 else None
+        quantizer = SIGNED_EQUATIONS if graded is None else quantizer_equations("drive")
+        # the binary quantizer compares with 0; the graded one clips to its bounds
+        bounds = (("zero", np.zeros((), dtype)),) if graded is None else graded.constants
         _KINDS[op_type] = NeuronKind(
             name=NAME,
             op_type=op_type,
@@ -164,13 +132,13 @@ def sigma_delta(f: ElementwiseFunction, dtype: np.dtype | type = np.float32, lev
             readout_transfer=False,
             nir=None,
             nir_refusal=_REFUSAL,
-            constants=(("zero", np.zeros((), dtype)), *bounds, *typed),
+            constants=(*bounds, *typed),
             step_count="step",
             spike="s",
-            breakpoint=SIGNED_BREAKPOINT if levels == 1 else (),
+            breakpoint=SIGNED_BREAKPOINT if graded is None else graded.breakpoint,
             signed=True,
             front=lambda z, f=f: front(f, z),
-            quantizer=SIGNED_IF if levels == 1 else _graded_if(levels),
+            quantizer=SIGNED_IF if graded is None else graded,
         )
     return _KINDS[op_type]
 
@@ -185,10 +153,12 @@ def lookup(op_type: str) -> NeuronKind | None:
     :data:`SIGNATURE` (same inputs and outputs)."""
     if not op_type.startswith(PREFIX):
         return None
-    return _KINDS.get(op_type, SIGNATURE)
+    if op_type in _KINDS:
+        return _KINDS[op_type]
+    levels = levels_of(op_type)  # a graded one: the signature with its K (its cost per step)
+    return sigma_delta(SIGNATURE_FUNCTION, np.float32, levels) if levels else SIGNATURE
 
 
 #: The signature every sigma-delta kind shares (here with f = identity, a signed IF neuron).
-SIGNATURE = sigma_delta(
-    ElementwiseFunction((Equation("y", "Identity", ("x",)),), description="identity"), np.float32
-)
+SIGNATURE_FUNCTION = ElementwiseFunction((Equation("y", "Identity", ("x",)),), description="identity")
+SIGNATURE = sigma_delta(SIGNATURE_FUNCTION, np.float32)

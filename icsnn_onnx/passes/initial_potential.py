@@ -18,21 +18,25 @@ import onnx
 
 from icsnn_onnx.calibration.blocks import Block, blocks, run_blocks
 from icsnn_onnx.calibration.segments import SpillStore
-from icsnn_onnx.contract import INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY, INIT_METHOD_KEY
+from icsnn_onnx.contract import BIAS_SITES_KEY, INIT_CANDIDATES_KEY, INIT_FALLBACK_KEY, INIT_METHOD_KEY
 from icsnn_onnx.data import Data
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.neurons import NeuronKind, count_breakpoint, driven
-from icsnn_onnx.options import InitPolicy, Layout, Target, resolve_init
+from icsnn_onnx.options import ConversionOptions, InitPolicy, Layout, Target, resolve_init
 from icsnn_onnx.passes import Pass, PassManager, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
 from icsnn_onnx.passes.one_pass import OnePass
-from icsnn_onnx.passes.program import Program
+from icsnn_onnx.passes.program import ActivationKind, ActivationSite, Program
 from icsnn_onnx.passes.scale import MAX_UNROLLED_OPS, estimate
 from icsnn_onnx.passes.unroll import Unroll
 from icsnn_onnx.progress import ProgressFactory, silent
 
 logger = logging.getLogger(__name__)
+
+#: A bias correction below this fraction of the site's θ is rounding (a first layer's current is
+#: the ANN's): not applied.
+BIAS_TOLERANCE = 1e-5
 
 #: v(0) as a fraction of θ; Alg 2 (calibrated) starts from θ/2.
 INIT_FRACTION = {InitPolicy.ZERO: 0.0, InitPolicy.HALF: 0.5, InitPolicy.CALIBRATED: 0.5}
@@ -69,8 +73,21 @@ class ResolveInit(Pass):
         return PassResult(program, init is not options.init)
 
 
+def start_fraction(site: ActivationSite, options: ConversionOptions) -> float:
+    """Alg 1's v(0)/θ for a site: θ/2, except where the SNN's levels over T steps are the ANN's
+    own (a quantized activation with ``L = T·K`` levels): there its rounding offset φ, which makes
+    the neuron that quantizer exactly for a constant current (docs/method.md §16)."""
+    if options.init is InitPolicy.ZERO:
+        return 0.0
+    transfer = site.transfer
+    if transfer.kind is ActivationKind.QUANTIZED and transfer.levels == options.T * options.levels:
+        return float(transfer.offset)
+    return 0.5
+
+
 class InitialPotential(Pass):
-    """v(0) = 0 or θ/2 (``program.options.init``; Alg 2 starts from θ/2)."""
+    """v(0) = 0 or θ/2, or φ·θ on a quantized site whose levels the SNN matches
+    (``program.options.init``; Alg 2 starts from these)."""
 
     def requires(self, program: Program) -> None:
         missing = set(program.sites) - set(program.thresholds)
@@ -86,8 +103,8 @@ class InitialPotential(Pass):
         ensure(not missing, self.name, f"sites without v(0): {sorted(missing)}")
 
     def call(self, program: Program) -> PassResult:
-        fraction = INIT_FRACTION[program.options.init]
         for name, theta in program.thresholds.items():
+            fraction = start_fraction(program.sites[name], program.options)
             program.v_init[name] = (np.asarray(theta) * fraction).astype(np.float32)
         return PassResult(program, True)
 
@@ -123,7 +140,10 @@ class CalibrateInitialPotential(Pass):
         require(not missing, self.name, f"start values (Alg 1) needed first for {sorted(missing)}")
 
     def call(self, program: Program) -> PassResult:
-        if program.options.init is not InitPolicy.CALIBRATED:  # auto resolved to another
+        options = program.options
+        potentials = options.init is InitPolicy.CALIBRATED  # auto may have resolved to another
+        bias = options.bias_calibration and self.calib is not None
+        if not potentials and not bias:
             return PassResult(program, False)
         if self.calib is None:
             raise CalibrationError("--init calibrated needs calibration data (--calib)")
@@ -134,22 +154,39 @@ class CalibrateInitialPotential(Pass):
         # computed once, from the spikes of the sites before it, already calibrated (one pass).
         snn = self._trial_snn(program, half_start)
         per_site: dict[str, tuple[float, float]] = {}
+        biases: dict[str, np.ndarray] = {}
         with SpillStore() as store:
-            run = OnePass(program, ann, snn, data, store, self.progress)
+            run = OnePass(program, ann, snn, data, store, self.progress, bias=bias)
             try:
                 for index, site in enumerate(run.sites):
                     theta = np.asarray(program.thresholds[site.name], np.float64)
-                    errors, target_rank = None, 0
-                    for target, z in run.currents_of(index):
-                        kind = run.kind(index, z.dtype)
-                        batch_errors = self._block_errors(kind, z, target, theta, program.options.T)
-                        errors = batch_errors if errors is None else errors + batch_errors
-                        target_rank = target.ndim
-                    program.v_init[site.name], per_site[site.name] = self._choose(errors, theta, target_rank)
+                    batches = run.currents_of(index)
+                    if bias:  # the mean current error removed first; Alg 2 then fits v(0) to it
+                        for _ in batches:
+                            pass
+                        delta = run.correct_bias(index)
+                        if np.max(np.abs(delta)) > BIAS_TOLERANCE * float(theta.max()):
+                            biases[site.name] = delta
+                        batches = run.stored_currents(index)
+                    if potentials:
+                        errors, target_rank = None, 0
+                        for target, z in batches:
+                            kind = run.kind(index, z.dtype)
+                            batch_errors = self._block_errors(kind, z, target, theta, options.T)
+                            errors = batch_errors if errors is None else errors + batch_errors
+                            target_rank = target.ndim
+                        start = round(start_fraction(site, options) * self.K)
+                        program.v_init[site.name], per_site[site.name] = self._choose(
+                            errors, theta, target_rank, start
+                        )
+                    else:
+                        for _ in batches:  # bias alone: the currents stored, nothing to score
+                            pass
                     run.fire(index, program.v_init[site.name])
-                program.metadata[INIT_CANDIDATES_KEY] = str(self.K)
-                # Layer-wise least squares does not guarantee a better network output: keep Alg
-                # 1's potentials if the calibrated ones do worse end to end on the same data.
+                if potentials:
+                    program.metadata[INIT_CANDIDATES_KEY] = str(self.K)
+                # Neither layer-wise fit guarantees a better network output: keep Alg 1's
+                # potentials and no bias if the calibrated SNN does worse end to end on this data.
                 output_errors = run.output_errors(program.v_init)
             finally:
                 run.close()
@@ -157,11 +194,16 @@ class CalibrateInitialPotential(Pass):
         kept_half = output_errors[1] > output_errors[0]
         if kept_half:
             logger.info(
-                "calibrated v(0) worse at the output on calibration data (%.4g > %.4g); keeping θ/2",
+                "calibrated SNN worse at the output on calibration data (%.4g > %.4g); keeping θ/2%s",
                 *output_errors[::-1],
+                " and no bias correction" if bias else "",
             )
             program.v_init.update(half_start)
             program.metadata[INIT_FALLBACK_KEY] = "half"
+        elif biases:
+            program.current_bias.update(biases)
+        if bias:
+            program.metadata[BIAS_SITES_KEY] = str(0 if kept_half else len(biases))
         program.init_calibration = InitCalibration(per_site, output_errors, kept_half, calibrated)
         return PassResult(program, True)
 
@@ -195,40 +237,12 @@ class CalibrateInitialPotential(Pass):
             steps = np.broadcast_to(block_z, (T, *block_z.shape[1:]))
             quantizer, drive = driven(kind, steps)
             parameters = {"theta": block_theta.astype(z.dtype)}
-            if not quantizer.breakpoint:  # no one-run analysis (graded spikes): each candidate run
-                part = self._simulated_errors(quantizer, drive, parameters, target[where], block_theta, T)
-            else:
-                count, v_star = count_breakpoint(quantizer, drive, parameters)
-                part = self._channel_errors(count, v_star, target[where], block_theta, T)
+            count, v_star = count_breakpoint(quantizer, drive, parameters)
+            part = self._channel_errors(count, v_star, target[where], block_theta, T)
             return block[1] if target.ndim >= 2 else slice(None), part
 
         for channel, block_errors in run_blocks(work, blocks(target.shape)):
             errors[:, channel] += block_errors
-        return errors
-
-    def _simulated_errors(
-        self,
-        kind: NeuronKind,
-        drive: np.ndarray,
-        parameters: dict[str, np.ndarray],
-        target: np.ndarray,
-        theta: np.ndarray,
-        T: int,
-    ) -> np.ndarray:
-        """Squared error per candidate and channel, ``[K, C]``, from one run per candidate start."""
-        channels = target.shape[1] if target.ndim >= 2 else 1
-        shape = channel_shape(target.ndim, channels) if target.ndim >= 2 else ()
-        theta = np.broadcast_to(np.asarray(theta, np.float64).reshape(-1), (channels,)).reshape(shape)
-        axes = tuple(i for i in range(target.ndim) if i != 1) if target.ndim >= 2 else None
-        errors = np.zeros((self.K, channels))
-        zero = {s: np.zeros((), drive.dtype) for s in kind.states}
-        for k in range(self.K):
-            start = (theta * (k / self.K)).astype(drive.dtype)
-            count = sum(
-                step[kind.spike] for step in kind.steps(drive, parameters, {**zero, kind.membrane: start})
-            )
-            error = (theta * count / T - target) ** 2
-            errors[k] = np.sum(error, axis=axes).reshape(channels) if axes else np.sum(error)
         return errors
 
     def _channel_errors(
@@ -260,12 +274,12 @@ class CalibrateInitialPotential(Pass):
         return base + np.cumsum(jumps.reshape(channels, self.K + 1)[:, : self.K], axis=1).T
 
     def _choose(
-        self, errors: np.ndarray, theta: np.ndarray, rank: int
+        self, errors: np.ndarray, theta: np.ndarray, rank: int, half: int
     ) -> tuple[np.ndarray, tuple[float, float]]:
-        """The per-channel v(0) and the site's error with θ/2 and with it."""
-        half = self.K // 2
+        """The per-channel v(0) and the site's error with Alg 1's start (candidate ``half``: θ/2,
+        or φ·θ on a quantized site, :func:`start_fraction`) and with it."""
         best = errors.argmin(axis=0)
-        # Keep θ/2 unless a candidate is strictly better: never worse than Alg 1.
+        # Keep Alg 1's start unless a candidate is strictly better: never worse than Alg 1.
         best = np.where(errors[best, np.arange(errors.shape[1])] < errors[half], best, half)
         report = (float(errors[half].sum()), float(errors[best, np.arange(errors.shape[1])].sum()))
         fraction = best / self.K

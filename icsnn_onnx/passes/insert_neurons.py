@@ -13,7 +13,7 @@ import onnx_graphsurgeon as gs
 
 from icsnn_onnx import neurons
 from icsnn_onnx.contract import NEURON_DOMAIN
-from icsnn_onnx.neurons import IF, NeuronKind, sigma_delta
+from icsnn_onnx.neurons import IF, NeuronKind, graded_if, sigma_delta
 from icsnn_onnx.neurons.if_neuron import IFParams
 from icsnn_onnx.passes import Pass, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import detach
@@ -34,9 +34,10 @@ def site_kind(node: gs.Node) -> NeuronKind:
 
 
 def neuron_kind(site: ActivationSite, dtype: np.dtype, levels: int = 1) -> NeuronKind:
-    """The kind a site becomes: the IF neuron, or the sigma-delta neuron of its function."""
+    """The kind a site becomes: the IF neuron (graded with ``levels`` > 1), or the sigma-delta
+    neuron of its function."""
     if site.neuron == IF.name:
-        return IF
+        return IF if levels == 1 else graded_if(levels)
     assert site.transfer.function is not None  # a generic activation carries its function
     return sigma_delta(site.transfer.function, dtype, levels)
 

@@ -44,8 +44,10 @@ class OnePass:
         data: Dataset,
         store: SpillStore,
         progress: ProgressFactory,
+        bias: bool = False,
     ) -> None:
         self.T, self.batch = program.options.T, program.options.batch_size
+        self.bias = bias  # keep the ANN's currents too, for bias calibration (:meth:`correct_bias`)
         self.levels = program.options.levels
         # A graph whose inputs fix the batch below ours (old model-zoo graphs: 1) runs each segment
         # that provably computes sample by sample on whole batches anyway, the others at the
@@ -157,13 +159,46 @@ class OnePass:
                 if keep_activation:
                     activation = ann_out[site.output]
                     self.store.create(f"ann{i}", (self.n, *activation.shape[1:]), activation.dtype)
+                if self.bias:
+                    self.store.create(f"annz{i}", (self.n, *first.shape[1:]), np.float64)
             stored = self.store[f"z{i}"]
             for t, current in enumerate(self.currents[i]):
                 stored[t, start:stop] = snn_out[current]
             if keep_activation:
                 self.store[f"ann{i}"][start:stop] = ann_out[site.output]
+            if self.bias:
+                self.store[f"annz{i}"][start:stop] = ann_out[site.input]
             # float32, as the SNN computes them
             yield site.transfer(ann_out[site.input].astype(np.float64)), np.asarray(stored[:, start:stop])
+
+    def correct_bias(self, i: int) -> np.ndarray:
+        """Bias calibration of site ``i`` (after :meth:`currents_of` ran through): the mean, per
+        channel (axis 1; all of it below rank 2), of the SNN's current over the T steps minus the
+        ANN's, over every sample and position, is subtracted from the stored currents; returns the
+        correction ``δ`` added (``−`` that mean error), shaped to broadcast against one sample's
+        current (docs/method.md §17). Upstream sites' mean output errors reach this current
+        through the linear layer that computes it, so ``δ`` is that layer's bias correction."""
+        z, ann = self.store[f"z{i}"], self.store[f"annz{i}"]
+        rank = ann.ndim
+        axes = tuple(a for a in range(rank) if a != 1) if rank >= 2 else None
+        total = np.zeros(ann.shape[1] if rank >= 2 else (), np.float64)
+        for start, stop in self._ranges():
+            gap = np.mean(np.asarray(z[:, start:stop], np.float64), axis=0) - ann[start:stop]
+            total = total + np.sum(gap, axis=axes)
+        count = ann.size / (ann.shape[1] if rank >= 2 else 1)
+        delta = -total / max(count, 1)
+        shape = (-1, *([1] * (rank - 2))) if rank >= 2 else ()
+        delta = delta.reshape(shape)
+        for start, stop in self._ranges():
+            z[:, start:stop] = np.asarray(z[:, start:stop]) + delta.astype(z.dtype)
+        return delta.astype(np.float32)
+
+    def stored_currents(self, i: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """As :meth:`currents_of`, from the store (after :meth:`correct_bias`): per batch, the
+        site's target and its corrected currents."""
+        site, z, ann = self.sites[i], self.store[f"z{i}"], self.store[f"annz{i}"]
+        for start, stop in self._ranges():
+            yield site.transfer(np.asarray(ann[start:stop])), np.asarray(z[:, start:stop])
 
     def fire(self, i: int, v_init: np.ndarray) -> None:
         """Simulate site ``i`` with its chosen v(0); store its spikes (and v(T) if the head reads
@@ -221,6 +256,8 @@ class OnePass:
     def _forget(self, i: int) -> None:
         """Drops site ``i``'s currents and whatever site ``i`` was the last to read."""
         self.store.drop(f"z{i}")
+        if self.bias:
+            self.store.drop(f"annz{i}")
         for (kind, k), last in self._last_read.items():
             if last == i:
                 self.store.drop(f"{'ann' if kind == 'ann' else 's'}{k}")

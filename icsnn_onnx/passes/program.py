@@ -207,6 +207,7 @@ class Program:
     units: dict[str, CompensatedUnit] = field(default_factory=dict)  # compensated units by name
     thresholds: dict[str, np.ndarray] = field(default_factory=dict)  # site name → θ
     v_init: dict[str, np.ndarray] = field(default_factory=dict)  # site name → v(0)
+    current_bias: dict[str, np.ndarray] = field(default_factory=dict)  # site → δ added to its current
     encoders: dict[str, InputEncoder] = field(default_factory=dict)  # graph input → its encoder
     maxpools: dict[str, str] = field(default_factory=dict)  # MaxPool node → policy applied to it
     metadata: dict[str, str] = field(default_factory=dict)
@@ -257,6 +258,7 @@ class Program:
             units=dict(self.units),
             thresholds=dict(self.thresholds),
             v_init=dict(self.v_init),
+            current_bias=dict(self.current_bias),
             encoders=dict(self.encoders),
             maxpools=dict(self.maxpools),
             metadata=dict(self.metadata),

@@ -8,6 +8,9 @@
 - Generic activation (a sigma-delta neuron, signed spikes): the same statistic of the magnitude
   of its activation ``|f(z)|`` (docs/method.md §14).
 
+With graded spikes (``levels`` K > 1) the neuron spans that range in K units: θ = λ/K, and the
+mse statistic fits the T·K levels a neuron can then say over T steps (docs/method.md §16).
+
 The neuron emits θ·s(t), so weights are left untouched (θ lives in the neuron).
 """
 
@@ -71,7 +74,7 @@ class NormalizeThresholds(Pass):
                 [_statistic_of(s) for s in fitted],
                 calib,
                 percentile=options.percentile,
-                levels=options.T if options.threshold_method == "mse" else None,
+                levels=options.T * options.levels if options.threshold_method == "mse" else None,
                 channel_wise=options.channel_wise,
                 bounds={
                     s.input: s.transfer.upper_bound for s in fitted if s.transfer.upper_bound is not None
@@ -86,6 +89,9 @@ class NormalizeThresholds(Pass):
                     program, site.name, site.input, stats[_statistic_of(site)]
                 )
             logger.info("calibrated %d threshold(s) on %s samples", len(fitted), calib.size or "all")
+        if options.levels > 1:  # a graded neuron spans its range λ in K units: θ = λ/K
+            for name, theta in program.thresholds.items():
+                program.thresholds[name] = (np.asarray(theta, np.float64) / options.levels).astype(np.float32)
         program.metadata[THRESHOLD_SOURCE_KEY] = "calibration" if fitted else "clip bounds"
         if fitted:
             program.metadata[THRESHOLD_METHOD_KEY] = options.threshold_method
