@@ -4,7 +4,7 @@ the output's metadata."""
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import Field, dataclass, field, fields
 from enum import Enum
 
 from icsnn_onnx.contract import metadata_key
@@ -80,6 +80,19 @@ def resolve_init(options: ConversionOptions, has_calibration: bool, trial_fits: 
     return InitPolicy.HALF
 
 
+#: A field's metadata key naming what None means for it ("auto": decided during conversion).
+NONE_IN_METADATA = "none_means"
+
+
+def resolve_bias_calibration(options: ConversionOptions) -> bool:
+    """Whether bias calibration runs (given calibration data), ``options.init`` already resolved:
+    as asked, or with ``None`` (auto) exactly where Alg 2 runs. Chosen on benchmarks/low_latency.py's
+    nets (docs/method.md §17): it never cost more than 0.07 points and gained up to 20 at T ≤ 2."""
+    if options.bias_calibration is not None:
+        return options.bias_calibration
+    return options.init is InitPolicy.CALIBRATED
+
+
 def parse_threshold_method(spec: str) -> float | None:
     """``"max"``, ``"mse"`` and ``"auto"`` → ``None``; ``"p99.99"`` → ``99.99`` (a percentile)."""
     if spec in ("max", "mse", "auto"):
@@ -139,7 +152,9 @@ class ConversionOptions:
     calib_samples: int | None = None
     batch_size: int = 64
     levels: int = 1  # K: a spike carries up to K units of θ per step (1: binary spikes)
-    bias_calibration: bool = False  # with calibration data: remove each site's mean current error
+    # Remove each site's mean current error on calibration data (docs/method.md §17). None (auto):
+    # wherever Alg 2 calibrates the potentials, which already fits the SNN to the compiled T.
+    bias_calibration: bool | None = field(default=None, metadata={NONE_IN_METADATA: "auto"})
 
     def __post_init__(self) -> None:
         _integer("T", self.T, 1)
@@ -158,6 +173,10 @@ class ConversionOptions:
         if self.calib_samples is not None:
             _integer("calib_samples", self.calib_samples, 1)
         _integer("batch_size", self.batch_size, 1)
+        if self.bias_calibration is not None and not isinstance(self.bias_calibration, bool):
+            raise ValueError(
+                f"bias_calibration must be True, False or None (auto), got {self.bias_calibration!r}"
+            )
         _integer("levels", self.levels, 1)
         if self.levels > MAX_LEVELS:
             raise ValueError(f"levels must be at most {MAX_LEVELS}, got {self.levels}")
@@ -172,4 +191,13 @@ class ConversionOptions:
         return parse_threshold_method(self.threshold_method)
 
     def as_metadata(self) -> dict[str, str]:
-        return {metadata_key(k): str(v) for k, v in asdict(self).items() if k != "batch_size"}
+        return {
+            metadata_key(f.name): metadata_text(f, getattr(self, f.name))
+            for f in fields(self)
+            if f.name != "batch_size"
+        }
+
+
+def metadata_text(option: Field, value: object) -> str:
+    """How an option's value is written to metadata: ``str``, or the field's word for None."""
+    return option.metadata.get(NONE_IN_METADATA, "None") if value is None else str(value)

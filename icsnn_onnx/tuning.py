@@ -106,7 +106,11 @@ def tune(
     if calib is not None:  # opened once, not once per conversion
         calib = load_dataset(calib, specs, what="calibration data", error=CalibrationError)
         calib = calib.reusable()
-    stepwise = options.init in ("half", "zero") and not threshold_depends_on_T(options.threshold)
+    stepwise = (
+        options.init in ("half", "zero")
+        and not threshold_depends_on_T(options.threshold)
+        and not options.bias_calibration  # a bias fitted to the compiled T
+    )
     if engine is not None:
         if fixed:
             raise OptionError("tune --engine ray does not take fixed inputs yet: tune locally")

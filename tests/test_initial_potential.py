@@ -139,11 +139,14 @@ def test_calibrated_init_on_sklearn_and_multi_input(digits):
 )
 def test_each_potential_is_the_best_for_the_currents_the_finished_snn_feeds_it(build, T, digits):
     """Alg 2 in one pass reads each site's currents from stored upstream spikes; they must be the
-    currents of the SNN it finally builds, so each chosen v(0) is the best candidate for them."""
+    currents of the SNN it finally builds, so each chosen v(0) is the best candidate for them.
+    Bias calibration off: its δ, folded into a layer's bias, rounds differently in float32 from
+    the stored currents plus δ, which moves spikes at exact ties (tests/test_bias_calibration.py)."""
     K = 16
-    program = import_model(
-        build(), ConversionOptions(T=T, threshold="p99.99", channel_wise=True, init="calibrated")
+    options = ConversionOptions(
+        T=T, threshold="p99.99", channel_wise=True, init="calibrated", bias_calibration=False
     )
+    program = import_model(build(), options)
     data = Dataset({"x": digits[0][:120]})
     passes = [
         Canonicalize(),

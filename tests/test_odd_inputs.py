@@ -238,6 +238,9 @@ def test_every_option_round_trips_from_the_cli_to_metadata(tmp_path, digits):
         "50",
         "--batch-size",
         "16",
+        "--levels",
+        "3",
+        "--no-bias-calibration",
     ]
     options = _options(_parser().parse_args(flags))
     expected = icsnn_onnx.ConversionOptions(
@@ -254,6 +257,8 @@ def test_every_option_round_trips_from_the_cli_to_metadata(tmp_path, digits):
         target="portable",
         calib_samples=50,
         batch_size=16,
+        levels=3,
+        bias_calibration=False,
     )
     assert options == expected
     snn = icsnn_onnx.convert(tmp_path / "ann.onnx", tmp_path / "x.npy", options=options)
@@ -261,6 +266,9 @@ def test_every_option_round_trips_from_the_cli_to_metadata(tmp_path, digits):
     for field in dataclasses.fields(icsnn_onnx.ConversionOptions):
         if field.name != "batch_size":  # how calibration ran, not what was built
             assert meta[metadata_key(field.name)] == str(getattr(options, field.name)), field.name
+    # An option left to be decided during conversion is recorded as the word for it.
+    auto = icsnn_onnx.convert(tmp_path / "ann.onnx", tmp_path / "x.npy", T=2, init="half")
+    assert {p.key: p.value for p in auto.metadata_props}[metadata_key("bias_calibration")] == "auto"
 
 
 @pytest.mark.parametrize("layout", ["step-major", "loop"])
@@ -288,3 +296,46 @@ def test_output_path_checks_do_not_need_the_file_to_be_valid(tmp_path):
     Path(tmp_path / "in.onnx").write_bytes(b"junk")
     with pytest.raises(icsnn_onnx.OutputPathError):
         icsnn_onnx.model_io.check_output(tmp_path / "in.onnx", True, [tmp_path / "in.onnx"])
+
+
+def test_an_output_declared_with_the_wrong_shape_converts_and_declares_what_it_computes(caplog):
+    """ddddocr's CRNN declares ``[1, seqlen]`` for a ``[seq, 1, classes]`` output: its reshape
+    target is computed from shapes, so the source's checker never sees the rank. Once the SNN's
+    constants fold, it does; the SNN keeps the output's name and dtype and declares its true shape."""
+    h = onnx.helper
+    w = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    nodes = [
+        h.make_node("MatMul", ["x", "w"], ["z"], name="fc"),
+        h.make_node("Relu", ["z"], ["a"], name="relu"),
+        h.make_node("MatMul", ["a", "w2"], ["b"], name="fc2"),
+        h.make_node("Shape", ["b"], ["shape"], name="shape"),
+        h.make_node("Gather", ["shape", "zero"], ["n"], axis=0, name="batch"),
+        h.make_node("Unsqueeze", ["n"], ["n1"], axes=[0], name="unsqueeze"),
+        h.make_node("Concat", ["n1", "split"], ["target"], axis=0, name="target"),
+        h.make_node("Reshape", ["b", "target"], ["y"], name="reshape"),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(w, "w"),
+        onnx.numpy_helper.from_array(np.eye(6, dtype=np.float32), "w2"),
+        onnx.numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        onnx.numpy_helper.from_array(np.array([2, 3], np.int64), "split"),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "misdeclared",
+        [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],  # computes [1, 2, 3]
+        inits,
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 12)])
+    model.ir_version = 6
+    onnx.checker.check_model(model, full_check=True)  # the source passes
+    x = np.random.default_rng(1).uniform(0, 1, (32, 1, 4)).astype(np.float32)[:, 0]
+    with caplog.at_level("WARNING"):
+        snn = icsnn_onnx.convert(model, {"x": x[:1]}, T=4)
+    assert "output 'y'" in caplog.text
+    (output,) = snn.graph.output
+    assert output.name == "y" and output.type.tensor_type.elem_type == TensorProto.FLOAT
+    assert [d.dim_value for d in output.type.tensor_type.shape.dim] == [1, 2, 3]
+    (y,) = run(snn, x[:1])
+    assert y.shape == (1, 2, 3)

@@ -166,7 +166,8 @@ def _method_options(several_levels: bool = False) -> argparse.ArgumentParser:
         default=DEFAULTS.bias_calibration,
         help="with --calib: remove each neuron layer's mean current error at the compiled T, measured "
         "layer by layer, through the bias of the layer computing it (in Alg 2's pass; kept only if the "
-        f"output gets closer to the ANN's; default {'on' if DEFAULTS.bias_calibration else 'off'})",
+        "output gets closer to the ANN's; default: wherever Alg 2 runs, i.e. --init calibrated, or auto "
+        "with --calib up to T 64)",
     )
     method.add_argument(
         "--compensation",

@@ -22,7 +22,14 @@ from icsnn_onnx.contract import BIAS_SITES_KEY, INIT_CANDIDATES_KEY, INIT_FALLBA
 from icsnn_onnx.data import Data
 from icsnn_onnx.errors import CalibrationError
 from icsnn_onnx.neurons import NeuronKind, count_breakpoint, driven
-from icsnn_onnx.options import ConversionOptions, InitPolicy, Layout, Target, resolve_init
+from icsnn_onnx.options import (
+    ConversionOptions,
+    InitPolicy,
+    Layout,
+    Target,
+    resolve_bias_calibration,
+    resolve_init,
+)
 from icsnn_onnx.passes import Pass, PassManager, PassResult, ensure, require
 from icsnn_onnx.passes.graph_utils import channel_shape
 from icsnn_onnx.passes.insert_neurons import InsertNeurons
@@ -142,7 +149,7 @@ class CalibrateInitialPotential(Pass):
     def call(self, program: Program) -> PassResult:
         options = program.options
         potentials = options.init is InitPolicy.CALIBRATED  # auto may have resolved to another
-        bias = options.bias_calibration and self.calib is not None
+        bias = resolve_bias_calibration(options) and self.calib is not None
         if not potentials and not bias:
             return PassResult(program, False)
         if self.calib is None:
