@@ -48,6 +48,18 @@ class QCFS(nn.Module):
         return torch.clamp(y, 0, 1) * self.lam
 
 
+class STEQCFS(QCFS):
+    """QCFS as quantization-aware training code writes it, with a straight-through estimator:
+    ``λ·(x_c + (q(x_c) − x_c).detach())``, ``x_c = clamp(x/λ, 0, 1)``. The same function as
+    :class:`QCFS` (clamping before or after the rounding gives the same levels), exported as a DAG
+    (``x_c`` read twice) instead of a chain: the twin ``ste_avgpool`` takes qcfs_avgpool's weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xc = torch.clamp(x / self.lam, 0, 1)
+        q = torch.floor(xc * self.levels + 0.5) / self.levels
+        return (xc + (q - xc).detach()) * self.lam
+
+
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
 
@@ -125,7 +137,8 @@ def build(net: str, relu: bool = False) -> nn.Sequential:
     converter replaces only those), so a twin takes the trained weights."""
     if net in DEEP:
         return DEEP[net](nn.ReLU) if relu else DEEP[net]()
-    act = (lambda: QCFS()) if net == "qcfs_avgpool" and not relu else nn.ReLU
+    quantizer = {"qcfs_avgpool": QCFS, "ste_avgpool": STEQCFS}.get(net)
+    act = quantizer if quantizer is not None and not relu else nn.ReLU
     pool = (lambda: nn.MaxPool2d(2)) if net == "relu_maxpool" else (lambda: nn.AvgPool2d(2))
     layers: list[nn.Module] = []
     channels = 1
