@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 import icsnn_onnx
 from icsnn_onnx.cli import main
 from icsnn_onnx.contract import SnnMetadata
+from icsnn_onnx.data import Dataset
 from icsnn_onnx.runtime import Session
 from tests import models
 from tests.conftest import relative_error
@@ -173,3 +174,46 @@ def test_cli_convert_and_eval_with_fixed_inputs(tmp_path, digits, capsys):
     with pytest.raises(SystemExit) as usage:
         main(["convert", str(model), "-q", "--input", "rate"])
     assert usage.value.code == 2 and "expected NAME=VALUE" in capsys.readouterr().err
+
+
+def _with_state() -> onnx.ModelProto:
+    """y = head(Relu(Conv(Concat(Relu(Conv(x)), state)))): a state input ``[N, 4, 8, 8]``, no sample."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["a"], name="first"),
+        helper.make_node("Concat", ["a", "state"], ["c"], axis=1),
+        helper.make_node("Conv", ["c", "w2"], ["h2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h2"], ["r"], name="last"),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
+    inits = {
+        "w1": models._w(4, 1, 3, 3, rng=np.random.default_rng(1)),
+        "w2": models._w(4, 8, 3, 3, rng=np.random.default_rng(2)),
+        "fc": models._w(10, 256, rng=np.random.default_rng(3)),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "stateful",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, ["N", 4, 8, 8]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def test_report_runs_with_a_fixed_input_sized_for_the_batch(digits):
+    """Silero VAD's recurrent state is ``[2, N, 128]``: fixed for a batch, the SNN runs that batch
+    only, so the report's shape probe takes that batch, not one sample; costs stay per sample."""
+    x = digits[0][:8, :, :8, :8]
+    data = Dataset({"x": x})
+    costs = []
+    for n in (8, 1):
+        fixed = {"state": np.full((n, 4, 8, 8), 0.1, np.float32)}
+        snn = icsnn_onnx.convert(_with_state(), x[:n], T=4, fixed=fixed)
+        got = icsnn_onnx.report(snn, data.head(n), batch_size=n, fixed=fixed)
+        costs.append(got.energy["ann_macs_per_sample"])
+    assert costs[0] == costs[1] > 0

@@ -133,7 +133,8 @@ def report(
         ann_tensors = [layer.tensor for layer in layers if layer.tensor in known]
         ann_session = Session(expose(ann_model, [output, *ann_tensors]), provider=provider, fixed=fixed)
 
-    first = _first_batch(session, data)
+    # A fixed input may be sized for a batch (a recurrent state [layers, N, H]): probe at that size.
+    first = _first_batch(session, data, batch_size if fixed else 1)
     probe = session.run(first, list(dict.fromkeys(probe_names)))
     routes = spike_routes(model, sources, paths, probe)
     stats = _Stats(layers, synapses, routes, T, _macs(synapses, probe, model))
@@ -163,11 +164,14 @@ def report(
     return stats.finish(energy, labelled, ann is not None)
 
 
-def _first_batch(session: Session, data: Data) -> dict[str, np.ndarray]:
-    """One sample (repeated to a static batch size): the probe run that reads tensor shapes."""
-    size = (session.inputs[0].static_batch if session.inputs else None) or 1
-    first = next(data.batches(1))
-    return {k: np.repeat(v[:1], size, axis=0) for k, v in first.items()}
+def _first_batch(session: Session, data: Data, samples: int = 1) -> dict[str, np.ndarray]:
+    """The probe run that reads tensor shapes: the first ``samples`` (one, repeated to a static
+    batch size); layer costs are per sample (the shapes past axis 0), whatever the probe's size."""
+    static = session.inputs[0].static_batch if session.inputs else None
+    if static or samples == 1:
+        first = next(data.batches(1))
+        return {k: np.repeat(v[:1], static or 1, axis=0) for k, v in first.items()}
+    return next(data.batches(samples))
 
 
 def _macs(synapses: list[Synapse], probe: dict, model: onnx.ModelProto) -> dict[str, int]:
