@@ -101,6 +101,8 @@ def test_results_table_is_the_committed_measurement():
         "alg2_scale",
         "ray_eval",
         "layout_scale",
+        "low_latency",
+        "coverage",
     ],
 )
 def test_benchmark_table_is_the_committed_measurement(benchmark):
