@@ -85,3 +85,44 @@ def load_benchmark(name: str) -> ModuleType:
     finally:
         sys.path.remove(str(BENCHMARKS))
     return module
+
+
+def unrolled_kind(kind, T: int, shape: list[int]) -> onnx.ModelProto:
+    """T steps of a neuron ``kind``'s ONNX function on inputs z0…z{T-1}: its initial states
+    (``v0``, …) and parameters (``theta``, …) as scalar inputs, the step number as a constant
+    where the kind counts steps; every out(t) and membrane v(t) as outputs."""
+    from onnx import TensorProto, helper
+
+    from icsnn_onnx.contract import NEURON_DOMAIN
+
+    nodes, states = [], [f"{s}0" for s in kind.states]
+    for t in range(1, T + 1):
+        clock = []
+        if kind.step_count:
+            step = helper.make_tensor(f"step{t}", TensorProto.FLOAT, [], [float(t)])
+            nodes.append(helper.make_node("Constant", [], [f"step{t}"], value=step))
+            clock = [f"step{t}"]
+        following = [f"{s}{t}" for s in kind.states]
+        nodes.append(
+            helper.make_node(
+                kind.op_type,
+                [*states, f"z{t - 1}", *kind.parameters, *clock],
+                [f"out{t}", *following],
+                domain=NEURON_DOMAIN,
+            )
+        )
+        states = following
+    floats = lambda name, dims: helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)  # noqa: E731
+    scalars = [*kind.parameters, *(f"{s}0" for s in kind.states)]
+    inputs = [floats(f"z{t}", shape) for t in range(T)] + [floats(n, []) for n in scalars]
+    outputs = [floats(f"out{t}", shape) for t in range(1, T + 1)] + [
+        floats(f"{kind.membrane}{t}", shape) for t in range(1, T + 1)
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, kind.op_type, inputs, outputs),
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(NEURON_DOMAIN, 1)],
+        functions=[kind.function_proto(21)],
+        ir_version=10,
+    )
+    onnx.checker.check_model(model)
+    return model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 import icsnn_onnx
 from icsnn_onnx.contract import NEURON_DOMAIN
@@ -14,37 +14,10 @@ from icsnn_onnx.neurons import count_breakpoint, graded_if, kind_of, sigma_delta
 from icsnn_onnx.neurons.graded import graded_signed
 from icsnn_onnx.runtime.instrument import expose
 from tests import models
-from tests.conftest import run
+from tests.conftest import run, unrolled_kind
 from tests.test_sigma_delta import SILU
 
 S = lambda v: np.asarray(v, np.float32)  # noqa: E731 - scalar constant
-
-
-def _unrolled(kind, T: int, shape: list[int]) -> onnx.ModelProto:
-    """T steps of ``kind`` (one state, the membrane) on inputs z0…z{T-1}, θ and v0 inputs."""
-    assert kind.states == ("v",) and not kind.step_count
-    nodes, v = [], "v0"
-    for t in range(1, T + 1):
-        nodes.append(
-            helper.make_node(
-                kind.op_type, [v, f"z{t - 1}", "theta"], [f"out{t}", f"v{t}"], domain=NEURON_DOMAIN
-            )
-        )
-        v = f"v{t}"
-    floats = lambda name, dims: helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)  # noqa: E731
-    inputs = [floats(f"z{t}", shape) for t in range(T)] + [floats(n, []) for n in ("theta", "v0")]
-    outputs = [floats(f"out{t}", shape) for t in range(1, T + 1)] + [
-        floats(f"v{t}", shape) for t in range(1, T + 1)
-    ]
-    graph = helper.make_graph(nodes, "graded", inputs, outputs)
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(NEURON_DOMAIN, 1)],
-        functions=[kind.function_proto(21)],
-        ir_version=10,
-    )
-    onnx.checker.check_model(model)
-    return model
 
 
 def _reference(kind, z: np.ndarray, theta, v0) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +37,7 @@ def test_the_reference_is_what_onnx_runtime_computes(name):
     kind, T, theta, v0 = KINDS[name](), 6, 0.25, 0.125
     z = np.random.default_rng(0).normal(0.3, 0.8, (T, 500)).astype(np.float32)
     outs = run(
-        _unrolled(kind, T, [500]), {f"z{t}": z[t] for t in range(T)} | {"theta": S(theta), "v0": S(v0)}
+        unrolled_kind(kind, T, [500]), {f"z{t}": z[t] for t in range(T)} | {"theta": S(theta), "v0": S(v0)}
     )
     out, v = _reference(kind, z, theta, v0)
     np.testing.assert_array_equal(np.stack(outs[:T]), out)

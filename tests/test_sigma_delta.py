@@ -4,16 +4,14 @@ train obeys, the closed form for a constant current, and Alg 2's one-run analysi
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 import icsnn_onnx
-from icsnn_onnx.contract import NEURON_DOMAIN
 from icsnn_onnx.neurons import ElementwiseFunction, count_breakpoint, sigma_delta
 from icsnn_onnx.neurons.equations import Equation
 from tests import models
-from tests.conftest import run
+from tests.conftest import run, unrolled_kind
 
 SILU = ElementwiseFunction((Equation("s", "Sigmoid", ("x",)), Equation("y", "Mul", ("x", "s"))), (), "silu")
 HARDSWISH = ElementwiseFunction(
@@ -28,39 +26,6 @@ HARDSWISH = ElementwiseFunction(
 )
 GELU = ElementwiseFunction((Equation("y", "Gelu", ("x",)),), (), "gelu")
 FUNCTIONS = {"silu": SILU, "hardswish": HARDSWISH, "gelu": GELU}
-
-
-def _unrolled(kind, T: int, shape: list[int]) -> onnx.ModelProto:
-    """T steps of ``kind`` on inputs z0…z{T-1} (θ an input), returning every out(t) and v(t)."""
-    nodes, v, acc, d = [], "v0", "acc0", "d0"
-    for t in range(1, T + 1):
-        step = helper.make_tensor(f"step{t}", TensorProto.FLOAT, [], [float(t)])
-        nodes.append(helper.make_node("Constant", [], [f"step{t}"], value=step))
-        nodes.append(
-            helper.make_node(
-                kind.op_type,
-                [v, acc, d, f"z{t - 1}", "theta", f"step{t}"],
-                [f"out{t}", f"v{t}", f"acc{t}", f"d{t}"],
-                domain=NEURON_DOMAIN,
-            )
-        )
-        v, acc, d = f"v{t}", f"acc{t}", f"d{t}"
-    floats = lambda name, dims: helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)  # noqa: E731
-    inputs = [floats(f"z{t}", shape) for t in range(T)] + [
-        floats(n, []) for n in ("theta", "v0", "acc0", "d0")
-    ]
-    outputs = [floats(f"out{t}", shape) for t in range(1, T + 1)] + [
-        floats(f"v{t}", shape) for t in range(1, T + 1)
-    ]
-    graph = helper.make_graph(nodes, "sd", inputs, outputs)
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(NEURON_DOMAIN, 1)],
-        functions=[kind.function_proto(21)],
-        ir_version=10,
-    )
-    onnx.checker.check_model(model)
-    return model
 
 
 def _reference(kind, z: np.ndarray, theta: float, v0: float) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +49,7 @@ def test_the_reference_is_what_onnx_runtime_computes(name):
     scalar = lambda value: np.array(value, np.float32)  # noqa: E731
     feeds = {f"z{t}": z[t] for t in range(T)} | {"theta": scalar(0.75), "v0": scalar(0.375)}
     feeds |= {"acc0": scalar(0), "d0": scalar(0)}
-    got = run(_unrolled(kind, T, [256]), feeds)
+    got = run(unrolled_kind(kind, T, [256]), feeds)
     got_out, got_v = np.stack(got[:T]), np.stack(got[T:])
     flips = np.count_nonzero(got_out != out)
     if name == "hardswish":
