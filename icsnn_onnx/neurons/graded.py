@@ -86,46 +86,48 @@ def _bounds(lo: int, hi: int) -> tuple[tuple[str, np.ndarray], ...]:
 def graded_if(levels: int) -> NeuronKind:
     """``icsnn::IFNeuron_K<levels>(v, z, theta) -> (out, v_next)``: the IF neuron with spikes of
     0 … ``levels`` units (the neuron of ReLU-family sites under ``--levels``)."""
-    _check(levels)
-    op_type = f"{PREFIX_IF}{levels}"
-    if op_type not in _BUILT:
-        _BUILT[op_type] = NeuronKind(
-            name=f"graded if ({levels} levels)",
-            op_type=op_type,
-            states=("v",),
-            current="z",
-            parameters=("theta",),
-            equations=quantizer_equations("z"),
-            doc=f"Graded IF neuron: θ·s(t), s(t) = clip(floor(m(t)/θ), 0, {levels}), reset by "
-            "subtraction (icsnn_onnx.neurons.graded).",
-            nir=None,
-            nir_refusal=_REFUSAL,
-            constants=_bounds(0, levels),
-            spike="s",
-            breakpoint=GRADED_BREAKPOINT,
-        )
-    return _BUILT[op_type]
+    return _graded(
+        f"{PREFIX_IF}{levels}",
+        f"graded if ({levels} levels)",
+        "z",
+        levels,
+        signed=False,
+        doc=f"Graded IF neuron: θ·s(t), s(t) = clip(floor(m(t)/θ), 0, {levels}), reset by "
+        "subtraction (icsnn_onnx.neurons.graded).",
+    )
 
 
 def graded_signed(levels: int) -> NeuronKind:
     """The signed graded quantizer (−K … K units), driven by a sigma-delta front's increments."""
+    return _graded(
+        f"{PREFIX_SIGNED}{levels}",
+        f"graded signed if ({levels} levels)",
+        "drive",
+        levels,
+        signed=True,
+        doc="Graded signed IF neuron (the quantizer of the graded sigma-delta neuron).",
+    )
+
+
+def _graded(op_type: str, name: str, current: str, levels: int, signed: bool, doc: str) -> NeuronKind:
+    """The graded quantizer kind on ``current``, built once per op type: spikes of 0 … K units,
+    or −K … K where ``signed``."""
     _check(levels)
-    op_type = f"{PREFIX_SIGNED}{levels}"
     if op_type not in _BUILT:
         _BUILT[op_type] = NeuronKind(
-            name=f"graded signed if ({levels} levels)",
+            name=name,
             op_type=op_type,
             states=("v",),
-            current="drive",
+            current=current,
             parameters=("theta",),
-            equations=quantizer_equations("drive"),
-            doc="Graded signed IF neuron (the quantizer of the graded sigma-delta neuron).",
+            equations=quantizer_equations(current),
+            doc=doc,
             nir=None,
             nir_refusal=_REFUSAL,
-            constants=_bounds(-levels, levels),
+            constants=_bounds(-levels if signed else 0, levels),
             spike="s",
             breakpoint=GRADED_BREAKPOINT,
-            signed=True,
+            signed=signed,
         )
     return _BUILT[op_type]
 
