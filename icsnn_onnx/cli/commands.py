@@ -6,7 +6,14 @@ import argparse
 import dataclasses
 
 from icsnn_onnx.cli.common import engine_of, fixed_of, options_of, progress_factory
-from icsnn_onnx.contract import INIT_METHOD_KEY, LAYOUT_KEY, SITES_KEY, THRESHOLD_METHOD_KEY, SnnMetadata
+from icsnn_onnx.contract import (
+    BIAS_SITES_KEY,
+    INIT_METHOD_KEY,
+    LAYOUT_KEY,
+    SITES_KEY,
+    THRESHOLD_METHOD_KEY,
+    SnnMetadata,
+)
 from icsnn_onnx.errors import DataError, OptionError
 from icsnn_onnx.runtime.engine import RayEngine
 
@@ -33,7 +40,9 @@ def convert_command(args: argparse.Namespace) -> int:
     spiking = SnnMetadata.read(meta)
     print(
         f"{args.model} -> {output}: {spiking.spiking_summary() if spiking else meta[SITES_KEY]}, "
-        f"T={options.T}{f', graded spikes (K={options.levels})' if options.levels > 1 else ''}, init={meta[INIT_METHOD_KEY]}{' (auto)' if options.init == 'auto' else ''}, compensation {'on' if options.compensation else 'off'}, "
+        f"T={options.T}{f', graded spikes (K={options.levels})' if options.levels > 1 else ''}, init={meta[INIT_METHOD_KEY]}{' (auto)' if options.init == 'auto' else ''}"
+        f"{f', bias calibration ({meta[BIAS_SITES_KEY]} site(s) corrected)' if BIAS_SITES_KEY in meta else ''}, "
+        f"compensation {'on' if options.compensation else 'off'}, "
         f"{options.encoding} coding, threshold={meta.get(THRESHOLD_METHOD_KEY, 'clip bounds')}"
         f"{' (channel-wise)' if options.channel_wise and THRESHOLD_METHOD_KEY in meta else ''}, {meta[LAYOUT_KEY]} layout, "
         f"{options.target} target, {len(model.graph.node)} nodes"
